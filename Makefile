@@ -1,0 +1,70 @@
+# Blacktop developer commands. `make help` lists them; README.md explains the two that matter: run, test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Installed-state stamp: the venv is rebuilt when the dependencies change.
+VENV_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml
+	@echo "==> Python environment ($(VENV)): installing blacktop and its dev dependencies"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create the Python virtualenv with blacktop installed (editable)
+
+.PHONY: tools
+tools: ## Build/install the pinned external tools (cached outside the repo; slow once, instant after)
+	@bash hack/tools/install.sh
+
+.PHONY: setup
+setup: venv tools ## Everything `run` and `test` need
+
+.PHONY: run
+run: setup ## Start a local control plane, install Blacktop's CRDs and catalog, run the operator
+	@$(VENV)/bin/blacktop run --local --install
+
+.PHONY: test
+test: setup ## Run the whole test suite (unit, integration, e2e) against a real local control plane
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## Only the fast, pure unit tests
+	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: venv ## ruff, mypy --strict and the import layering contracts
+	@$(VENV)/bin/ruff check operator tests bench hack
+	@$(VENV)/bin/ruff format --check operator tests bench hack
+	@$(VENV)/bin/mypy
+	@$(VENV)/bin/lint-imports
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ from the pydantic models
+	@$(PY) -m blacktop.crdgen write crds
+
+.PHONY: crds-check
+crds-check: venv ## Fail if crds/ is stale
+	@$(PY) -m blacktop.crdgen check crds
+
+.PHONY: cluster-up
+cluster-up: setup ## Start a detached local control plane (prints the KUBECONFIG export line)
+	@$(VENV)/bin/blacktop cluster up
+
+.PHONY: cluster-down
+cluster-down: venv ## Stop the detached local control plane
+	@$(VENV)/bin/blacktop cluster down
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches inside the repo (the tool cache stays)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

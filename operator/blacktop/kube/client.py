@@ -1,0 +1,184 @@
+"""A small asynchronous client for the Kubernetes REST API.
+
+It wraps the official ``kubernetes`` client's authenticated connection pool (kubeconfig, client
+certificates, bearer tokens, in-cluster config) but speaks plain REST paths from
+:mod:`blacktop.kube.resources`, so one code path serves built-in kinds and our custom resources.
+The blocking HTTP calls run in worker threads (``asyncio.to_thread``): Kopf's event loop is never
+blocked by the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.config.config_exception import ConfigException
+
+from blacktop.kube.errors import NotFoundError, error_for
+from blacktop.kube.resources import Resource, resource_for
+
+JSON = dict[str, Any]
+
+FIELD_MANAGER = "blacktop"
+# (connect, read) seconds: long enough for a loaded apiserver, short enough that a dead one is noticed.
+_TIMEOUT = (5.0, 60.0)
+
+
+class KubeClient:
+    """Async facade over one authenticated ``ApiClient``."""
+
+    def __init__(self, api_client: Any) -> None:
+        self._api = api_client
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None) -> KubeClient:
+        """Connect with a kubeconfig (``path``, else ``$KUBECONFIG``/~/.kube/config), else in-cluster."""
+        try:
+            config_file = str(path) if path is not None else None
+            return cls(k8s_config.new_client_from_config(config_file=config_file))
+        except (ConfigException, FileNotFoundError, TypeError):
+            if path is not None:
+                raise
+        configuration = k8s_client.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return cls(k8s_client.ApiClient(configuration))
+
+    @classmethod
+    def from_token(cls, server: str, token: str, ca_file: str) -> KubeClient:
+        """Connect with a bearer token (used by tests that act as the chart's ServiceAccount)."""
+        configuration = k8s_client.Configuration()
+        configuration.host = server
+        configuration.ssl_ca_cert = ca_file
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+        return cls(k8s_client.ApiClient(configuration))
+
+    @property
+    def server(self) -> str:
+        """The API server's base URL."""
+        return str(self._api.configuration.host)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._api.close()
+
+    # -- raw requests ---------------------------------------------------------------------------
+
+    def request_sync(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: Mapping[str, str] | None = None,
+    ) -> JSON:
+        """Send one request and return the decoded JSON body, raising a classified error on failure."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, _, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query.items()) if query else None,
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.rest_client.request(method, url, headers=headers, body=body, _request_timeout=_TIMEOUT)
+        raw = response.read()
+        data: JSON = json.loads(raw) if raw else {}
+        if not 200 <= response.status < 300:
+            raise error_for(
+                response.status,
+                str(data.get("reason") or response.reason),
+                str(data.get("message") or raw[:500]),
+                method,
+                path,
+            )
+        return data
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: Mapping[str, str] | None = None,
+    ) -> JSON:
+        """Async version of :meth:`request_sync`, run in a worker thread."""
+        return await asyncio.to_thread(
+            self.request_sync, method, path, body=body, content_type=content_type, query=query
+        )
+
+    # -- verbs --------------------------------------------------------------------------------
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> JSON | None:
+        """The object, or ``None`` if it does not exist."""
+        try:
+            return await self.request("GET", resource.path(namespace, name))
+        except NotFoundError:
+            return None
+
+    async def list(
+        self, resource: Resource, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[JSON]:
+        """All objects of a kind (in a namespace, or everywhere), optionally filtered by labels."""
+        query = {"labelSelector": label_selector} if label_selector else None
+        data = await self.request("GET", resource.path(namespace), query=query)
+        items: list[JSON] = data.get("items", [])
+        return items
+
+    async def create(self, obj: JSON) -> JSON:
+        """Create an object (fails with ConflictError if it exists)."""
+        resource = resource_for(obj["apiVersion"], obj["kind"])
+        namespace = obj.get("metadata", {}).get("namespace")
+        return await self.request("POST", resource.path(namespace), body=obj)
+
+    async def apply(self, obj: JSON, *, field_manager: str = FIELD_MANAGER, force: bool = True) -> JSON:
+        """Server-side apply ``obj`` under one field manager; we own the fields we set, nothing else."""
+        resource = resource_for(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        query = {"fieldManager": field_manager, "force": "true" if force else "false"}
+        return await self.request(
+            "PATCH",
+            resource.path(meta.get("namespace"), meta["name"]),
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            query=query,
+        )
+
+    async def merge_patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: JSON,
+        namespace: str | None = None,
+        *,
+        subresource: str | None = None,
+    ) -> JSON:
+        """JSON merge patch (RFC 7386) on an object or its subresource."""
+        return await self.request(
+            "PATCH",
+            resource.path(namespace, name, subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(
+        self,
+        resource: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        propagation: str = "Background",
+    ) -> bool:
+        """Delete an object; ``False`` if it was already gone (deletion is idempotent)."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        try:
+            await self.request("DELETE", resource.path(namespace, name), body=body)
+        except NotFoundError:
+            return False
+        return True

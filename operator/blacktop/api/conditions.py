@@ -1,0 +1,93 @@
+"""Every condition type and reason Blacktop writes, as constants, and pure helpers to set them.
+
+Reasons are CamelCase and stable: alerts, dashboards (failure rate by class) and users' scripts
+depend on them. Add, never rename.
+"""
+
+from __future__ import annotations
+
+from blacktop.api.common import Condition
+
+
+class ConditionType:
+    """Condition types."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"  # kstatus: abnormal-true while work is in progress
+    STALLED = "Stalled"  # kstatus: abnormal-true when progress needs a human
+    NAMESPACE_READY = "NamespaceReady"
+    EXPIRING = "Expiring"
+    VALIDATED = "Validated"
+    PARAMETERS_VALID = "ParametersValid"
+    POLICY_COMPLIANT = "PolicyCompliant"
+    PLANNED = "Planned"
+    APPLIED = "Applied"
+    DRIFTED = "Drifted"
+    MONITORING_CONFIGURED = "MonitoringConfigured"
+    DELETING = "Deleting"
+
+
+class Reason:
+    """Condition reasons (and Event reasons)."""
+
+    RECONCILED = "Reconciled"
+    PROGRESSING = "Progressing"
+    NAMESPACE_CONFLICT = "NamespaceConflict"
+    INVALID_SPEC = "InvalidSpec"
+    APPLY_CHILD_FAILED = "ApplyChildFailed"
+    EXPIRED = "Expired"
+    DELETING = "Deleting"
+    WAITING_FOR_SERVICE_REQUESTS = "WaitingForServiceRequests"
+    MODULE_NOT_FOUND = "ModuleNotFound"
+    INVALID_SCHEMA = "InvalidSchema"
+    FORBIDDEN_PROVISIONER = "ForbiddenProvisioner"
+    PROVIDER_NOT_ALLOWED = "ProviderNotAllowed"
+    GOLDEN_PATH_NOT_FOUND = "GoldenPathNotFound"
+    GOLDEN_PATH_NOT_READY = "GoldenPathNotReady"
+    ENVIRONMENT_NOT_FOUND = "EnvironmentNotFound"
+    TIER_NOT_ALLOWED = "TierNotAllowed"
+    INVALID_PARAMETERS = "InvalidParameters"
+    POLICY_DENIED = "PolicyDenied"
+    POLICY_WARNED = "PolicyWarned"
+    PLAN_FAILED = "PlanFailed"
+    APPLY_FAILED = "ApplyFailed"
+    DESTROY_FAILED = "DestroyFailed"
+    STATE_LOCKED = "StateLocked"
+    PROVIDER_ERROR = "ProviderError"
+    TIMEOUT = "Timeout"
+    PROVISIONED = "Provisioned"
+    NO_CHANGES = "NoChanges"
+    DRIFT_DETECTED = "DriftDetected"
+    DRIFT_CORRECTED = "DriftCorrected"
+    MONITORING_UNAVAILABLE = "MonitoringUnavailable"
+    MONITORING_CONFIGURED = "MonitoringConfigured"
+    BACKOFF_RETRYING = "BackoffRetrying"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    COMPILE_ERROR = "CompileError"
+    ACTIVE = "Active"
+
+
+def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:
+    """The condition of that type, if present."""
+    return next((c for c in conditions if c.type == ctype), None)
+
+
+def is_true(conditions: list[Condition], ctype: str) -> bool:
+    """Whether the condition is present and True."""
+    found = get_condition(conditions, ctype)
+    return found is not None and found.status == "True"
+
+
+def set_condition(conditions: list[Condition], new: Condition) -> list[Condition]:
+    """A new list with ``new`` in place of its type; lastTransitionTime moves only when status does."""
+    old = get_condition(conditions, new.type)
+    if old is not None and old.status == new.status:
+        new = new.model_copy(update={"last_transition_time": old.last_transition_time})
+    result = [c for c in conditions if c.type != new.type]
+    result.append(new)
+    return sorted(result, key=lambda c: (c.type != ConditionType.READY, c.type))
+
+
+def remove_condition(conditions: list[Condition], ctype: str) -> list[Condition]:
+    """A new list without the condition of that type."""
+    return [c for c in conditions if c.type != ctype]

@@ -1,0 +1,103 @@
+"""GuardrailPolicy: CEL rules over requests, environments, users, cost and plans."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from blacktop.api.common import (
+    CONDITIONS_FIELD,
+    DNS_LABEL,
+    Condition,
+    DnsLabel,
+    ShortName,
+    SpecModel,
+    StatusModel,
+    Tier,
+)
+
+
+class Mode(StrEnum):
+    """What a violation does."""
+
+    ENFORCE = "Enforce"
+    WARN = "Warn"
+    AUDIT = "Audit"
+
+
+class RuleStage(StrEnum):
+    """When a rule is evaluated."""
+
+    ADMISSION = "Admission"
+    PLAN = "Plan"
+
+
+class MatchKind(StrEnum):
+    """Kinds a policy can apply to."""
+
+    ENVIRONMENT = "Environment"
+    SERVICE_REQUEST = "ServiceRequest"
+
+
+class Match(SpecModel):
+    """Which requests a policy applies to; an empty list matches everything."""
+
+    tiers: list[Tier] = Field(default_factory=list, max_length=3, description="Environment tiers.")
+    teams: list[DnsLabel] = Field(default_factory=list, max_length=256, description="Teams.")
+    golden_paths: list[ShortName] = Field(default_factory=list, max_length=256, description="Golden path names.")
+    kinds: list[MatchKind] = Field(default_factory=list, max_length=2, description="Environment and/or ServiceRequest.")
+
+
+class Rule(SpecModel):
+    """A CEL expression that must evaluate to true for the request to pass."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="Rule name, shown in denials.")
+    expression: str = Field(
+        max_length=4096,
+        description="CEL over object, environment, goldenPath, user, cost (and plan at the Plan stage); true passes.",
+    )
+    message: str = Field(
+        max_length=1024, description="Shown when the rule fails; {{ <cel expression> }} placeholders are interpolated."
+    )
+    stage: RuleStage = Field(RuleStage.ADMISSION, description="Admission (at kubectl apply) or Plan (before apply).")
+
+
+class GuardrailPolicySpec(SpecModel):
+    """A named set of rules and what a violation does."""
+
+    mode: Mode = Field(
+        Mode.ENFORCE, description="Enforce denies, Warn admits with a warning, Audit admits and records."
+    )
+    description: str | None = Field(None, max_length=1024, description="What the policy protects.")
+    match: Match = Field(default_factory=Match, description="Which requests it applies to.")
+    rules: list[Rule] = Field(
+        min_length=1,
+        max_length=64,
+        description="The rules.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+class Violation(StatusModel):
+    """A recorded violation (Audit mode)."""
+
+    time: str = Field(description="When (RFC 3339).")
+    kind: str = Field(description="Kind of the object.")
+    namespace: str | None = Field(None, description="Its namespace.")
+    name: str = Field(description="Its name.")
+    rule: str = Field(description="The rule.")
+    message: str = Field(description="The rule's message.")
+
+
+class GuardrailPolicyStatus(StatusModel):
+    """Whether the policy is active, and what it has seen."""
+
+    observed_generation: int | None = Field(None, description="The generation this status describes.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready: the policy compiled and is active.",
+        json_schema_extra=CONDITIONS_FIELD,
+    )
+    violation_count: int = Field(0, description="Violations seen (Audit and Warn).")
+    violations: list[Violation] = Field(default_factory=list, description="The last 20 violations.")

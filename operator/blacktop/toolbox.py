@@ -42,6 +42,4 @@ def find_tool(name: str) -> Path:
     found = shutil.which(name)
     if found:
         return Path(found)
-    raise ToolMissingError(
-        f"{name} not found in {bin_dir()} or on PATH; run `make tools` to build the pinned tools"
-    )
+    raise ToolMissingError(f"{name} not found in {bin_dir()} or on PATH; run `make tools` to build the pinned tools")

@@ -23,9 +23,7 @@ WARNING = "Warning"
 _MAX_MESSAGE = 1024
 
 
-async def post_event(
-    client: KubeClient, involved: dict[str, Any], event_type: str, reason: str, message: str
-) -> None:
+async def post_event(client: KubeClient, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
     """Record an Event about ``involved`` (an object body). Failing to post is logged, never raised:
     an Event is a courtesy, it must not fail a reconcile."""
     meta = involved.get("metadata", {})

@@ -1,0 +1,5 @@
+"""`python -m blacktop` is the `blacktop` command."""
+
+from blacktop.cli import main
+
+raise SystemExit(main())

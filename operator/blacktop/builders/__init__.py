@@ -1,0 +1,1 @@
+"""Pure deciders: what Kubernetes objects a Blacktop resource implies. No I/O here."""

@@ -1,0 +1,42 @@
+"""Names and labels shared by everything Blacktop creates, in one place so they never drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DOMAIN = "platform.blacktop.dev"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "blacktop"
+LABEL_ENVIRONMENT = f"{DOMAIN}/environment"
+LABEL_TEAM = f"{DOMAIN}/team"
+LABEL_TIER = f"{DOMAIN}/tier"
+LABEL_SERVICE_REQUEST = f"{DOMAIN}/service-request"
+LABEL_GOLDEN_PATH = f"{DOMAIN}/golden-path"
+LABEL_AGGREGATE_TO_EDITOR = f"{DOMAIN}/aggregate-to-environment-editor"
+
+FINALIZER = f"{DOMAIN}/finalizer"
+
+EDITOR_CLUSTER_ROLE = "blacktop-environment-editor"
+EDITOR_ROLE_BINDING = "blacktop-environment-editors"
+RESOURCE_QUOTA = "blacktop-quota"
+LIMIT_RANGE = "blacktop-limits"
+NETWORK_POLICY = "blacktop-isolation"
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """A controller ownerReference to ``owner`` (an object body), so garbage collection follows it."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def is_owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    """Whether ``obj`` names the object with ``owner_uid`` among its owners."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid for ref in refs)

@@ -1,0 +1,56 @@
+"""Operator settings, read once from ``BLACKTOP_*`` environment variables.
+
+Every knob has a safe default so `make run` needs none; the Helm chart sets them from values.
+Parsing is pure (it takes the environment as a mapping), so tests build settings without touching
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_REPO_MODULES = Path(__file__).resolve().parents[2] / "terraform-modules"
+
+
+class Settings(BaseModel):
+    """Everything the operator can be told at start-up."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str = Field("blacktop-system", description="Namespace of the operator: state Secrets, leases.")
+    metrics_port: int = Field(8080, description="Port of the Prometheus /metrics endpoint (0 disables it).")
+    health_port: int = Field(8081, description="Port of Kopf's liveness endpoint (0 disables it).")
+    modules_root: Path = Field(_REPO_MODULES, description="Folder holding the golden paths' modules.")
+    max_concurrent_runs: int = Field(os.cpu_count() or 2, description="Terraform runs at once, cluster-wide.")
+    run_timeout_seconds: int = Field(1800, description="A Terraform run taking longer is terminated.")
+    resync_seconds: float = Field(60.0, description="How often every object is reconciled without a change.")
+    ttl_check_seconds: float = Field(5.0, description="How often environments are checked for expiry.")
+    team_group_template: str = Field("{team}", description="Group name of a team's members; {team} is replaced.")
+    platform_admin_groups: tuple[str, ...] = Field(
+        ("blacktop:platform-admins", "system:masters"), description="Groups that may act for any team."
+    )
+    monitoring_namespace: str = Field("monitoring", description="Namespace allowed to scrape environments.")
+    worker_threads: int = Field(16, description="Threads for blocking calls (Kubernetes API, file I/O).")
+
+    def team_group(self, team: str) -> str:
+        """The group whose members belong to ``team``."""
+        return self.team_group_template.format(team=team)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``BLACKTOP_<FIELD>`` variables (comma-separated for lists)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(f"BLACKTOP_{name.upper()}")
+            if raw is None:
+                continue
+            if field.annotation == tuple[str, ...]:
+                values[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
+            else:
+                values[name] = raw
+        return cls.model_validate(values)

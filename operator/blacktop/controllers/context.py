@@ -1,0 +1,29 @@
+"""What every reconciler needs: the API client, the settings, and per-object locks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from blacktop.config import Settings
+from blacktop.kube.client import KubeClient
+
+
+@dataclass
+class Context:
+    """Shared, process-wide state of the running operator."""
+
+    client: KubeClient
+    settings: Settings
+    # Kopf serialises change handlers per object, but timers and watches of child objects run beside
+    # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
+    _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """The lock serialising work on one object (key: its uid or kind/namespace/name)."""
+        return self._locks[key]
+
+    def forget(self, key: str) -> None:
+        """Drop the lock of an object that is gone, so the table does not grow forever."""
+        self._locks.pop(key, None)

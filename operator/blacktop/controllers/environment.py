@@ -1,0 +1,244 @@
+"""The Environment reconciler: namespace, quota, limits, network policy and RBAC, kept converged.
+
+Level-based and idempotent: every call computes the desired children from the spec, server-side
+applies them under one field manager, removes what must not exist, and writes a status that says in
+plain words what happened. It is called on create, update, resume, a periodic resync, and whenever a
+child is edited or deleted behind our back.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from blacktop.api.common import Condition, cents_to_money, format_time, money_to_cents, parse_time
+from blacktop.api.conditions import ConditionType, Reason, remove_condition, set_condition
+from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, EnvironmentStatus, parse_duration
+from blacktop.builders import environment as builders
+from blacktop.builders import naming
+from blacktop.controllers.context import Context
+from blacktop.kube import events
+from blacktop.kube.errors import KubeApiError
+from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS, resource_for
+from blacktop.kube.status import write_status
+
+logger = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+def expires_at(env: JSON, spec: EnvironmentSpec) -> datetime | None:
+    """When an environment's TTL runs out (creation time + ttl), or None without a TTL."""
+    if not spec.ttl:
+        return None
+    created = parse_time(env["metadata"]["creationTimestamp"])
+    return created + parse_duration(spec.ttl)
+
+
+def is_expired(env: JSON, spec: EnvironmentSpec, now: datetime) -> bool:
+    """Whether the TTL has run out at ``now``."""
+    deadline = expires_at(env, spec)
+    return deadline is not None and now >= deadline
+
+
+class _Status:
+    """Accumulates the conditions of one reconcile, starting from what the object already says."""
+
+    def __init__(self, env: JSON) -> None:
+        self.generation = int(env["metadata"].get("generation", 1))
+        current = env.get("status") or {}
+        self.previous = EnvironmentStatus.model_validate(current)
+        self.status = self.previous.model_copy(deep=True)
+        self.now = datetime.now(UTC)
+
+    def set(self, ctype: str, ok: bool | None, reason: str, message: str) -> None:
+        status = "Unknown" if ok is None else ("True" if ok else "False")
+        condition = Condition(
+            type=ctype,
+            status=status,
+            reason=reason,
+            message=message,
+            observed_generation=self.generation,
+            last_transition_time=format_time(self.now),
+        )
+        self.status.conditions = set_condition(self.status.conditions, condition)
+
+    def clear(self, ctype: str) -> None:
+        self.status.conditions = remove_condition(self.status.conditions, ctype)
+
+    def ready_changed(self) -> bool:
+        """Whether Ready's status or reason differs from before (an Event is worth posting)."""
+        before = {c.type: (c.status, c.reason) for c in self.previous.conditions}
+        after = {c.type: (c.status, c.reason) for c in self.status.conditions}
+        return before.get(ConditionType.READY) != after.get(ConditionType.READY)
+
+
+async def _namespace_conflict(ctx: Context, env: JSON) -> str | None:
+    """A namespace of that name that we do not own must never be adopted (it may hold someone's data)."""
+    ns_name = builders.namespace_name(env)
+    existing = await ctx.client.get(resource_for("v1", "Namespace"), ns_name)
+    if existing is None or naming.is_owned_by(existing, env["metadata"]["uid"]):
+        return None
+    return (
+        f"namespace {ns_name!r} already exists and is not managed by this Environment; "
+        "choose another Environment name or delete that namespace"
+    )
+
+
+async def _monthly_cost(ctx: Context, namespace: str) -> tuple[int, int]:
+    """Sum of the monthly cost of the namespace's ServiceRequests (in cents) and how many there are."""
+    try:
+        requests = await ctx.client.list(SERVICEREQUESTS, namespace)
+    except KubeApiError:
+        return 0, 0
+    total = 0
+    for request in requests:
+        cost = (request.get("status") or {}).get("monthlyCost")
+        if cost:
+            total += money_to_cents(cost)
+    return total, len(requests)
+
+
+async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
+    """Converge one Environment (an object body) and write its status. Safe to call any time."""
+    meta = env["metadata"]
+    name = meta["name"]
+    tracker = _Status(env)
+    if meta.get("deletionTimestamp"):
+        return tracker.status  # the finalizer owns a deleting environment
+
+    try:
+        spec = EnvironmentSpec.model_validate(env.get("spec") or {})
+    except ValidationError as exc:
+        # The CRD schema should have caught this; say so rather than failing silently.
+        message = f"spec is invalid: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}"
+        tracker.set(ConditionType.READY, False, Reason.INVALID_SPEC, message)
+        tracker.set(ConditionType.STALLED, True, Reason.INVALID_SPEC, message)
+        return await _finish(ctx, env, tracker, events.WARNING)
+
+    tracker.status.namespace = builders.namespace_name(env)
+    deadline = expires_at(env, spec)
+    tracker.status.expires_at = format_time(deadline) if deadline else None
+
+    conflict = await _namespace_conflict(ctx, env)
+    if conflict:
+        tracker.set(ConditionType.NAMESPACE_READY, False, Reason.NAMESPACE_CONFLICT, conflict)
+        tracker.set(ConditionType.READY, False, Reason.NAMESPACE_CONFLICT, conflict)
+        tracker.set(ConditionType.STALLED, True, Reason.NAMESPACE_CONFLICT, conflict)
+        tracker.clear(ConditionType.RECONCILING)
+        return await _finish(ctx, env, tracker, events.WARNING)
+
+    children = builders.build_children(
+        env,
+        spec,
+        team_group=ctx.settings.team_group(spec.team),
+        monitoring_namespace=ctx.settings.monitoring_namespace,
+    )
+    for child in children.present:
+        kind, child_name = child["kind"], child["metadata"]["name"]
+        try:
+            await ctx.client.apply(child)
+        except KubeApiError as exc:
+            message = f"could not apply {kind} {child_name!r}: {exc.message}"
+            logger.warning("environment %s: %s", name, message)
+            tracker.set(ConditionType.READY, False, Reason.APPLY_CHILD_FAILED, message)
+            tracker.set(ConditionType.RECONCILING, True, Reason.APPLY_CHILD_FAILED, message)
+            await _finish(ctx, env, tracker, events.WARNING)
+            raise
+    for ref in children.absent:
+        await ctx.client.delete(resource_for(ref.api_version, ref.kind), ref.name, ref.namespace)
+
+    cost_cents, request_count = await _monthly_cost(ctx, tracker.status.namespace)
+    tracker.status.cost = EnvironmentCost(
+        monthly=cents_to_money(cost_cents),
+        budget=spec.budget.monthly if spec.budget else None,
+        currency=spec.budget.currency if spec.budget else "USD",
+        service_requests=request_count,
+    )
+
+    ns = tracker.status.namespace
+    tracker.set(ConditionType.NAMESPACE_READY, True, Reason.RECONCILED, f"namespace {ns} exists")
+    tracker.clear(ConditionType.STALLED)
+    tracker.clear(ConditionType.RECONCILING)
+    summary = (
+        f"namespace {ns} is ready for team {spec.team} ({spec.tier.value}): quota cpu {spec.quota.cpu}, "
+        f"memory {spec.quota.memory}, {spec.quota.pods} pods"
+    )
+    if deadline:
+        summary += f"; expires at {format_time(deadline)}"
+    tracker.set(ConditionType.READY, True, Reason.RECONCILED, summary)
+    return await _finish(ctx, env, tracker, events.NORMAL)
+
+
+async def _finish(ctx: Context, env: JSON, tracker: _Status, event_type: str) -> EnvironmentStatus:
+    tracker.status.observed_generation = tracker.generation
+    if tracker.status != tracker.previous:
+        await write_status(ctx.client, ENVIRONMENTS, env["metadata"]["name"], tracker.status)
+    if tracker.ready_changed():
+        ready = next(c for c in tracker.status.conditions if c.type == ConditionType.READY)
+        await events.post_event(ctx.client, env, event_type, ready.reason, ready.message)
+    return tracker.status
+
+
+async def reconcile_environment_by_name(ctx: Context, name: str) -> None:
+    """Re-converge an environment after one of its children changed (no-op if it is gone)."""
+    env = await ctx.client.get(ENVIRONMENTS, name)
+    if env is None:
+        return
+    async with ctx.lock(f"Environment/{name}"):
+        await reconcile_environment(ctx, env)
+
+
+async def expire_if_due(ctx: Context, env: JSON) -> bool:
+    """Delete an environment whose TTL has run out; True if it did. Its ServiceRequests go first,
+    through the finalizer, so the infrastructure they made is destroyed, not orphaned."""
+    if env["metadata"].get("deletionTimestamp"):
+        return False
+    try:
+        spec = EnvironmentSpec.model_validate(env.get("spec") or {})
+    except ValidationError:
+        return False
+    now = datetime.now(UTC)
+    if not is_expired(env, spec, now):
+        return False
+    deadline = expires_at(env, spec)
+    message = (
+        f"TTL {spec.ttl} ran out at {format_time(deadline or now)}; deleting the environment, "
+        "its service requests first"
+    )
+    logger.info("environment %s: %s", env["metadata"]["name"], message)
+    await events.post_event(ctx.client, env, events.NORMAL, Reason.EXPIRED, message)
+    await ctx.client.delete(ENVIRONMENTS, env["metadata"]["name"])
+    return True
+
+
+async def finalize_environment(ctx: Context, env: JSON) -> bool:
+    """Deletion: destroy the namespace's ServiceRequests first, then release the namespace.
+
+    Returns True when the finalizer may go, False while ServiceRequests are still being destroyed
+    (the caller retries). The status says what we are waiting for.
+    """
+    ns = builders.namespace_name(env)
+    namespace = await ctx.client.get(resource_for("v1", "Namespace"), ns)
+    owned = namespace is not None and naming.is_owned_by(namespace, env["metadata"]["uid"])
+    remaining: list[JSON] = await ctx.client.list(SERVICEREQUESTS, ns) if owned else []
+    if remaining:
+        for request in remaining:
+            if not request["metadata"].get("deletionTimestamp"):
+                await ctx.client.delete(SERVICEREQUESTS, request["metadata"]["name"], ns)
+        names = ", ".join(sorted(r["metadata"]["name"] for r in remaining))
+        tracker = _Status(env)
+        message = f"deleting: waiting for {len(remaining)} service request(s) to be destroyed: {names}"
+        tracker.set(ConditionType.READY, False, Reason.WAITING_FOR_SERVICE_REQUESTS, message)
+        tracker.set(ConditionType.RECONCILING, True, Reason.DELETING, message)
+        tracker.status.observed_generation = tracker.generation
+        if tracker.status != tracker.previous:
+            await write_status(ctx.client, ENVIRONMENTS, env["metadata"]["name"], tracker.status)
+        return False
+    if owned:
+        # Garbage collection would get there too; deleting now makes `kubectl delete` finish promptly.
+        await ctx.client.delete(resource_for("v1", "Namespace"), ns)
+    return True

@@ -1,0 +1,9 @@
+"""Kopf handlers: the only code that imports kopf. Importing this package registers them all.
+
+Each handler is thin: it decodes what it needs, calls one idempotent reconciler from
+:mod:`blacktop.controllers`, and never returns a value (Kopf would write it into status).
+"""
+
+from blacktop.handlers import environment, startup
+
+__all__ = ["environment", "startup"]

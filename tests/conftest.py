@@ -1,0 +1,99 @@
+"""Test fixtures: one real control plane and one operator process per session, logs on failure.
+
+Integration and e2e tests run against a real kube-apiserver + etcd (+ kube-controller-manager)
+started here, or against the cluster named by BLACKTOP_TEST_KUBECONFIG. A failing test gets the
+tail of the apiserver and operator logs appended to its report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blacktop.kube.client import KubeClient
+from helpers import Kubectl, OperatorProcess
+
+# name -> callable returning a log tail; filled by session fixtures, read when a test fails.
+_LOG_SOURCES: dict[str, Callable[[], str]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and _LOG_SOURCES and item.get_closest_marker("unit") is None:
+        for name, tail in list(_LOG_SOURCES.items()):
+            try:
+                report.sections.append((f"{name} log (tail)", tail()))
+            except Exception as exc:  # a broken log source must not hide the real failure
+                report.sections.append((f"{name} log (tail)", f"could not read: {exc}"))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The control plane for the whole session (started once; ~10 s)."""
+    external = os.environ.get("BLACKTOP_TEST_KUBECONFIG")
+    if external:
+
+        class _External:
+            kubeconfig = Path(external)
+
+            def logs_tail(self, lines: int = 60) -> str:
+                return "(external cluster: no logs)"
+
+        yield _External()
+        return
+    from blacktop.localcluster import LocalCluster
+
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as local:
+        _LOG_SOURCES["control plane"] = local.logs_tail
+        yield local
+        _LOG_SOURCES.pop("control plane", None)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster: Any) -> Path:
+    path: Path = cluster.kubeconfig
+    return path
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: Path) -> Kubectl:
+    return Kubectl(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def installed(kubeconfig: Path) -> Path:
+    """CRDs, cluster RBAC and the operator namespace, installed once like `blacktop install` does."""
+    from blacktop.kube.install import install
+
+    client = KubeClient.from_kubeconfig(kubeconfig)
+    try:
+        asyncio.run(install(client))
+    finally:
+        client.close()
+    return kubeconfig
+
+
+@pytest.fixture
+def kube(kubeconfig: Path) -> Iterator[KubeClient]:
+    client = KubeClient.from_kubeconfig(kubeconfig)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def operator(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator as a real process, shared by the session (tests that kill it start their own)."""
+    log_file = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(installed, log_file)
+    _LOG_SOURCES["operator"] = proc.log_tail
+    proc.start()
+    yield proc
+    proc.stop()
+    _LOG_SOURCES.pop("operator", None)

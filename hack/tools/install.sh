@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Build or install every external tool Blacktop needs, at the versions pinned in versions.env, into
+# ${BLACKTOP_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/blacktop}. Idempotent: a tool whose stamp matches
+# its pin is skipped, so the second run takes a second. Usage: install.sh [kubernetes|tofu|providers|helm|packages]...
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+CACHE="${BLACKTOP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blacktop}"
+BIN="$CACHE/bin"
+STAMPS="$CACHE/stamps"
+MIRROR="$CACHE/terraform-mirror"
+mkdir -p "$BIN" "$STAMPS" "$MIRROR"
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
+
+say() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null || die "Go is required (the tools are built from their Go modules); install Go >= 1.25"
+
+# The stamp of a Go-built tool: its pin and the checksum of its module's go.sum.
+stamp_of() { echo "$1 $(sha256sum "$HERE/$2/go.sum" | cut -c1-16)"; }
+up_to_date() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
+
+# A Go module under hack/tools must require what versions.env pins, so the two never drift apart.
+check_pin() {
+  local dir=$1 module=$2 version=$3
+  grep -Fq "$module $version" "$HERE/$dir/go.mod" ||
+    die "hack/tools/$dir/go.mod does not require $module $version as versions.env says"
+}
+
+timed() {
+  local what=$1; shift
+  local start=$SECONDS
+  "$@"
+  note "$what done in $((SECONDS - start))s"
+}
+
+build_kubernetes() {
+  local stamp; stamp="$(stamp_of "$KUBERNETES_VERSION/$ETCD_VERSION" kubernetes)"
+  if up_to_date kubernetes "$stamp" && [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]]; then
+    note "kubernetes $KUBERNETES_VERSION + etcd $ETCD_VERSION: cached"; return
+  fi
+  check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  say "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION and etcd $ETCD_VERSION (cold: ~10-25 min on 2 cores)"
+  local out; out="$(mktemp -d)"
+  (cd "$HERE/kubernetes" && go build -trimpath -o "$out/" -ldflags "-s -w \
+      -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
+      -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+      -X k8s.io/component-base/version.gitTreeState=clean" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3)
+  mv "$out/kube-apiserver" "$out/kube-controller-manager" "$out/kubectl" "$BIN/"
+  mv "$out/v3" "$BIN/etcd" 2>/dev/null || mv "$out/server" "$BIN/etcd"
+  rm -rf "$out"
+  echo "$stamp" > "$STAMPS/kubernetes"
+}
+
+build_tofu() {
+  local stamp; stamp="$(stamp_of "$OPENTOFU_VERSION" opentofu)"
+  if up_to_date tofu "$stamp" && [[ -x "$BIN/tofu" ]]; then note "tofu $OPENTOFU_VERSION: cached"; return; fi
+  check_pin opentofu github.com/opentofu/opentofu "$OPENTOFU_VERSION"
+  say "building tofu $OPENTOFU_VERSION (cold: ~5-10 min on 2 cores)"
+  (cd "$HERE/opentofu" && go build -trimpath -ldflags "-s -w" -o "$BIN/tofu" github.com/opentofu/opentofu/cmd/tofu)
+  echo "$stamp" > "$STAMPS/tofu"
+}
+
+build_providers() {
+  local stamp; stamp="$(stamp_of "$RANDOM_PROVIDER_VERSION" providers)"
+  local name="terraform-provider-random_v$RANDOM_PROVIDER_VERSION"
+  if up_to_date providers "$stamp" && [[ -x "$MIRROR/registry.opentofu.org/hashicorp/random/$RANDOM_PROVIDER_VERSION/linux_amd64/$name" ]]; then
+    note "providers (hashicorp/random $RANDOM_PROVIDER_VERSION): cached"
+  else
+    check_pin providers github.com/hashicorp/terraform-provider-random "$RANDOM_PROVIDER_MODULE"
+    say "building provider hashicorp/random $RANDOM_PROVIDER_VERSION (cold: ~1-3 min)"
+    local out; out="$(mktemp -d)"
+    (cd "$HERE/providers" && go build -trimpath -ldflags "-s -w" -o "$out/$name" github.com/terraform-providers/terraform-provider-random)
+    # The same binary under both registry hosts: `tofu` asks for registry.opentofu.org, `terraform`
+    # for registry.terraform.io, and neither is reachable here.
+    for host in registry.opentofu.org registry.terraform.io; do
+      local dir="$MIRROR/$host/hashicorp/random/$RANDOM_PROVIDER_VERSION/linux_amd64"
+      mkdir -p "$dir" && cp "$out/$name" "$dir/$name"
+    done
+    rm -rf "$out"
+    echo "$stamp" > "$STAMPS/providers"
+  fi
+  # The CLI configuration every run uses (TF_CLI_CONFIG_FILE): providers come from the mirror only.
+  cat > "$CACHE/tofu.tfrc" <<TFRC
+# Written by hack/tools/install.sh: install providers only from the offline filesystem mirror.
+provider_installation {
+  filesystem_mirror {
+    path    = "$MIRROR"
+    include = ["registry.opentofu.org/*/*", "registry.terraform.io/*/*"]
+  }
+}
+TFRC
+}
+
+build_helm() {
+  local stamp; stamp="$(stamp_of "$HELM_VERSION" helm)"
+  if up_to_date helm "$stamp" && [[ -x "$BIN/helm" ]]; then note "helm $HELM_VERSION: cached"; return; fi
+  check_pin helm helm.sh/helm/v3 "$HELM_VERSION"
+  say "building helm $HELM_VERSION (cold: ~2-4 min on 2 cores)"
+  (cd "$HERE/helm" && go build -trimpath -o "$BIN/helm" \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+      helm.sh/helm/v3/cmd/helm)
+  echo "$stamp" > "$STAMPS/helm"
+}
+
+install_packages() {
+  local missing=()
+  for pkg in $DEBIAN_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "Debian packages missing: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # No init system here: stop package scripts from starting services (policy-rc.d exit 101 = "deny").
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy && created=1; fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    ((created)) && rm -f $policy
+  else
+    note "Debian packages ($DEBIAN_PACKAGES): installed"
+  fi
+  # One place for every tool: link the server binaries of the packages into the cache.
+  local pgbin; pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  for tool in postgres initdb pg_ctl psql; do ln -sf "$pgbin/$tool" "$BIN/$tool"; done
+  for tool in prometheus promtool; do ln -sf "$(command -v $tool || echo /usr/bin/$tool)" "$BIN/$tool"; done
+}
+
+main() {
+  local start=$SECONDS
+  local wanted=("$@")
+  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers helm)
+  say "tools for blacktop in $CACHE"
+  for tool in "${wanted[@]}"; do
+    case $tool in
+      kubernetes) timed "kubernetes" build_kubernetes ;;
+      tofu) timed "tofu" build_tofu ;;
+      providers) timed "providers" build_providers ;;
+      helm) timed "helm" build_helm ;;
+      packages) timed "packages" install_packages ;;
+      *) die "unknown tool $tool (kubernetes, tofu, providers, helm, packages)" ;;
+    esac
+  done
+  say "all tools ready in $((SECONDS - start))s; binaries in $BIN"
+}
+
+main "$@"

@@ -64,7 +64,9 @@ build_tofu() {
   if up_to_date tofu "$stamp" && [[ -x "$BIN/tofu" ]]; then note "tofu $OPENTOFU_VERSION: cached"; return; fi
   check_pin opentofu github.com/opentofu/opentofu "$OPENTOFU_VERSION"
   say "building tofu $OPENTOFU_VERSION (cold: ~5-10 min on 2 cores)"
-  (cd "$HERE/opentofu" && go build -trimpath -ldflags "-s -w" -o "$BIN/tofu" github.com/opentofu/opentofu/cmd/tofu)
+  # version.dev=no: a release build, so `tofu version` says v1.10.6 and not v1.10.6-dev.
+  (cd "$HERE/opentofu" && go build -trimpath -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" \
+      -o "$BIN/tofu" github.com/opentofu/opentofu/cmd/tofu)
   echo "$stamp" > "$STAMPS/tofu"
 }
 

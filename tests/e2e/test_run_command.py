@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Kubectl, free_port, wait_for
 
 from blacktop.localcluster import processes
+from helpers import REPO, Kubectl, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,17 @@ def test_run_local_gives_a_second_terminal_a_cluster(tmp_path: Path) -> None:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "blacktop", "run", "--local", "--install"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
         )
     try:
         match = wait_for(
-            lambda: re.search(r"export KUBECONFIG=(\S+)", log.read_text()) or (proc.poll() is not None and log.read_text()),
+            lambda: (
+                re.search(r"export KUBECONFIG=(\S+)", log.read_text()) or (proc.poll() is not None and log.read_text())
+            ),
             timeout=120,
             what="the export KUBECONFIG line",
         )

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Kubectl, unique, wait_for
 
 from blacktop.localcluster import LocalCluster, processes
+from helpers import Kubectl, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +79,14 @@ def test_token_request_authenticates(kubectl: Kubectl) -> None:
         token = kubectl("create", "token", "robot", "-n", ns).stdout.strip()
         review = json.loads(
             kubectl(
-                "create", "-o", "json", "-f", "-",
-                input=json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}),
+                "create",
+                "-o",
+                "json",
+                "-f",
+                "-",
+                input=json.dumps(
+                    {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+                ),
             ).stdout
         )
         assert review["status"]["authenticated"] is True
@@ -106,7 +112,10 @@ def test_cli_cluster_up_and_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     up = subprocess.run(
         [sys.executable, "-m", "blacktop", "cluster", "up", "--state-dir", str(state)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert up.returncode == 0, up.stderr
     try:
@@ -115,14 +124,20 @@ def test_cli_cluster_up_and_down(tmp_path: Path) -> None:
         assert Kubectl(kubeconfig)("get", "--raw", "/readyz").stdout.strip() == "ok"
         status = subprocess.run(
             [sys.executable, "-m", "blacktop", "cluster", "status", "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert status.stdout.startswith("up at https://127.0.0.1:")
         pids = json.loads((state / "state.json").read_text())["pids"]
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "blacktop", "cluster", "down", "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert down.returncode == 0, down.stderr
     assert [pid for pid in pids.values() if processes.alive(pid)] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import Kubectl, unique
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,8 @@ def test_crds_are_established_and_structural(kubectl: Kubectl, installed: Path) 
 def test_api_resources_and_category(kubectl: Kubectl, installed: Path) -> None:
     resources = kubectl("api-resources", "--api-group=platform.blacktop.dev", "-o", "name").stdout.split()
     assert sorted(resources) == sorted(
-        f"{plural}.platform.blacktop.dev" for plural in ("environments", "goldenpaths", "servicerequests", "guardrailpolicies")
+        f"{plural}.platform.blacktop.dev"
+        for plural in ("environments", "goldenpaths", "servicerequests", "guardrailpolicies")
     )
     assert kubectl("get", "blacktop", "--all-namespaces").returncode == 0
 
@@ -108,10 +110,27 @@ def test_service_request_golden_path_is_immutable(kubectl: Kubectl, installed: P
     kubectl("create", "-f", "-", input=json.dumps(body))
     try:
         result = kubectl(
-            "patch", "servicerequest", name, "-n", "default", "--type=merge", "-p", '{"spec":{"goldenPath":"other"}}',
+            "patch",
+            "servicerequest",
+            name,
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            '{"spec":{"goldenPath":"other"}}',
             check=False,
         )
         assert "goldenPath is immutable" in result.stderr
     finally:
-        kubectl("patch", "servicerequest", name, "-n", "default", "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+        kubectl(
+            "patch",
+            "servicerequest",
+            name,
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
         kubectl("delete", "servicerequest", name, "-n", "default", "--wait=false", check=False)

@@ -303,7 +303,8 @@ def test_deletion_waits_for_service_requests(kubectl: Kubectl, operator: Operato
     assert "held" in waiting["message"]
     assert get_json(kubectl, "namespace", name) is not None, "namespace deleted before its service requests"
     sr = get_json(kubectl, "servicerequest", "held", "-n", name)
-    assert sr is not None and sr["metadata"].get("deletionTimestamp"), "the service request was not deleted first"
+    assert sr is not None
+    assert sr["metadata"].get("deletionTimestamp"), "the service request was not deleted first"
     kubectl("patch", "servicerequest", "held", "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
     wait_for(lambda: get_json(kubectl, "environment", name) is None, timeout=60, what="the environment to be deleted")
     wait_for(lambda: get_json(kubectl, "namespace", name) is None, timeout=90, what="its namespace to disappear")

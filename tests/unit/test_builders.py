@@ -29,11 +29,24 @@ def children(**extra: Any) -> builders.EnvironmentChildren:
 
 def test_every_child_is_owned_and_labelled() -> None:
     result = children()
-    assert [c["kind"] for c in result.present] == ["Namespace", "ResourceQuota", "LimitRange", "RoleBinding", "NetworkPolicy"]
+    assert [c["kind"] for c in result.present] == [
+        "Namespace",
+        "ResourceQuota",
+        "LimitRange",
+        "RoleBinding",
+        "NetworkPolicy",
+    ]
     for child in result.present:
         meta = child["metadata"]
         assert meta["ownerReferences"] == [
-            {"apiVersion": ENV["apiVersion"], "kind": "Environment", "name": "payments-dev", "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+            {
+                "apiVersion": ENV["apiVersion"],
+                "kind": "Environment",
+                "name": "payments-dev",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
         ]
         assert meta["labels"][naming.LABEL_ENVIRONMENT] == "payments-dev"
         assert meta["labels"][naming.LABEL_TEAM] == "payments"
@@ -60,7 +73,9 @@ def test_namespace_enforces_pod_security_baseline() -> None:
 
 
 def test_network_policy_allows_namespace_monitoring_and_extras_once() -> None:
-    policy = builders.build_network_policy(ENV, spec(networkPolicy={"allowFromNamespaces": ["ci", "monitoring"]}), "monitoring")
+    policy = builders.build_network_policy(
+        ENV, spec(networkPolicy={"allowFromNamespaces": ["ci", "monitoring"]}), "monitoring"
+    )
     sources = policy["spec"]["ingress"][0]["from"]
     assert sources[0] == {"podSelector": {}}
     allowed = [s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in sources[1:]]
@@ -91,4 +106,5 @@ def test_editor_role_aggregates_service_requests() -> None:
     assert "create" in sr_role["rules"][0]["verbs"]
     for role in rbac.cluster_rbac():
         for rule in role.get("rules", []):
-            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert "*" not in rule["verbs"]
+            assert "*" not in rule["resources"]

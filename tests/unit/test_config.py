@@ -15,7 +15,11 @@ pytestmark = pytest.mark.unit
 
 def test_settings_from_env() -> None:
     settings = Settings.from_env(
-        {"BLACKTOP_METRICS_PORT": "9999", "BLACKTOP_PLATFORM_ADMIN_GROUPS": "a, b", "BLACKTOP_TEAM_GROUP_TEMPLATE": "team-{team}"}
+        {
+            "BLACKTOP_METRICS_PORT": "9999",
+            "BLACKTOP_PLATFORM_ADMIN_GROUPS": "a, b",
+            "BLACKTOP_TEAM_GROUP_TEMPLATE": "team-{team}",
+        }
     )
     assert settings.metrics_port == 9999
     assert settings.platform_admin_groups == ("a", "b")

@@ -49,7 +49,7 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, *, user: str) -> Path:
     """A self-contained kubeconfig (certificates embedded) for one client identity."""
     config = {
         "apiVersion": "v1",
@@ -113,7 +113,9 @@ class LocalCluster:
             raise RuntimeError("the cluster is not started")
         stem = f"user-{user}".replace("/", "_").replace(":", "_")
         pair = self._ca.issue(stem, user, organizations=tuple(groups))
-        return write_kubeconfig(self.workdir / f"{stem}.kubeconfig", self.server, self.ca_file, pair.cert, pair.key, user)
+        return write_kubeconfig(
+            self.workdir / f"{stem}.kubeconfig", self.server, self.ca_file, pair.cert, pair.key, user=user
+        )
 
     @property
     def pids(self) -> dict[str, int]:
@@ -218,7 +220,7 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        write_kubeconfig(self.kubeconfig, self.server, ca.cert_path, admin.cert, admin.key, "blacktop-admin")
+        write_kubeconfig(self.kubeconfig, self.server, ca.cert_path, admin.cert, admin.key, user="blacktop-admin")
         self._wait(self._readyz, "kube-apiserver /readyz", timeout=90)
 
         kcm_config = write_kubeconfig(
@@ -227,7 +229,7 @@ class LocalCluster:
             ca.cert_path,
             kcm.cert,
             kcm.key,
-            "system:kube-controller-manager",
+            user="system:kube-controller-manager",
         )
         self._launch(
             "kube-controller-manager",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from blacktop.kube.client import KubeClient
-from helpers import Kubectl, OperatorProcess
+from helpers import REPO, Kubectl, OperatorProcess
 
 # name -> callable returning a log tail; filled by session fixtures, read when a test fails.
 _LOG_SOURCES: dict[str, Callable[[], str]] = {}
@@ -88,10 +89,23 @@ def kube(kubeconfig: Path) -> Iterator[KubeClient]:
 
 
 @pytest.fixture(scope="session")
-def operator(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def modules_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped modules plus the test fixtures' (forbidden ones among them), as the operator sees them."""
+    root = tmp_path_factory.mktemp("modules")
+    for source in (REPO / "terraform-modules", REPO / "tests" / "fixtures" / "modules"):
+        for module in source.iterdir():
+            if module.is_dir():
+                shutil.copytree(module, root / module.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def operator(
+    installed: Path, modules_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     """The operator as a real process, shared by the session (tests that kill it start their own)."""
     log_file = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(installed, log_file)
+    proc = OperatorProcess(installed, log_file, env={"BLACKTOP_MODULES_ROOT": str(modules_root)})
     _LOG_SOURCES["operator"] = proc.log_tail
     proc.start()
     yield proc

@@ -34,6 +34,10 @@ class Settings(BaseModel):
         ("blacktop:platform-admins", "system:masters"), description="Groups that may act for any team."
     )
     monitoring_namespace: str = Field("monitoring", description="Namespace allowed to scrape environments.")
+    allowed_providers: tuple[str, ...] = Field(
+        ("hashicorp/random", "cyrilgdn/postgresql", "blacktop/postgresql"),
+        description="Providers golden-path modules may use (namespace/type).",
+    )
     worker_threads: int = Field(16, description="Threads for blocking calls (Kubernetes API, file I/O).")
 
     def team_group(self, team: str) -> str:

@@ -75,6 +75,17 @@ class Condition(StatusModel):
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
 
 
+class ConditionedStatus(StatusModel):
+    """Base of every kind's status: conditions with a summary Ready, and the generation they describe."""
+
+    observed_generation: int | None = Field(None, description="The .metadata.generation this status describes.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Current state; Ready summarises it (Reconciling and Stalled appear while they apply).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with second precision, the way Kubernetes writes timestamps."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -7,13 +7,12 @@ from enum import StrEnum
 from pydantic import Field
 
 from blacktop.api.common import (
-    CONDITIONS_FIELD,
     CURRENCY,
     DNS_LABEL,
     DURATION,
     MONEY,
     QUANTITY,
-    Condition,
+    ConditionedStatus,
     DnsLabel,
     SpecModel,
     StatusModel,
@@ -159,13 +158,9 @@ class EnvironmentCost(StatusModel):
     service_requests: int = Field(0, description="How many ServiceRequests the environment has.")
 
 
-class EnvironmentStatus(StatusModel):
+class EnvironmentStatus(ConditionedStatus):
     """What Blacktop observed and did."""
 
-    observed_generation: int | None = Field(None, description="The generation of the spec this status describes.")
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Current state: Ready summarises it.", json_schema_extra=CONDITIONS_FIELD
-    )
     namespace: str | None = Field(None, description="The environment's namespace.")
     expires_at: str | None = Field(None, description="When the TTL runs out (RFC 3339), if a ttl is set.")
     cost: EnvironmentCost = Field(default_factory=EnvironmentCost, description="Monthly cost against the budget.")

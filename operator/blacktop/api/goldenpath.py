@@ -8,16 +8,14 @@ from typing import Any
 from pydantic import Field
 
 from blacktop.api.common import (
-    CONDITIONS_FIELD,
     CURRENCY,
     DNS_LABEL,
     DNS_SUBDOMAIN,
     DURATION,
     MONEY,
-    Condition,
+    ConditionedStatus,
     Money,
     SpecModel,
-    StatusModel,
     Tier,
     cel,
 )
@@ -119,13 +117,9 @@ class GoldenPathSpec(SpecModel):
     monitoring: Monitoring | None = Field(None, description="Alerts and dashboard for each request.")
 
 
-class GoldenPathStatus(StatusModel):
+class GoldenPathStatus(ConditionedStatus):
     """Whether the golden path can be used."""
 
-    observed_generation: int | None = Field(None, description="The generation this status describes.")
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Ready says whether it can be used.", json_schema_extra=CONDITIONS_FIELD
-    )
     module_digest: str | None = Field(None, description="sha256 of the module's files.")
     providers: list[str] = Field(default_factory=list, description="Providers the module uses.")
     requests: int = Field(0, description="How many ServiceRequests use it (adoption).")

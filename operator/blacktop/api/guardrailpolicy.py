@@ -7,9 +7,8 @@ from enum import StrEnum
 from pydantic import Field
 
 from blacktop.api.common import (
-    CONDITIONS_FIELD,
     DNS_LABEL,
-    Condition,
+    ConditionedStatus,
     DnsLabel,
     ShortName,
     SpecModel,
@@ -90,14 +89,8 @@ class Violation(StatusModel):
     message: str = Field(description="The rule's message.")
 
 
-class GuardrailPolicyStatus(StatusModel):
+class GuardrailPolicyStatus(ConditionedStatus):
     """Whether the policy is active, and what it has seen."""
 
-    observed_generation: int | None = Field(None, description="The generation this status describes.")
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Ready: the policy compiled and is active.",
-        json_schema_extra=CONDITIONS_FIELD,
-    )
     violation_count: int = Field(0, description="Violations seen (Audit and Warn).")
     violations: list[Violation] = Field(default_factory=list, description="The last 20 violations.")

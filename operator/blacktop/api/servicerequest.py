@@ -8,9 +8,8 @@ from typing import Any
 from pydantic import Field
 
 from blacktop.api.common import (
-    CONDITIONS_FIELD,
     DNS_SUBDOMAIN,
-    Condition,
+    ConditionedStatus,
     SpecModel,
     StatusModel,
     cel,
@@ -73,13 +72,9 @@ class RunInfo(StatusModel):
     lock_id: str | None = Field(None, description="State lock ID taken by the run.")
 
 
-class ServiceRequestStatus(StatusModel):
+class ServiceRequestStatus(ConditionedStatus):
     """Progress and result of the request."""
 
-    observed_generation: int | None = Field(None, description="The generation this status describes.")
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Current state: Ready summarises it.", json_schema_extra=CONDITIONS_FIELD
-    )
     stage: Stage | None = Field(None, description="Pending, Validating, Planning, Applying, Ready, Deleting or Failed.")
     environment: str | None = Field(None, description="The Environment the request belongs to.")
     connection_secret: str | None = Field(None, description="Name of the Secret with the connection details.")

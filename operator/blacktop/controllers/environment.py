@@ -14,16 +14,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from blacktop.api.common import Condition, cents_to_money, format_time, money_to_cents, parse_time
-from blacktop.api.conditions import ConditionType, Reason, remove_condition, set_condition
+from blacktop.api.common import cents_to_money, format_time, money_to_cents, parse_time
+from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, EnvironmentStatus, parse_duration
 from blacktop.builders import environment as builders
 from blacktop.builders import naming
 from blacktop.controllers.context import Context
+from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
 from blacktop.kube.errors import KubeApiError
 from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS, resource_for
-from blacktop.kube.status import write_status
 
 logger = logging.getLogger(__name__)
 
@@ -44,36 +44,8 @@ def is_expired(env: JSON, spec: EnvironmentSpec, now: datetime) -> bool:
     return deadline is not None and now >= deadline
 
 
-class _Status:
-    """Accumulates the conditions of one reconcile, starting from what the object already says."""
-
-    def __init__(self, env: JSON) -> None:
-        self.generation = int(env["metadata"].get("generation", 1))
-        current = env.get("status") or {}
-        self.previous = EnvironmentStatus.model_validate(current)
-        self.status = self.previous.model_copy(deep=True)
-        self.now = datetime.now(UTC)
-
-    def set(self, ctype: str, ok: bool | None, reason: str, message: str) -> None:
-        status = "Unknown" if ok is None else ("True" if ok else "False")
-        condition = Condition(
-            type=ctype,
-            status=status,
-            reason=reason,
-            message=message,
-            observed_generation=self.generation,
-            last_transition_time=format_time(self.now),
-        )
-        self.status.conditions = set_condition(self.status.conditions, condition)
-
-    def clear(self, ctype: str) -> None:
-        self.status.conditions = remove_condition(self.status.conditions, ctype)
-
-    def ready_changed(self) -> bool:
-        """Whether Ready's status or reason differs from before (an Event is worth posting)."""
-        before = {c.type: (c.status, c.reason) for c in self.previous.conditions}
-        after = {c.type: (c.status, c.reason) for c in self.status.conditions}
-        return before.get(ConditionType.READY) != after.get(ConditionType.READY)
+def _tracker(env: JSON) -> StatusTracker[EnvironmentStatus]:
+    return StatusTracker(env, EnvironmentStatus)
 
 
 async def _namespace_conflict(ctx: Context, env: JSON) -> str | None:
@@ -106,7 +78,7 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     """Converge one Environment (an object body) and write its status. Safe to call any time."""
     meta = env["metadata"]
     name = meta["name"]
-    tracker = _Status(env)
+    tracker = _tracker(env)
     if meta.get("deletionTimestamp"):
         return tracker.status  # the finalizer owns a deleting environment
 
@@ -115,9 +87,8 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     except ValidationError as exc:
         # The CRD schema should have caught this; say so rather than failing silently.
         message = f"spec is invalid: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}"
-        tracker.set(ConditionType.READY, False, Reason.INVALID_SPEC, message)
-        tracker.set(ConditionType.STALLED, True, Reason.INVALID_SPEC, message)
-        return await _finish(ctx, env, tracker, events.WARNING)
+        tracker.not_ready(Reason.INVALID_SPEC, message, stalled=True)
+        return await _finish(ctx, tracker)
 
     tracker.status.namespace = builders.namespace_name(env)
     deadline = expires_at(env, spec)
@@ -126,10 +97,8 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     conflict = await _namespace_conflict(ctx, env)
     if conflict:
         tracker.set(ConditionType.NAMESPACE_READY, False, Reason.NAMESPACE_CONFLICT, conflict)
-        tracker.set(ConditionType.READY, False, Reason.NAMESPACE_CONFLICT, conflict)
-        tracker.set(ConditionType.STALLED, True, Reason.NAMESPACE_CONFLICT, conflict)
-        tracker.clear(ConditionType.RECONCILING)
-        return await _finish(ctx, env, tracker, events.WARNING)
+        tracker.not_ready(Reason.NAMESPACE_CONFLICT, conflict, stalled=True)
+        return await _finish(ctx, tracker)
 
     children = builders.build_children(
         env,
@@ -144,9 +113,8 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         except KubeApiError as exc:
             message = f"could not apply {kind} {child_name!r}: {exc.message}"
             logger.warning("environment %s: %s", name, message)
-            tracker.set(ConditionType.READY, False, Reason.APPLY_CHILD_FAILED, message)
-            tracker.set(ConditionType.RECONCILING, True, Reason.APPLY_CHILD_FAILED, message)
-            await _finish(ctx, env, tracker, events.WARNING)
+            tracker.not_ready(Reason.APPLY_CHILD_FAILED, message, stalled=False)
+            await _finish(ctx, tracker)
             raise
     for ref in children.absent:
         await ctx.client.delete(resource_for(ref.api_version, ref.kind), ref.name, ref.namespace)
@@ -161,26 +129,18 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
 
     ns = tracker.status.namespace
     tracker.set(ConditionType.NAMESPACE_READY, True, Reason.RECONCILED, f"namespace {ns} exists")
-    tracker.clear(ConditionType.STALLED)
-    tracker.clear(ConditionType.RECONCILING)
     summary = (
         f"namespace {ns} is ready for team {spec.team} ({spec.tier.value}): quota cpu {spec.quota.cpu}, "
         f"memory {spec.quota.memory}, {spec.quota.pods} pods"
     )
     if deadline:
         summary += f"; expires at {format_time(deadline)}"
-    tracker.set(ConditionType.READY, True, Reason.RECONCILED, summary)
-    return await _finish(ctx, env, tracker, events.NORMAL)
+    tracker.ready(summary, Reason.RECONCILED)
+    return await _finish(ctx, tracker)
 
 
-async def _finish(ctx: Context, env: JSON, tracker: _Status, event_type: str) -> EnvironmentStatus:
-    tracker.status.observed_generation = tracker.generation
-    if tracker.status != tracker.previous:
-        await write_status(ctx.client, ENVIRONMENTS, env["metadata"]["name"], tracker.status)
-    if tracker.ready_changed():
-        ready = next(c for c in tracker.status.conditions if c.type == ConditionType.READY)
-        await events.post_event(ctx.client, env, event_type, ready.reason, ready.message)
-    return tracker.status
+async def _finish(ctx: Context, tracker: StatusTracker[EnvironmentStatus]) -> EnvironmentStatus:
+    return await tracker.write(ctx.client, ENVIRONMENTS)
 
 
 async def reconcile_environment_by_name(ctx: Context, name: str) -> None:
@@ -230,13 +190,11 @@ async def finalize_environment(ctx: Context, env: JSON) -> bool:
             if not request["metadata"].get("deletionTimestamp"):
                 await ctx.client.delete(SERVICEREQUESTS, request["metadata"]["name"], ns)
         names = ", ".join(sorted(r["metadata"]["name"] for r in remaining))
-        tracker = _Status(env)
+        tracker = _tracker(env)
         message = f"deleting: waiting for {len(remaining)} service request(s) to be destroyed: {names}"
         tracker.set(ConditionType.READY, False, Reason.WAITING_FOR_SERVICE_REQUESTS, message)
         tracker.set(ConditionType.RECONCILING, True, Reason.DELETING, message)
-        tracker.status.observed_generation = tracker.generation
-        if tracker.status != tracker.previous:
-            await write_status(ctx.client, ENVIRONMENTS, env["metadata"]["name"], tracker.status)
+        await tracker.write(ctx.client, ENVIRONMENTS)
         return False
     if owned:
         # Garbage collection would get there too; deleting now makes `kubectl delete` finish promptly.

@@ -4,6 +4,6 @@ Each handler is thin: it decodes what it needs, calls one idempotent reconciler 
 :mod:`blacktop.controllers`, and never returns a value (Kopf would write it into status).
 """
 
-from blacktop.handlers import environment, startup
+from blacktop.handlers import environment, goldenpath, startup
 
-__all__ = ["environment", "startup"]
+__all__ = ["environment", "goldenpath", "startup"]

@@ -1,0 +1,32 @@
+"""Kopf wiring of the GoldenPath reconciler: changes and a periodic re-check of the module on disk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from blacktop.config import Settings
+from blacktop.controllers.goldenpath import reconcile_golden_path
+from blacktop.handlers.startup import context_of
+
+GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "goldenpaths"
+_SETTINGS = Settings.from_env()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def golden_path_changed(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+    ctx = context_of(memo)
+    async with ctx.lock(f"GoldenPath/{name}"):
+        await reconcile_golden_path(ctx, dict(body))
+
+
+# Modules are files the platform team ships with the operator: re-check them (and the adoption
+# count) periodically, so a fixed module turns its golden path Ready without touching the object.
+@kopf.timer(GROUP, VERSION, PLURAL, interval=_SETTINGS.resync_seconds, initial_delay=_SETTINGS.resync_seconds)
+async def golden_path_resync(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+    ctx = context_of(memo)
+    async with ctx.lock(f"GoldenPath/{name}"):
+        await reconcile_golden_path(ctx, dict(body))

@@ -1,0 +1,1 @@
+"""OpenTofu/Terraform: module inspection, workspaces, runs and plan summaries."""

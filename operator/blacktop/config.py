@@ -8,6 +8,7 @@ Parsing is pure (it takes the environment as a mapping), so tests build settings
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +35,13 @@ class Settings(BaseModel):
         ("blacktop:platform-admins", "system:masters"), description="Groups that may act for any team."
     )
     monitoring_namespace: str = Field("monitoring", description="Namespace allowed to scrape environments.")
+    terraform_binary: str = Field(
+        "tofu", description="tofu (default) or terraform, found in the tool cache or on PATH."
+    )
+    workspace_root: Path = Field(
+        Path(tempfile.gettempdir()) / "blacktop-workspaces", description="Where per-request workspaces live."
+    )
+    max_failures_before_stalled: int = Field(5, description="Consecutive failures after which a request is Stalled.")
     allowed_providers: tuple[str, ...] = Field(
         ("hashicorp/random", "cyrilgdn/postgresql", "blacktop/postgresql"),
         description="Providers golden-path modules may use (namespace/type).",

@@ -19,6 +19,14 @@ class Context:
     # Kopf serialises change handlers per object, but timers and watches of child objects run beside
     # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    _runs: asyncio.Semaphore | None = None
+
+    @property
+    def runs(self) -> asyncio.Semaphore:
+        """Bounds OpenTofu runs cluster-wide (settings.max_concurrent_runs)."""
+        if self._runs is None:
+            self._runs = asyncio.Semaphore(self.settings.max_concurrent_runs)
+        return self._runs
 
     def lock(self, key: str) -> asyncio.Lock:
         """The lock serialising work on one object (key: its uid or kind/namespace/name)."""

@@ -1,0 +1,89 @@
+"""A request's working directory: a copy of the module, the state backend, the variables.
+
+The shipped module folder is never run in place. Each request gets its own directory (kept between
+runs so installed providers are reused), refreshed from the module before every run. State lives in
+the cluster through the built-in ``kubernetes`` backend: a Secret plus a Lease lock per request in
+the operator's namespace, keyed by the request's uid, so a re-created request never inherits state.
+Variables go into a JSON var file: nothing is ever interpolated into a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KEEP = {".terraform", ".terraform.lock.hcl"}
+VAR_FILE = "terraform.tfvars.json"
+PLAN_FILE = "tfplan"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a request's state lives."""
+
+    namespace: str
+    suffix: str
+    kubeconfig: str | None
+
+    @property
+    def state_secret(self) -> str:
+        """The Secret the kubernetes backend keeps the state in (default workspace)."""
+        return f"tfstate-default-{self.suffix}"
+
+    @property
+    def lock_lease(self) -> str:
+        """The Lease the kubernetes backend locks the state with."""
+        return f"lock-tfstate-default-{self.suffix}"
+
+    def config(self) -> dict[str, Any]:
+        backend: dict[str, Any] = {"secret_suffix": self.suffix, "namespace": self.namespace}
+        if self.kubeconfig:
+            backend["config_path"] = self.kubeconfig
+        else:
+            backend["in_cluster_config"] = True
+        return {"terraform": {"backend": {"kubernetes": backend}}}
+
+
+def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend) -> Path:
+    """(Re)create the workspace ``root/key`` from ``module``; returns its path (blocking I/O)."""
+    workdir = root / key
+    workdir.mkdir(parents=True, exist_ok=True)
+    for entry in workdir.iterdir():
+        if entry.name in KEEP:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in module.iterdir():
+        if entry.name in KEEP:
+            continue
+        target = workdir / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target)
+        else:
+            shutil.copy2(entry, target)
+    (workdir / "blacktop_backend_override.tf.json").write_text(json.dumps(backend.config(), indent=2))
+    var_file = workdir / VAR_FILE
+    var_file.write_text(json.dumps(variables, indent=2, sort_keys=True))
+    var_file.chmod(0o600)  # parameters may include things the module treats as sensitive
+    return workdir
+
+
+def remove(root: Path, key: str) -> None:
+    """Delete a workspace (after a successful destroy)."""
+    shutil.rmtree(root / key, ignore_errors=True)
+
+
+def environment(cli_config: Path | None, credentials: dict[str, str]) -> dict[str, str]:
+    """The process environment of a run: minimal, non-interactive, offline provider installation."""
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "TMPDIR", "LANG", "SSL_CERT_FILE"}}
+    env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
+    if cli_config is not None and cli_config.exists():
+        env["TF_CLI_CONFIG_FILE"] = str(cli_config)
+    env.update(credentials)
+    return env

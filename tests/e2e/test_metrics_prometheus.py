@@ -167,7 +167,7 @@ def test_prometheus_sees_lead_time_failures_and_rules(
     good, bad = unique("fast"), unique("broken")
     apply_json(kubectl, request(good, environment, ok_path, size="medium"))
     apply_json(kubectl, request(bad, environment, failing_path, fail=True))
-    kubectl("wait", "--for=condition=Ready", f"servicerequest/{good}", "-n", environment, "--timeout=180s")
+    kubectl("wait", "--for=condition=Ready", f"servicerequest/{good}", "-n", environment, "--timeout=180s", timeout=200)
     sr = json.loads(kubectl("get", "servicerequest", good, "-n", environment, "-o", "json").stdout)
     lead_time = sr["status"]["leadTimeSeconds"]
 

@@ -32,18 +32,20 @@ _CRD_OF_KIND = {
 _INSTALL_HINT = "install prometheus-operator (its monitoring.coreos.com CRDs) to get them; nothing else is affected"
 
 
-async def _missing_crds(ctx: Context, objects: list[JSON]) -> list[str]:
-    """The CRDs the prometheus-operator objects among ``objects`` need that the cluster lacks."""
-    needed = sorted({_CRD_OF_KIND[o["kind"]] for o in objects if o["apiVersion"] == builders.MONITORING_API})
+async def _missing_crds(ctx: Context, kinds: set[str]) -> list[str]:
+    """The CRDs of the prometheus-operator ``kinds`` that the cluster lacks."""
+    needed = sorted({_CRD_OF_KIND[kind] for kind in kinds if kind in _CRD_OF_KIND})
     return [name for name in needed if await ctx.client.get(CRDS, name) is None]
 
 
 async def _converge(ctx: Context, present: list[JSON], absent: list[_Ref], what: str) -> tuple[bool, str]:
     """Apply ``present``, delete ``absent``; (ok, message for the condition when not ok)."""
-    missing = await _missing_crds(ctx, present)
-    if missing:
-        # Deliver what does not need the CRDs (the dashboard ConfigMap) all the same.
-        present = [o for o in present if o["apiVersion"] != builders.MONITORING_API]
+    wanted = {o["kind"] for o in present}
+    missing = await _missing_crds(ctx, wanted | {ref[1] for ref in absent})
+    # Only a CRD that something wanted needs makes monitoring unavailable; one merely cleaned up does not.
+    unavailable = [name for name in missing if name in {_CRD_OF_KIND.get(kind) for kind in wanted}]
+    # Deliver what does not need a missing CRD (the dashboard ConfigMap) all the same.
+    present = [o for o in present if _CRD_OF_KIND.get(o["kind"]) not in missing]
     try:
         for obj in present:
             await ctx.client.apply(obj)
@@ -53,10 +55,10 @@ async def _converge(ctx: Context, present: list[JSON], absent: list[_Ref], what:
     except KubeApiError as exc:
         logger.warning("monitoring of %s: %s", what, exc)
         return False, f"could not configure monitoring of {what}: {exc.message}"
-    if missing:
+    if unavailable:
         return (
             False,
-            f"CRDs {', '.join(missing)} are not installed, so {what} has no alerts or scraping; {_INSTALL_HINT}",
+            f"CRDs {', '.join(unavailable)} are not installed, so {what} has no alerts or scraping; {_INSTALL_HINT}",
         )
     return True, ""
 

@@ -116,3 +116,11 @@ def test_rules_use_existing_metrics() -> None:
         "BlacktopTeamBudgetNearlySpent",
         "BlacktopEnvironmentPastTTL",
     }
+
+
+def test_readme_lists_every_metric() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    for family in create_metrics().registry.collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}`" in section, f"README's Metrics section does not describe {name}"

@@ -178,6 +178,12 @@ def test_prometheus_sees_lead_time_failures_and_rules(
     succeeded = f'blacktop_runs_total{{golden_path="{ok_path}",operation="apply",result="succeeded"}}'
     assert prometheus.value(succeeded) == 1
 
+    # Time per stage: waiting for a run slot, and each OpenTofu step.
+    for stage in ("queued", "init", "plan", "apply"):
+        count = prometheus.value(f'blacktop_stage_duration_seconds_count{{stage="{stage}"}}')
+        assert count is not None, f"no {stage} stage observed"
+        assert count >= 1
+
     # The failure counter has the injected failure, with its class.
     failures = wait_for(lambda: prometheus.value(plan_failed), timeout=120, what=f"{plan_failed} >= 1")
     assert failures >= 1

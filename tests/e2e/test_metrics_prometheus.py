@@ -193,25 +193,28 @@ def test_prometheus_sees_lead_time_failures_and_rules(
     }
     assert classes == {"PlanFailed"}
 
-    # The recording rules evaluate to real numbers over this data.
-    ratio = wait_for(
-        lambda: prometheus.value(f'golden_path:blacktop_runs_failed:ratio_rate5m{{golden_path="{failing_path}"}}'),
-        timeout=60,
-        what="the failure-ratio recording rule",
-    )
-    assert ratio == 1.0  # every run of the failing variant failed
-    assert prometheus.value(f'golden_path:blacktop_runs_failed:ratio_rate5m{{golden_path="{ok_path}"}}') == 0
+    # The recording rules evaluate to real numbers over this data (rules run every second, a little
+    # behind the scrapes: until they have seen the runs, the ratios are 0/0 = NaN).
+    def rule(promql: str, expected: float) -> bool:
+        value = prometheus.value(promql)
+        return value is not None and value == expected
+
+    failing_ratio = f'golden_path:blacktop_runs_failed:ratio_rate5m{{golden_path="{failing_path}"}}'
+    ok_ratio = f'golden_path:blacktop_runs_failed:ratio_rate5m{{golden_path="{ok_path}"}}'
+    # Every run of the failing variant failed; none of the example's did.
+    wait_for(lambda: rule(failing_ratio, 1.0), timeout=60, what=f"{failing_ratio} == 1")
+    wait_for(lambda: rule(ok_ratio, 0.0), timeout=60, what=f"{ok_ratio} == 0")
     by_class = prometheus.value('failure_class:blacktop_runs_failed:rate5m{failure_class="PlanFailed"}')
     assert by_class is not None
     assert by_class > 0
-    p95 = wait_for(
-        lambda: prometheus.value(
-            f'golden_path_tier:blacktop_provisioning_lead_time_seconds:p95_rate1h{{golden_path="{ok_path}",tier="dev"}}'
-        ),
-        timeout=60,
-        what="the lead-time p95 recording rule",
+    p95_rule = (
+        f'golden_path_tier:blacktop_provisioning_lead_time_seconds:p95_rate1h{{golden_path="{ok_path}",tier="dev"}}'
     )
-    assert math.isfinite(p95)
+    p95 = wait_for(
+        lambda: (v := prometheus.value(p95_rule)) is not None and math.isfinite(v) and v,
+        timeout=60,
+        what=f"{p95_rule} to be a number",
+    )
     assert 0 < p95 <= 7200
     # Cost against budget: the medium tiny costs 5 and the failing small one 1, of the team's 100.
     used = 'team:blacktop_budget_used:ratio{team="measured"}'

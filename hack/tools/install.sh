@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or install every external tool Blacktop needs, at the versions pinned in versions.env, into
 # ${BLACKTOP_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/blacktop}. Idempotent: a tool whose stamp matches
-# its pin is skipped, so the second run takes a second. Usage: install.sh [kubernetes|tofu|providers|helm|packages]...
+# its pin is skipped, so the second run takes a second. Usage: install.sh [kubernetes|tofu|providers|helm|packages|prometheus-operator-crds]...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -112,6 +112,28 @@ build_helm() {
   echo "$stamp" > "$STAMPS/helm"
 }
 
+# The real prometheus-operator CRDs (monitoring.coreos.com), for the monitoring tests: the Go module
+# carries them as YAML, so they come from the Go module proxy like everything else, checked against
+# the pinned go.sum hash.
+install_prometheus_operator_crds() {
+  local dest="$CACHE/crds/monitoring.coreos.com" module=github.com/prometheus-operator/prometheus-operator
+  local stamp="$PROMETHEUS_OPERATOR_VERSION $PROMETHEUS_OPERATOR_SUM"
+  if up_to_date prometheus-operator-crds "$stamp" && [[ -f "$dest/monitoring.coreos.com_prometheusrules.yaml" ]]; then
+    note "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: cached"; return
+  fi
+  say "fetching the prometheus-operator $PROMETHEUS_OPERATOR_VERSION CRDs (Go module)"
+  local info dir sum
+  info="$(cd "$(mktemp -d)" && GOFLAGS= go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION")"
+  dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$info")"
+  sum="$(sed -n 's/^[[:space:]]*"Sum": "\(.*\)",$/\1/p' <<<"$info")"
+  [[ "$sum" == "$PROMETHEUS_OPERATOR_SUM" ]] || die "$module@$PROMETHEUS_OPERATOR_VERSION has sum $sum, versions.env pins $PROMETHEUS_OPERATOR_SUM"
+  [[ -d "$dir/example/prometheus-operator-crd" ]] || die "$module@$PROMETHEUS_OPERATOR_VERSION has no example/prometheus-operator-crd"
+  rm -rf "$dest" && mkdir -p "$dest"
+  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "$dest/"
+  chmod u+w "$dest"/*.yaml  # the module cache is read-only; the copies need not be
+  echo "$stamp" > "$STAMPS/prometheus-operator-crds"
+}
+
 install_packages() {
   local missing=()
   for pkg in $DEBIAN_PACKAGES; do
@@ -139,7 +161,7 @@ install_packages() {
 main() {
   local start=$SECONDS
   local wanted=("$@")
-  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers helm)
+  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers helm prometheus-operator-crds)
   say "tools for blacktop in $CACHE"
   for tool in "${wanted[@]}"; do
     case $tool in
@@ -148,7 +170,8 @@ main() {
       providers) timed "providers" build_providers ;;
       helm) timed "helm" build_helm ;;
       packages) timed "packages" install_packages ;;
-      *) die "unknown tool $tool (kubernetes, tofu, providers, helm, packages)" ;;
+      prometheus-operator-crds) timed "prometheus-operator-crds" install_prometheus_operator_crds ;;
+      *) die "unknown tool $tool (kubernetes, tofu, providers, helm, packages, prometheus-operator-crds)" ;;
     esac
   done
   say "all tools ready in $((SECONDS - start))s; binaries in $BIN"

@@ -1,4 +1,4 @@
-"""What every reconciler needs: the API client, the settings, and per-object locks."""
+"""What every reconciler needs: the API client, the settings, the metrics, and per-object locks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from blacktop.config import Settings
 from blacktop.kube.client import KubeClient
+from blacktop.metrics.registry import Metrics, create_metrics
 
 
 @dataclass
@@ -16,6 +17,7 @@ class Context:
 
     client: KubeClient
     settings: Settings
+    metrics: Metrics = field(default_factory=create_metrics)  # the process's explicit registry
     # Kopf serialises change handlers per object, but timers and watches of child objects run beside
     # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))

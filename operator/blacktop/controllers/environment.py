@@ -19,6 +19,7 @@ from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, EnvironmentStatus, parse_duration
 from blacktop.builders import environment as builders
 from blacktop.builders import naming
+from blacktop.controllers import monitoring
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
@@ -118,6 +119,7 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
             raise
     for ref in children.absent:
         await ctx.client.delete(resource_for(ref.api_version, ref.kind), ref.name, ref.namespace)
+    await monitoring.configure_environment(ctx, env, tracker)
 
     cost_cents, request_count = await _monthly_cost(ctx, tracker.status.namespace)
     tracker.status.cost = EnvironmentCost(

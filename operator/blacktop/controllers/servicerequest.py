@@ -27,6 +27,7 @@ from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.servicerequest import PlanSummary, RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import cost, naming, parameters
 from blacktop.builders import servicerequest as builders
+from blacktop.controllers import monitoring
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
@@ -218,6 +219,7 @@ async def _runner(ctx: Context, body: JSON, gp_spec: GoldenPathSpec, variables: 
         timeout=ctx.settings.run_timeout_seconds,
         semaphore=ctx.runs,
         secrets=tuple(credentials.values()),
+        metrics=ctx.metrics,
     )
 
 
@@ -312,6 +314,7 @@ async def _deliver(
         created = parse_time(body["metadata"]["creationTimestamp"])
         status.lead_time_seconds = max(0, round((now - created).total_seconds()))
     tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {apply.seconds:.1f}s")
+    await monitoring.configure_request(ctx, body, spec.golden_path, request.golden_path, tracker)
     tracker.ready(
         f"{spec.golden_path} is ready; connection details in Secret {status.connection_secret}", Reason.PROVISIONED
     )

@@ -88,7 +88,12 @@ class KubeClient:
         )
         response = self._api.rest_client.request(method, url, headers=headers, body=body, _request_timeout=_TIMEOUT)
         raw = response.read()
-        data: JSON = json.loads(raw) if raw else {}
+        try:
+            data: JSON = json.loads(raw) if raw else {}
+        except ValueError:
+            if 200 <= response.status < 300:
+                raise
+            data = {}  # a plain-text error, e.g. "404 page not found" for a kind whose CRD is not installed
         if not 200 <= response.status < 300:
             raise error_for(
                 response.status,

@@ -22,6 +22,7 @@ from typing import Any
 
 from python_terraform import IsFlagged, Terraform
 
+from blacktop.metrics.registry import Metrics
 from blacktop.terraform.errors import Classification, classify
 from blacktop.terraform.redact import redact
 
@@ -80,6 +81,7 @@ class Runner:
         timeout: float,
         semaphore: asyncio.Semaphore,
         secrets: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.binary = binary
         self.workdir = workdir
@@ -87,11 +89,13 @@ class Runner:
         self.timeout = timeout
         self.semaphore = semaphore
         self.secrets = secrets
+        self.metrics = metrics
 
     async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
         """Run one operation; output is redacted before it leaves this method."""
         argv = command(self.binary, self.workdir, operation, *args, **options)
-        async with self.semaphore:
+        # With metrics, the wait for a slot and the run itself are timed as stages (queued, init, plan...).
+        async with self.metrics.run_slot(self.semaphore, operation) if self.metrics else self.semaphore:
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *argv,

@@ -1,0 +1,61 @@
+"""Kopf wiring of the metrics: serve /metrics from start-up, and feed every watch event to the inventory.
+
+Kopf already watches Environments, GoldenPaths and ServiceRequests for the reconcilers; these event
+handlers ride on the same watches (no extra API calls) so the metrics see exactly what the operator
+sees: status transitions give lead times, run results and drift; the views give the gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from blacktop.handlers.startup import context_of
+from blacktop.metrics import server
+from blacktop.metrics.inventory import ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST
+
+GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
+_HANDLER_PREFIX = "Handler 'metrics-"
+
+
+class _QuietObservers(logging.Filter):
+    """Drop Kopf's per-event "Handler 'metrics-...' succeeded" lines: one per watch event is noise.
+
+    Failures (WARNING and above) still get through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not str(record.msg).startswith(_HANDLER_PREFIX)
+
+
+@kopf.on.startup()
+async def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "ctx", None) is None:
+        # Start-up handlers run in registration order; the context comes from handlers.startup.
+        raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
+    ctx = context_of(memo)
+    logging.getLogger("kopf.objects").addFilter(_QuietObservers())
+    memo.metrics_server = server.start(ctx.metrics, ctx.settings.metrics_port)
+
+
+@kopf.on.cleanup()
+async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    running = getattr(memo, "metrics_server", None)
+    if running is not None:
+        await running.stop()
+
+
+def _observe(kind: str, plural: str) -> None:
+    @kopf.on.event(GROUP, VERSION, plural, id=f"metrics-{plural}")
+    async def observed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+        context_of(memo).metrics.observe_object(kind, dict(body), deleted=type == "DELETED")
+
+
+for _kind, _plural in (
+    (ENVIRONMENT, "environments"),
+    (GOLDEN_PATH, "goldenpaths"),
+    (SERVICE_REQUEST, "servicerequests"),
+):
+    _observe(_kind, _plural)

@@ -1,0 +1,231 @@
+"""What the operator currently sees of its objects, reduced to what metrics need, and what changed.
+
+The operator already watches every Environment, GoldenPath and ServiceRequest; each watch event is
+fed to :meth:`Inventory.update`, which keeps a small view per object (never the whole body) and
+returns the transitions worth counting: a request's first Ready (lead time), a finished run (result
+and failure class), drift turning up. Scrape-time gauges (readiness, adoption, cost, budgets,
+expiry, stuck deletions) are computed from these views by :mod:`blacktop.metrics.collector`.
+
+Pure apart from a lock: the prometheus-client HTTP server reads the views from its own thread while
+the event loop updates them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from blacktop.api.common import money_to_cents, parse_time
+from blacktop.api.conditions import ConditionType
+
+JSON = dict[str, Any]
+
+ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST = "Environment", "GoldenPath", "ServiceRequest"
+KINDS = (ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST)
+TIERS = ("dev", "staging", "prod")
+UNKNOWN = "unknown"
+
+
+def _cents(text: object) -> int:
+    try:
+        return money_to_cents(str(text)) if text else 0
+    except ValueError:
+        return 0
+
+
+def _time(text: object) -> datetime | None:
+    try:
+        return parse_time(str(text)) if text else None
+    except ValueError:
+        return None
+
+
+def _condition(body: JSON, ctype: str) -> JSON | None:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == ctype:
+            return cond
+    return None
+
+
+def readiness(body: JSON) -> str:
+    """``true``, ``false`` or ``unknown``: the Ready condition as a bounded label value."""
+    ready = _condition(body, ConditionType.READY)
+    status = str((ready or {}).get("status", "Unknown")).lower()
+    return status if status in ("true", "false") else UNKNOWN
+
+
+@dataclass(frozen=True)
+class RunView:
+    """The last run of a request, as its status says."""
+
+    id: str
+    operation: str
+    result: str | None
+
+
+@dataclass(frozen=True)
+class EnvironmentView:
+    team: str
+    tier: str
+    ready: str
+    budget_cents: int | None
+    currency: str
+    expires_at: datetime | None
+    deleting_since: datetime | None
+
+
+@dataclass(frozen=True)
+class GoldenPathView:
+    name: str
+    ready: str
+    tiers: tuple[str, ...]
+    deleting_since: datetime | None
+
+
+@dataclass(frozen=True)
+class RequestView:
+    golden_path: str
+    environment: str
+    ready: str
+    ready_reason: str | None
+    monthly_cost_cents: int
+    deleting_since: datetime | None
+    run: RunView | None
+    first_ready_time: str | None
+    lead_time_seconds: float | None
+    drifted: bool
+
+
+def environment_view(body: JSON) -> EnvironmentView:
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    budget = spec.get("budget") or {}
+    return EnvironmentView(
+        team=str(spec.get("team") or UNKNOWN),
+        tier=str(spec.get("tier") or UNKNOWN),
+        ready=readiness(body),
+        budget_cents=_cents(budget.get("monthly")) if budget.get("monthly") else None,
+        currency=str(budget.get("currency") or (status.get("cost") or {}).get("currency") or "USD"),
+        expires_at=_time(status.get("expiresAt")),
+        deleting_since=_time(body["metadata"].get("deletionTimestamp")),
+    )
+
+
+def golden_path_view(body: JSON) -> GoldenPathView:
+    tiers = tuple(str(t) for t in (body.get("spec") or {}).get("tiers") or ()) or TIERS
+    return GoldenPathView(
+        name=str(body["metadata"]["name"]),
+        ready=readiness(body),
+        tiers=tiers,
+        deleting_since=_time(body["metadata"].get("deletionTimestamp")),
+    )
+
+
+def request_view(body: JSON) -> RequestView:
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    last = status.get("lastRun") or None
+    run = None
+    if isinstance(last, dict) and last.get("id"):
+        run = RunView(id=str(last["id"]), operation=str(last.get("operation") or UNKNOWN), result=last.get("result"))
+    ready = _condition(body, ConditionType.READY)
+    drifted = _condition(body, ConditionType.DRIFTED)
+    lead = status.get("leadTimeSeconds")
+    return RequestView(
+        golden_path=str(spec.get("goldenPath") or UNKNOWN),
+        environment=str(status.get("environment") or meta.get("namespace") or UNKNOWN),
+        ready=readiness(body),
+        ready_reason=str(ready["reason"]) if ready and ready.get("reason") else None,
+        monthly_cost_cents=_cents(status.get("monthlyCost")),
+        deleting_since=_time(meta.get("deletionTimestamp")),
+        run=run,
+        first_ready_time=status.get("firstReadyTime"),
+        lead_time_seconds=float(lead) if isinstance(lead, int | float) else None,
+        drifted=bool(drifted and drifted.get("status") == "True"),
+    )
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    operation: str
+    golden_path: str
+    failure_class: str | None  # None: succeeded
+
+
+@dataclass
+class Transitions:
+    """What one watch event changed that counters and histograms record."""
+
+    lead_time: tuple[str, str, float] | None = None  # golden path, tier, seconds
+    runs: list[FinishedRun] = field(default_factory=list)
+    drift_golden_path: str | None = None
+    golden_path: tuple[str, tuple[str, ...]] | None = None  # a golden path seen: name, tiers
+
+
+def request_transitions(old: RequestView | None, new: RequestView, tier: str, *, deleted: bool) -> Transitions:
+    """Compare the last view of a request with the new one.
+
+    The first sighting (``old`` None: an operator start, or a new object) is a baseline: what a
+    request did before the operator saw it was counted by the process that saw it.
+    """
+    found = Transitions()
+    if old is None:
+        return found
+    if new.first_ready_time and not old.first_ready_time and new.lead_time_seconds is not None:
+        found.lead_time = (new.golden_path, tier, new.lead_time_seconds)
+    run = new.run
+    if run is not None and run.result and run != old.run:
+        failed = run.result.lower() == "failed"
+        failure = (new.ready_reason or UNKNOWN) if failed else None
+        found.runs.append(FinishedRun(run.operation, new.golden_path, failure))
+    # A request disappears right after its destroy succeeded: the finalizer only lets go then.
+    if deleted and run is not None and run.operation == "destroy" and not run.result:
+        found.runs.append(FinishedRun("destroy", new.golden_path, None))
+    if new.drifted and not old.drifted:
+        found.drift_golden_path = new.golden_path
+    return found
+
+
+class Inventory:
+    """Views of every object the operator watches, keyed by uid (environments by name)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.environments: dict[str, EnvironmentView] = {}
+        self.golden_paths: dict[str, GoldenPathView] = {}
+        self.requests: dict[str, RequestView] = {}
+
+    def update(self, kind: str, body: JSON, *, deleted: bool = False) -> Transitions:
+        """Take in one watch event of ``kind`` (``deleted`` for a DELETED event)."""
+        uid = str(body["metadata"].get("uid") or f"{body['metadata'].get('namespace')}/{body['metadata']['name']}")
+        with self._lock:
+            if kind == ENVIRONMENT:
+                # By name: requests name their environment, and Environments are cluster-scoped.
+                self._put(self.environments, str(body["metadata"]["name"]), environment_view(body), deleted)
+                return Transitions()
+            if kind == GOLDEN_PATH:
+                view = golden_path_view(body)
+                self._put(self.golden_paths, uid, view, deleted)
+                return Transitions(golden_path=None if deleted else (view.name, view.tiers))
+            if kind == SERVICE_REQUEST:
+                new = request_view(body)
+                old = self.requests.get(uid)
+                self._put(self.requests, uid, new, deleted)
+                return request_transitions(old, new, self._tier_of(new.environment), deleted=deleted)
+        raise ValueError(f"unknown kind {kind!r}")
+
+    @staticmethod
+    def _put(table: dict[str, Any], uid: str, view: object, deleted: bool) -> None:
+        if deleted:
+            table.pop(uid, None)
+        else:
+            table[uid] = view
+
+    def _tier_of(self, environment: str) -> str:
+        env = self.environments.get(environment)
+        return env.tier if env else UNKNOWN
+
+    def snapshot(self) -> tuple[dict[str, EnvironmentView], list[GoldenPathView], list[RequestView]]:
+        """Copies of the views (environments by name), taken under the lock."""
+        with self._lock:
+            return dict(self.environments), list(self.golden_paths.values()), list(self.requests.values())

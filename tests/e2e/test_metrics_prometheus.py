@@ -1,0 +1,230 @@
+"""A real Prometheus (Debian's) scrapes the operator during provisioning runs and evaluates the shipped rules.
+
+One run of the `tiny` golden path succeeds, one of a variant is made to fail at plan; Prometheus'
+HTTP API must then show the lead-time observation, the failure with its class, and the recording
+rules' results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from blacktop.toolbox import find_tool
+from helpers import REPO, Kubectl, OperatorProcess, free_port, unique, wait_for
+
+pytestmark = pytest.mark.e2e
+
+RULES = REPO / "charts" / "blacktop" / "files" / "prometheus-rules.yaml"
+
+
+class Prometheus:
+    """The `prometheus` binary with a generated config: scrape the operator every second, load our rules."""
+
+    def __init__(self, workdir: Path, metrics_port: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "prometheus.log"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {"job_name": "blacktop", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+            ],
+        }
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.data = workdir / "data"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(find_tool("prometheus")),
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.data}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self.ready, timeout=60, what="Prometheus to be ready")
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=promql)
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def value(self, promql: str) -> float | None:
+        """The single value of an instant query, or None when it has no result."""
+        result = self.query(promql)
+        assert len(result) <= 1, f"{promql} returned {len(result)} series: {result}"
+        return float(result[0]["value"][1]) if result else None
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, operator: OperatorProcess) -> Iterator[Prometheus]:
+    server = Prometheus(tmp_path, operator.metrics_port)
+    server.start()
+    yield server
+    server.stop()
+
+
+def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+@pytest.fixture
+def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
+    """The example `tiny` golden path and a variant that can be made to fail, under this test's names."""
+    tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
+    ok_name, failing_name = unique("tiny"), unique("tiny-failing")
+    tiny["metadata"]["name"] = ok_name
+    failing = json.loads(json.dumps(tiny))
+    failing["metadata"]["name"] = failing_name
+    failing["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
+    for body in (tiny, failing):
+        apply_json(kubectl, body)
+        kubectl("wait", "--for=condition=Ready", f"goldenpath/{body['metadata']['name']}", "--timeout=60s")
+    yield ok_name, failing_name
+    kubectl("delete", "goldenpath", ok_name, failing_name, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def environment(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
+    name = unique("metrics-env")
+    apply_json(
+        kubectl,
+        {
+            "apiVersion": "platform.blacktop.dev/v1alpha1",
+            "kind": "Environment",
+            "metadata": {"name": name},
+            "spec": {"team": "measured", "tier": "dev", "budget": {"monthly": "100"}},
+        },
+    )
+    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+    yield name
+    kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=180s")
+
+
+def request(name: str, namespace: str, golden_path: str, **parameters: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "platform.blacktop.dev/v1alpha1",
+        "kind": "ServiceRequest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"goldenPath": golden_path, "parameters": parameters},
+    }
+
+
+def test_prometheus_sees_lead_time_failures_and_rules(
+    kubectl: Kubectl, prometheus: Prometheus, catalog: tuple[str, str], environment: str
+) -> None:
+    ok_path, failing_path = catalog
+    lead_count = f'blacktop_provisioning_lead_time_seconds_count{{golden_path="{ok_path}",tier="dev"}}'
+    plan_failed = f'blacktop_runs_total{{golden_path="{failing_path}",operation="apply",result="failed",failure_class="PlanFailed"}}'
+    # The operator creates a golden path's series at zero when it sees it; wait until Prometheus has
+    # scraped them, so the run below is an increase that rate() and the recording rules can see.
+    wait_for(lambda: prometheus.value(lead_count) == 0, timeout=60, what=f"{lead_count} == 0 in Prometheus")
+    wait_for(lambda: prometheus.value(plan_failed) == 0, timeout=60, what=f"{plan_failed} == 0 in Prometheus")
+
+    good, bad = unique("fast"), unique("broken")
+    apply_json(kubectl, request(good, environment, ok_path, size="medium"))
+    apply_json(kubectl, request(bad, environment, failing_path, fail=True))
+    kubectl("wait", "--for=condition=Ready", f"servicerequest/{good}", "-n", environment, "--timeout=180s", timeout=200)
+    sr = json.loads(kubectl("get", "servicerequest", good, "-n", environment, "-o", "json").stdout)
+    lead_time = sr["status"]["leadTimeSeconds"]
+
+    # The lead-time histogram has the run, in the right bucket.
+    wait_for(lambda: prometheus.value(lead_count) == 1, timeout=60, what=f"{lead_count} == 1")
+    observed = prometheus.value(f'blacktop_provisioning_lead_time_seconds_sum{{golden_path="{ok_path}",tier="dev"}}')
+    assert observed == lead_time
+    succeeded = f'blacktop_runs_total{{golden_path="{ok_path}",operation="apply",result="succeeded"}}'
+    assert prometheus.value(succeeded) == 1
+
+    # Time per stage: waiting for a run slot, and each OpenTofu step.
+    for stage in ("queued", "init", "plan", "apply"):
+        count = prometheus.value(f'blacktop_stage_duration_seconds_count{{stage="{stage}"}}')
+        assert count is not None, f"no {stage} stage observed"
+        assert count >= 1
+
+    # The failure counter has the injected failure, with its class.
+    failures = wait_for(lambda: prometheus.value(plan_failed), timeout=120, what=f"{plan_failed} >= 1")
+    assert failures >= 1
+    classes = {
+        s["metric"]["failure_class"]
+        for s in prometheus.query(f'blacktop_runs_total{{golden_path="{failing_path}",result="failed"}} > 0')
+    }
+    assert classes == {"PlanFailed"}
+
+    # The recording rules evaluate to real numbers over this data (rules run every second, a little
+    # behind the scrapes: until they have seen the runs, the ratios are 0/0 = NaN).
+    def rule(promql: str, expected: float) -> bool:
+        value = prometheus.value(promql)
+        return value is not None and value == expected
+
+    failing_ratio = f'golden_path:blacktop_runs_failed:ratio_rate5m{{golden_path="{failing_path}"}}'
+    ok_ratio = f'golden_path:blacktop_runs_failed:ratio_rate5m{{golden_path="{ok_path}"}}'
+    # Every run of the failing variant failed; none of the example's did.
+    wait_for(lambda: rule(failing_ratio, 1.0), timeout=60, what=f"{failing_ratio} == 1")
+    wait_for(lambda: rule(ok_ratio, 0.0), timeout=60, what=f"{ok_ratio} == 0")
+    by_class = prometheus.value('failure_class:blacktop_runs_failed:rate5m{failure_class="PlanFailed"}')
+    assert by_class is not None
+    assert by_class > 0
+    p95_rule = (
+        f'golden_path_tier:blacktop_provisioning_lead_time_seconds:p95_rate1h{{golden_path="{ok_path}",tier="dev"}}'
+    )
+    p95 = wait_for(
+        lambda: (v := prometheus.value(p95_rule)) is not None and math.isfinite(v) and v,
+        timeout=60,
+        what=f"{p95_rule} to be a number",
+    )
+    assert 0 < p95 <= 7200
+    # Cost against budget: the medium tiny costs 5 and the failing small one 1, of the team's 100.
+    used = 'team:blacktop_budget_used:ratio{team="measured"}'
+    wait_for(lambda: prometheus.value(used) == pytest.approx(0.06), timeout=30, what=f"{used} == 0.06")
+    rules = prometheus.api("rules")
+    health = {rule["name"]: rule["health"] for group in rules["groups"] for rule in group["rules"]}
+    assert health, "no rules loaded"
+    assert set(health.values()) == {"ok"}, health
+
+    for name in (good, bad):
+        kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+    destroyed = f'blacktop_runs_total{{golden_path="{ok_path}",operation="destroy",result="succeeded"}}'
+    wait_for(lambda: prometheus.value(destroyed) == 1, timeout=60, what=f"{destroyed} == 1")

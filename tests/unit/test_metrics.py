@@ -1,0 +1,286 @@
+"""The metric set: names and labels, status transitions to counters, scrape-time gauges, run slots."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from blacktop.metrics.collector import InventoryCollector
+from blacktop.metrics.inventory import Inventory
+from blacktop.metrics.registry import LEAD_TIME_BUCKETS, Metrics, create_metrics
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def ready(status: str, reason: str = "Reconciled") -> dict[str, str]:
+    return {"type": "Ready", "status": status, "reason": reason}
+
+
+def env(name: str, team: str, tier: str = "dev", **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"team": team, "tier": tier}
+    status: dict[str, Any] = {"conditions": [ready("True")]}
+    if "budget" in extra:
+        spec["budget"] = {"monthly": extra["budget"], "currency": "EUR"}
+    if "expires" in extra:
+        status["expiresAt"] = extra["expires"]
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}"}
+    if "deleting" in extra:
+        meta["deletionTimestamp"] = extra["deleting"]
+    return {"metadata": meta, "spec": spec, "status": status}
+
+
+def request(uid: str, golden_path: str = "tiny", namespace: str = "e1", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"r-{uid}", "namespace": namespace, "uid": uid},
+        "spec": {"goldenPath": golden_path},
+        "status": {"environment": namespace, **status},
+    }
+
+
+def test_every_metric_follows_the_naming_rules() -> None:
+    metrics = create_metrics()
+    names = metrics.names
+    for expected in (
+        "blacktop_provisioning_lead_time_seconds",
+        "blacktop_stage_duration_seconds",
+        "blacktop_runs",
+        "blacktop_guardrail_decisions",
+        "blacktop_admission_review_duration_seconds",
+        "blacktop_drift_detected",
+        "blacktop_resources",
+        "blacktop_service_requests",
+        "blacktop_active_teams",
+        "blacktop_team_monthly_cost",
+        "blacktop_team_monthly_budget",
+        "blacktop_environments_expiring",
+        "blacktop_environments_past_ttl",
+        "blacktop_deletions_stuck",
+        "blacktop_event_loop_lag_seconds",
+        "blacktop_runs_in_flight",
+        "blacktop_runs_queued",
+    ):
+        assert expected in names
+    for family in metrics.registry.collect():
+        assert family.name.startswith("blacktop_")
+        if family.type == "counter":
+            assert not family.name.endswith("_total")  # prometheus-client appends it
+        for sample in family.samples:
+            # Bounded labels only: never an object's name, namespace or uid.
+            assert not {"name", "namespace", "uid"} & set(sample.labels)
+    assert LEAD_TIME_BUCKETS[0] == 1
+    assert LEAD_TIME_BUCKETS[-1] == 7200
+
+
+def test_registries_are_isolated() -> None:
+    first, second = create_metrics(), create_metrics(CollectorRegistry())
+    first.observe_stage("plan", 1.0)
+    assert value(first, "blacktop_stage_duration_seconds_count", stage="plan") == 1
+    assert value(second, "blacktop_stage_duration_seconds_count", stage="plan") is None
+
+
+def test_guardrail_and_admission_api() -> None:
+    metrics = create_metrics()
+    metrics.observe_guardrail_decision("cost-limits", "max-monthly", "Enforce", "denied")
+    metrics.observe_guardrail_decision("cost-limits", "max-monthly", "Enforce", "denied")
+    metrics.observe_admission_review("ServiceRequest", False, 0.004)
+    assert (
+        value(
+            metrics,
+            "blacktop_guardrail_decisions_total",
+            policy="cost-limits",
+            rule="max-monthly",
+            mode="Enforce",
+            outcome="denied",
+        )
+        == 2
+    )
+    assert (
+        value(metrics, "blacktop_admission_review_duration_seconds_count", kind="ServiceRequest", allowed="false") == 1
+    )
+    assert (
+        value(
+            metrics,
+            "blacktop_admission_review_duration_seconds_bucket",
+            kind="ServiceRequest",
+            allowed="false",
+            le="0.005",
+        )
+        == 1
+    )
+    with pytest.raises(ValueError, match="outcome"):
+        metrics.observe_guardrail_decision("p", "r", "Enforce", "maybe")
+
+
+def test_lead_time_runs_and_drift_from_status_transitions() -> None:
+    metrics = create_metrics()
+    metrics.observe_object("Environment", env("e1", "payments", "staging"))
+    metrics.observe_object(
+        "GoldenPath", {"metadata": {"name": "tiny", "uid": "g"}, "spec": {"tiers": ["dev", "staging"]}}
+    )
+    # Series exist at zero before the first run, so rate() sees the first increase.
+    assert (
+        value(
+            metrics,
+            "blacktop_runs_total",
+            operation="apply",
+            result="failed",
+            failure_class="PlanFailed",
+            golden_path="tiny",
+        )
+        == 0
+    )
+    assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="staging") == 0
+
+    metrics.observe_object("ServiceRequest", request("a"))  # first sighting: a baseline
+    run = {"id": "r1", "operation": "apply"}
+    metrics.observe_object("ServiceRequest", request("a", lastRun=run, conditions=[ready("False", "Progressing")]))
+    failed = request("a", lastRun={**run, "result": "Failed"}, conditions=[ready("False", "PlanFailed")])
+    metrics.observe_object("ServiceRequest", failed)
+    metrics.observe_object("ServiceRequest", failed)  # the same status again (e.g. a resync) counts once
+    assert (
+        value(
+            metrics,
+            "blacktop_runs_total",
+            operation="apply",
+            result="failed",
+            failure_class="PlanFailed",
+            golden_path="tiny",
+        )
+        == 1
+    )
+
+    done = request(
+        "a",
+        lastRun={"id": "r2", "operation": "apply", "result": "Succeeded"},
+        conditions=[ready("True", "Provisioned")],
+        firstReadyTime="2026-01-10T12:00:42Z",
+        leadTimeSeconds=42,
+    )
+    metrics.observe_object("ServiceRequest", done)
+    assert (
+        value(
+            metrics,
+            "blacktop_runs_total",
+            operation="apply",
+            result="succeeded",
+            failure_class="none",
+            golden_path="tiny",
+        )
+        == 1
+    )
+    assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="staging") == 1
+    assert value(metrics, "blacktop_provisioning_lead_time_seconds_sum", golden_path="tiny", tier="staging") == 42
+
+    drifted = request(
+        "a",
+        lastRun={"id": "r2", "operation": "apply", "result": "Succeeded"},
+        conditions=[ready("True", "Provisioned"), {"type": "Drifted", "status": "True", "reason": "DriftDetected"}],
+        firstReadyTime="2026-01-10T12:00:42Z",
+        leadTimeSeconds=42,
+    )
+    metrics.observe_object("ServiceRequest", drifted)
+    assert value(metrics, "blacktop_drift_detected_total", golden_path="tiny") == 1
+
+    destroying = request("a", lastRun={"id": "r3", "operation": "destroy"}, firstReadyTime="x", leadTimeSeconds=42)
+    metrics.observe_object("ServiceRequest", destroying)
+    metrics.observe_object("ServiceRequest", destroying, deleted=True)
+    assert (
+        value(
+            metrics,
+            "blacktop_runs_total",
+            operation="destroy",
+            result="succeeded",
+            failure_class="none",
+            golden_path="tiny",
+        )
+        == 1
+    )
+    assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="staging") == 1
+
+
+def test_a_request_first_seen_ready_is_not_counted_again() -> None:
+    """After an operator restart every object is seen anew; what it did before was counted already."""
+    metrics = create_metrics()
+    done = request(
+        "b", lastRun={"id": "r1", "operation": "apply", "result": "Succeeded"}, firstReadyTime="t", leadTimeSeconds=5
+    )
+    metrics.observe_object("ServiceRequest", done)
+    assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="unknown") is None
+
+
+def test_gauges_at_scrape_time() -> None:
+    inventory = Inventory()
+    collector = InventoryCollector(inventory, clock=lambda: NOW)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    soon = (NOW + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    late = (NOW - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    long_ago = (NOW - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    inventory.update("Environment", env("e1", "payments", "dev", budget="100", expires=soon))
+    inventory.update("Environment", env("e2", "payments", "prod", budget="50.50"))
+    inventory.update("Environment", env("e3", "search", "dev", expires=late, deleting=long_ago))
+    inventory.update("ServiceRequest", request("a", monthlyCost="20.00", conditions=[ready("True")]))
+    inventory.update("ServiceRequest", request("b", monthlyCost="1.25", namespace="e2"))
+    inventory.update("ServiceRequest", request("c", golden_path="pg", monthlyCost="15", namespace="e2"))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("blacktop_resources", kind="Environment", ready="true") == 3
+    assert sample("blacktop_resources", kind="ServiceRequest", ready="true") == 1
+    assert sample("blacktop_resources", kind="ServiceRequest", ready="unknown") == 2
+    assert sample("blacktop_resources", kind="GoldenPath", ready="true") == 0
+    assert sample("blacktop_service_requests", golden_path="tiny", tier="dev") == 1
+    assert sample("blacktop_service_requests", golden_path="tiny", tier="prod") == 1
+    assert sample("blacktop_service_requests", golden_path="pg", tier="prod") == 1
+    assert sample("blacktop_active_teams") == 1  # search's only environment is being deleted
+    assert sample("blacktop_team_monthly_cost", team="payments", currency="EUR") == 36.25
+    assert sample("blacktop_team_monthly_cost", team="search", currency="USD") == 0
+    assert sample("blacktop_team_monthly_budget", team="payments", currency="EUR") == 150.5
+    assert sample("blacktop_team_monthly_budget", team="search", currency="USD") is None
+    assert sample("blacktop_environments_expiring", tier="dev") == 1
+    assert sample("blacktop_environments_past_ttl", tier="dev") == 1
+    assert sample("blacktop_deletions_stuck", kind="Environment") == 1
+    assert sample("blacktop_deletions_stuck", kind="ServiceRequest") == 0
+
+    inventory.update("Environment", env("e3", "search", "dev"), deleted=True)
+    assert sample("blacktop_deletions_stuck", kind="Environment") == 0
+    assert sample("blacktop_environments_past_ttl", tier="dev") == 0
+
+
+def test_run_slot_counts_queued_and_in_flight() -> None:
+    metrics = create_metrics()
+
+    async def scenario() -> tuple[float | None, float | None]:
+        semaphore = asyncio.Semaphore(1)
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with metrics.run_slot(semaphore, "apply"):
+                await release.wait()
+
+        first = asyncio.create_task(hold())
+        second = asyncio.create_task(hold())
+        for _ in range(5):  # let both tasks reach the semaphore (a few loop turns, no wall-clock time)
+            await asyncio.sleep(0)
+        seen = value(metrics, "blacktop_runs_in_flight"), value(metrics, "blacktop_runs_queued")
+        release.set()
+        await asyncio.gather(first, second)
+        return seen
+
+    in_flight, queued = asyncio.run(scenario())
+    assert (in_flight, queued) == (1, 1)
+    assert value(metrics, "blacktop_runs_in_flight") == 0
+    assert value(metrics, "blacktop_runs_queued") == 0
+    assert value(metrics, "blacktop_stage_duration_seconds_count", stage="queued") == 2
+    assert value(metrics, "blacktop_stage_duration_seconds_count", stage="apply") == 2

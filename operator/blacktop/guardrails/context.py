@@ -26,6 +26,11 @@ from blacktop.guardrails.plan import plan_providers
 JSON = dict[str, Any]
 
 
+def _map(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else empty: admission sees whatever a client sent."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _cents(text: object) -> int:
     try:
         return money_to_cents(str(text))
@@ -35,15 +40,19 @@ def _cents(text: object) -> int:
 
 def user_of(userinfo: Mapping[str, Any] | None) -> JSON:
     """``{username, groups}`` from an admission request's userInfo."""
-    info = userinfo or {}
-    return {"username": str(info.get("username") or ""), "groups": [str(g) for g in info.get("groups") or []]}
+    info = _map(userinfo)
+    groups = info.get("groups")
+    return {
+        "username": str(info.get("username") or ""),
+        "groups": [str(g) for g in groups] if isinstance(groups, list) else [],
+    }
 
 
 def _golden_spec(golden_path: Mapping[str, Any] | None) -> GoldenPathSpec | None:
     if not golden_path:
         return None
     try:
-        return GoldenPathSpec.model_validate(golden_path.get("spec") or {})
+        return GoldenPathSpec.model_validate(_map(golden_path.get("spec")))
     except ValidationError:
         return None
 
@@ -53,8 +62,12 @@ def request_cost_cents(request: Mapping[str, Any], golden_path: Mapping[str, Any
     spec = _golden_spec(golden_path)
     if spec is None:
         return 0, "USD"
-    params = (request.get("spec") or {}).get("parameters") or {}
-    filled, _ = parameters.validate(spec.parameters, params if isinstance(params, dict) else {})
+    params = _map(request.get("spec")).get("parameters")
+    given = params if isinstance(params, dict) else {}
+    try:
+        filled, _ = parameters.validate(spec.parameters, given)
+    except Exception:  # a broken schema is the GoldenPath's problem (its status says so), not admission's
+        filled = given
     currency = spec.cost.currency if spec.cost else "USD"
     return monthly_cost_cents(spec.cost, filled), currency
 
@@ -64,24 +77,24 @@ def _strip(obj: Mapping[str, Any] | None) -> JSON | None:
     if obj is None:
         return None
     result = dict(obj)
-    meta = dict(result.get("metadata") or {})
+    meta = dict(_map(result.get("metadata")))
     meta.pop("managedFields", None)
     result["metadata"] = meta
     return result
 
 
 def environment_subject(env: Mapping[str, Any]) -> Subject:
-    spec = env.get("spec") or {}
+    spec = _map(env.get("spec"))
     return Subject(kind="Environment", tier=spec.get("tier"), team=spec.get("team"))
 
 
 def request_subject(request: Mapping[str, Any], env: Mapping[str, Any] | None) -> Subject:
-    env_spec = (env or {}).get("spec") or {}
+    env_spec = _map(_map(env).get("spec"))
     return Subject(
         kind="ServiceRequest",
         tier=env_spec.get("tier"),
         team=env_spec.get("team"),
-        golden_path=(request.get("spec") or {}).get("goldenPath"),
+        golden_path=_map(request.get("spec")).get("goldenPath"),
     )
 
 
@@ -89,8 +102,8 @@ def environment_variables(
     env: Mapping[str, Any], old: Mapping[str, Any] | None, userinfo: Mapping[str, Any] | None
 ) -> JSON:
     """Variables for an Environment under review: it is both ``object`` and ``environment``."""
-    budget = ((env.get("spec") or {}).get("budget") or {}).get("monthly")
-    current = ((env.get("status") or {}).get("cost") or {}).get("monthly", "0")
+    budget = _map(_map(env.get("spec")).get("budget")).get("monthly")
+    current = _map(_map(env.get("status")).get("cost")).get("monthly", "0")
     return {
         "object": _strip(env),
         "oldObject": _strip(old),
@@ -99,7 +112,7 @@ def environment_variables(
         "user": user_of(userinfo),
         "cost": {
             "monthly": 0.0,
-            "currency": ((env.get("spec") or {}).get("budget") or {}).get("currency", "USD"),
+            "currency": _map(_map(env.get("spec")).get("budget")).get("currency", "USD"),
             "environmentMonthly": _cents(current) / 100,
             "budget": _cents(budget) / 100 if budget is not None else None,
         },
@@ -121,14 +134,14 @@ def request_variables(
     golden paths: their cost plus this one's is ``cost.environmentMonthly`` (computed from the specs, so
     requests that have not been reconciled yet count too)."""
     cents, currency = request_cost_cents(request, golden_path)
-    name = (request.get("metadata") or {}).get("name")
+    name = _map(request.get("metadata")).get("name")
     others = sum(
         request_cost_cents(sibling, gp)[0]
         for sibling, gp in siblings
-        if (sibling.get("metadata") or {}).get("name") != name
+        if _map(sibling.get("metadata")).get("name") != name
     )
-    env_spec = (env or {}).get("spec") or {}
-    budget = (env_spec.get("budget") or {}).get("monthly")
+    env_spec = _map(_map(env).get("spec"))
+    budget = _map(env_spec.get("budget")).get("monthly")
     variables: JSON = {
         "object": _strip(request),
         "oldObject": _strip(old),

@@ -130,13 +130,16 @@ class Violation:
     mode: Mode
     stage: RuleStage
     message: str
+    # At the Plan stage: the addresses of the resource changes that violate the rule on their own.
+    resources: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
-        """The one line users read: which policy, which rule, why."""
+        """The one line users read: which policy, which rule, why (and which resources, on a plan)."""
+        where = f" [resources: {', '.join(self.resources)}]" if self.resources else ""
         if self.mode is Mode.ENFORCE:
-            return f"denied by GuardrailPolicy {self.policy}/{self.rule}: {self.message}"
-        return f"GuardrailPolicy {self.policy}/{self.rule} ({self.mode.value}): {self.message}"
+            return f"denied by GuardrailPolicy {self.policy}/{self.rule}: {self.message}{where}"
+        return f"GuardrailPolicy {self.policy}/{self.rule} ({self.mode.value}): {self.message}{where}"
 
 
 @dataclass
@@ -191,6 +194,33 @@ def _check(rule: CompiledRule, bindings: cel.Bindings) -> str | None:
     return f"the rule returned {cel.render(result)!r}, not a bool"
 
 
+MAX_RESOURCES = 20
+
+
+def offending_resources(rule: CompiledRule, variables: Mapping[str, Any]) -> tuple[str, ...]:
+    """The plan's resource changes that violate ``rule`` when the plan holds only that change.
+
+    CEL cannot say which element made ``all()`` false; evaluating the rule once per change can.
+    Rules about the plan as a whole (counts, sums) name no single resource, and that is fine.
+    """
+    plan = variables.get("plan")
+    if not isinstance(plan, Mapping):
+        return ()
+    changes = plan.get("resource_changes")
+    if not isinstance(changes, list) or not changes:
+        return ()
+    found = []
+    for change in changes:
+        if not isinstance(change, Mapping):
+            continue
+        single = {**variables, "plan": {**plan, "resource_changes": [change]}}
+        if _check(rule, cel.Bindings(single)) is not None:
+            found.append(str(change.get("address") or "?"))
+            if len(found) >= MAX_RESOURCES:
+                break
+    return tuple(found)
+
+
 def evaluate(
     policies: Iterable[CompiledPolicy], subject: Subject, variables: Mapping[str, Any], stage: RuleStage
 ) -> Decision:
@@ -209,7 +239,9 @@ def evaluate(
             note = _check(rule, bindings)
             if note is None:
                 continue
-            violation = Violation(policy.name, rule.name, policy.mode, stage, _message(rule, bindings, note or None))
+            resources = offending_resources(rule, variables) if stage is RuleStage.PLAN else ()
+            message = _message(rule, bindings, note or None)
+            violation = Violation(policy.name, rule.name, policy.mode, stage, message, resources)
             {Mode.ENFORCE: decision.denials, Mode.WARN: decision.warnings, Mode.AUDIT: decision.audits}[
                 policy.mode
             ].append(violation)

@@ -24,22 +24,27 @@ def normalize_provider(full_name: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else f"hashicorp/{parts[0]}"
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _modules(module: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
     """A configuration module and all its nested module calls."""
     if not isinstance(module, Mapping):
         return
     yield module
-    for call in (module.get("module_calls") or {}).values():
+    for call in _dict(module.get("module_calls")).values():
         if isinstance(call, Mapping):
             yield from _modules(call.get("module"))
 
 
 def _config_resources(plan: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    configuration = plan.get("configuration") or {}
-    if not isinstance(configuration, Mapping):
-        return
-    for module in _modules(configuration.get("root_module")):
-        for resource in module.get("resources") or []:
+    for module in _modules(_dict(plan.get("configuration")).get("root_module")):
+        for resource in _list(module.get("resources")):
             if isinstance(resource, Mapping):
                 yield resource
 
@@ -47,14 +52,12 @@ def _config_resources(plan: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 def plan_providers(plan: Mapping[str, Any]) -> set[str]:
     """Every provider (namespace/type) the plan's changes and configuration name."""
     found: set[str] = set()
-    for change in plan.get("resource_changes") or []:
+    for change in _list(plan.get("resource_changes")):
         if isinstance(change, Mapping) and change.get("provider_name"):
             found.add(normalize_provider(str(change["provider_name"])))
-    configuration = plan.get("configuration") or {}
-    if isinstance(configuration, Mapping):
-        for provider in (configuration.get("provider_config") or {}).values():
-            if isinstance(provider, Mapping) and (provider.get("full_name") or provider.get("name")):
-                found.add(normalize_provider(str(provider.get("full_name") or provider.get("name"))))
+    for provider in _dict(_dict(plan.get("configuration")).get("provider_config")).values():
+        if isinstance(provider, Mapping) and (provider.get("full_name") or provider.get("name")):
+            found.add(normalize_provider(str(provider.get("full_name") or provider.get("name"))))
     found.discard("")
     return found
 
@@ -68,7 +71,7 @@ def plan_problems(plan: Mapping[str, Any], allowed: Iterable[str]) -> list[str]:
         problems.append(f"the plan uses provider(s) {', '.join(bad)}, which are not on the allow-list")
     for resource in _config_resources(plan):
         address = str(resource.get("address") or resource.get("name") or "?")
-        for provisioner in resource.get("provisioners") or []:
+        for provisioner in _list(resource.get("provisioners")):
             kind = provisioner.get("type") if isinstance(provisioner, Mapping) else None
             if kind in FORBIDDEN_PROVISIONERS:
                 problems.append(f"{address} uses the {kind} provisioner, which would run programs on the operator")

@@ -1,0 +1,253 @@
+"""Malformed input never crashes the guardrail engine: always a decision or a clear compile error.
+
+Also the other pure guardrail deciders: team boundaries, built-in protections on a plan, and the
+webhook configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blacktop.api.guardrailpolicy import RuleStage
+from blacktop.builders import webhook
+from blacktop.guardrails import boundaries, context, engine
+from blacktop.guardrails.plan import plan_problems, plan_providers
+
+pytestmark = pytest.mark.unit
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+# Fragments of CEL, so generated expressions are often almost valid (and sometimes valid).
+cel_fragments = st.sampled_from(
+    [
+        "object",
+        "environment",
+        "plan",
+        "cost",
+        "user",
+        ".",
+        "spec",
+        "metadata",
+        "name",
+        "has(",
+        ")",
+        "(",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'a'",
+        '"',
+        "1",
+        "2.5",
+        "==",
+        "!=",
+        "<",
+        "&&",
+        "||",
+        "!",
+        "?",
+        ":",
+        ",",
+        " in ",
+        ".all(x, ",
+        ".exists(x, ",
+        "x",
+        "size(",
+        ".startsWith(",
+        "duration('1h')",
+        "true",
+        "false",
+        "null",
+        "\\",
+        "{{",
+        "}}",
+    ]
+)
+expressions = st.one_of(st.text(max_size=80), st.lists(cel_fragments, max_size=25).map("".join))
+
+
+def _policy(expression: str, message: str, mode: str = "Enforce", stage: str = "Admission") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "fuzz"},
+        "spec": {"mode": mode, "rules": [{"name": "r", "expression": expression, "message": message, "stage": stage}]},
+    }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expression=expressions, message=expressions, variables=st.dictionaries(st.text(max_size=12), json_values))
+def test_any_expression_compiles_or_fails_clearly_and_any_context_decides(
+    expression: str, message: str, variables: dict[str, Any]
+) -> None:
+    try:
+        compiled = engine.compile_body(_policy(expression, message))
+    except engine.PolicyCompileError as exc:
+        assert str(exc).startswith("GuardrailPolicy fuzz does not compile: ")
+        assert exc.problems
+        return
+    decision = engine.evaluate([compiled], engine.Subject("Environment"), variables, RuleStage.ADMISSION)
+    assert decision.evaluated == 1
+    assert len(decision.denials) in (0, 1)
+    assert all(v.text.startswith("denied by GuardrailPolicy fuzz/r: ") for v in decision.denials)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=json_values)
+def test_any_policy_body_compiles_or_fails_clearly(body: Any) -> None:
+    if not isinstance(body, dict):
+        body = {"spec": body}
+    try:
+        engine.compile_body(body)
+    except engine.PolicyCompileError as exc:
+        assert "does not compile" in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(obj=json_values, env=json_values, golden=json_values, plan=json_values)
+def test_any_objects_give_a_decision(obj: Any, env: Any, golden: Any, plan: Any) -> None:
+    policies = [
+        engine.compile_body(_policy("object.spec.parameters.size == 'small'", "{{ object.metadata.name }}")),
+        engine.compile_body(
+            _policy("plan.resource_changes.all(r, r.type != 'x')", "{{ plan.providers }}", "Warn", "Plan")
+        ),
+        engine.compile_body(_policy("cost.budget == null || cost.environmentMonthly <= cost.budget", "b", "Audit")),
+    ]
+    request = {"metadata": {"name": "r"}, "spec": obj} if not isinstance(obj, dict) else obj
+    environment = env if isinstance(env, dict) else None
+    golden_path = golden if isinstance(golden, dict) else None
+    plan_doc = plan if isinstance(plan, dict) else {"resource_changes": plan}
+    for stage in RuleStage:
+        variables = context.request_variables(
+            request, None, environment, golden_path, None, plan=plan_doc if stage is RuleStage.PLAN else None
+        )
+        subject = context.request_subject(request, environment)
+        decision = engine.evaluate(policies, subject, variables, stage)
+        assert decision.evaluated >= 1
+
+
+# -- team boundaries --------------------------------------------------------------------------------
+
+ADMINS = ("blacktop:platform-admins", "system:masters")
+
+
+@pytest.mark.parametrize(
+    ("groups", "allowed"),
+    [
+        (["payments"], True),
+        (["blacktop:platform-admins"], True),
+        (["orders", "system:authenticated"], False),
+        ([], False),
+    ],
+)
+def test_environment_team_boundary(groups: list[str], allowed: bool) -> None:
+    denial = boundaries.environment_denial({"username": "bob", "groups": groups}, "payments", "payments", ADMINS)
+    assert (denial is None) is allowed
+    if denial:
+        assert "bob is not in group 'payments' of team 'payments'" in denial
+
+
+def test_request_team_boundary_counts_owners() -> None:
+    env = {
+        "metadata": {"name": "e"},
+        "spec": {"team": "payments", "owners": [{"kind": "User", "name": "olivia"}, {"kind": "Group", "name": "sre"}]},
+    }
+    assert boundaries.request_denial({"username": "olivia", "groups": []}, env, "payments", ADMINS) is None
+    assert boundaries.request_denial({"username": "x", "groups": ["sre"]}, env, "payments", ADMINS) is None
+    assert boundaries.request_denial({"username": "x", "groups": ["payments"]}, env, "payments", ADMINS) is None
+    denial = boundaries.request_denial({"username": "mallory", "groups": ["orders"]}, env, "payments", ADMINS)
+    assert denial is not None
+    assert "mallory" in denial
+
+
+# -- built-in protections on the plan -----------------------------------------------------------------
+
+
+def test_plan_providers_and_problems() -> None:
+    plan = {
+        "resource_changes": [
+            {"address": "terraform_data.a", "provider_name": "terraform.io/builtin/terraform"},
+            {"address": "aws_s3_bucket.b", "provider_name": "registry.opentofu.org/hashicorp/aws"},
+        ],
+        "configuration": {
+            "provider_config": {"random": {"name": "random", "full_name": "registry.opentofu.org/hashicorp/random"}},
+            "root_module": {
+                "resources": [{"address": "terraform_data.a", "mode": "managed", "type": "terraform_data"}],
+                "module_calls": {
+                    "m": {
+                        "module": {
+                            "resources": [
+                                {
+                                    "address": "terraform_data.s",
+                                    "mode": "managed",
+                                    "type": "terraform_data",
+                                    "provisioners": [{"type": "local-exec"}],
+                                },
+                                {"address": "data.external.x", "mode": "data", "type": "external"},
+                            ]
+                        }
+                    }
+                },
+            },
+        },
+    }
+    assert plan_providers(plan) == {"builtin/terraform", "hashicorp/aws", "hashicorp/random"}
+    problems = plan_problems(plan, ["hashicorp/random"])
+    assert problems[0] == "the plan uses provider(s) hashicorp/aws, which are not on the allow-list"
+    assert any("terraform_data.s uses the local-exec provisioner" in p for p in problems)
+    assert any("data.external.x runs an external program" in p for p in problems)
+    assert plan_problems({"resource_changes": plan["resource_changes"][:1]}, []) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(plan=st.dictionaries(st.sampled_from(["resource_changes", "configuration", "x"]), json_values))
+def test_plan_checks_never_crash(plan: dict[str, Any]) -> None:
+    assert isinstance(plan_problems(plan, ["hashicorp/random"]), list)
+
+
+# -- the webhook configuration ------------------------------------------------------------------------
+
+
+def test_webhook_configuration_local_mode() -> None:
+    config = webhook.build_configuration(
+        operator_namespace="blacktop-system", url="https://127.0.0.1:9443/", ca_bundle="Q0E="
+    )
+    assert config["metadata"]["name"] == "blacktop"
+    hooks = {h["clientConfig"]["url"].rsplit("/", 1)[1]: h for h in config["webhooks"]}
+    assert set(hooks) == {
+        "validate-environment",
+        "validate-servicerequest",
+        "validate-guardrailpolicy",
+        "validate-goldenpath",
+    }
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["timeoutSeconds"] <= 5
+        assert hook["clientConfig"]["caBundle"] == "Q0E="
+        assert hook["sideEffects"] == "NoneOnDryRun"
+    selector = hooks["validate-servicerequest"]["namespaceSelector"]["matchExpressions"][0]
+    assert selector["operator"] == "NotIn"
+    assert set(selector["values"]) == {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"}
+    assert hooks["validate-environment"]["clientConfig"]["url"] == "https://127.0.0.1:9443/validate-environment"
+
+
+def test_webhook_configuration_service_mode() -> None:
+    config = webhook.build_configuration(
+        operator_namespace="ops", service={"name": "blacktop", "namespace": "ops", "port": 443}, ca_bundle="x"
+    )
+    paths = sorted(h["clientConfig"]["service"]["path"] for h in config["webhooks"])
+    assert paths == [
+        "/validate-environment",
+        "/validate-goldenpath",
+        "/validate-guardrailpolicy",
+        "/validate-servicerequest",
+    ]
+    with pytest.raises(ValueError, match="exactly one"):
+        webhook.build_configuration(operator_namespace="ops", ca_bundle="x")

@@ -281,6 +281,17 @@ def test_request_over_budget_is_refused(
             denied.stderr
         )
     assert get(kubectl, "servicerequest", over["metadata"]["name"], "-n", env) is None
+    # The environment's status carries what its requests cost against its budget.
+    cost = wait_for(
+        lambda: (
+            (c := ((get(kubectl, "environment", env) or {}).get("status") or {}).get("cost"))
+            and c.get("monthly") == "20.00"
+            and c
+        ),
+        timeout=60,
+        what="the environment's status to carry the requests' monthly cost",
+    )
+    assert (cost["budget"], cost["serviceRequests"]) == ("21", 1)
 
 
 def test_warn_mode_admits_with_a_warning_and_records_it(

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blacktop.api.environment import EnvironmentSpec
 from blacktop.api.guardrailpolicy import RuleStage
 from blacktop.builders import webhook
+from blacktop.controllers import budget
 from blacktop.guardrails import boundaries, context, engine
 from blacktop.guardrails.plan import plan_problems, plan_providers
 
@@ -256,3 +258,22 @@ def test_webhook_configuration_service_mode() -> None:
     ]
     with pytest.raises(ValueError, match="exactly one"):
         webhook.build_configuration(operator_namespace="ops", ca_bundle="x")
+
+
+# -- environment cost -----------------------------------------------------------------------------------
+
+
+def test_environment_cost_sums_the_requests() -> None:
+    spec = EnvironmentSpec.model_validate({"team": "t", "tier": "dev", "budget": {"monthly": "50", "currency": "EUR"}})
+    requests = [{"status": {"monthlyCost": "20.00"}}, {"status": {"monthlyCost": "1.5"}}, {"status": {}}, {}]
+    cost = budget.environment_cost(spec, requests)
+    assert (cost.monthly, cost.budget, cost.currency, cost.service_requests) == ("21.50", "50", "EUR", 4)
+
+
+def test_only_price_changes_refresh_the_environment() -> None:
+    request: dict[str, Any] = {"metadata": {"uid": "u-1"}, "status": {"monthlyCost": "1.00"}}
+    assert budget.price_changed(request, deleted=False)
+    assert not budget.price_changed(request, deleted=False)
+    request["status"]["monthlyCost"] = "20.00"
+    assert budget.price_changed(request, deleted=False)
+    assert budget.price_changed(request, deleted=True)

@@ -4,6 +4,6 @@ Each handler is thin: it decodes what it needs, calls one idempotent reconciler 
 :mod:`blacktop.controllers`, and never returns a value (Kopf would write it into status).
 """
 
-from blacktop.handlers import admission, environment, goldenpath, guardrailpolicy, servicerequest, startup
+from blacktop.handlers import admission, budget, environment, goldenpath, guardrailpolicy, servicerequest, startup
 
-__all__ = ["admission", "environment", "goldenpath", "guardrailpolicy", "servicerequest", "startup"]
+__all__ = ["admission", "budget", "environment", "goldenpath", "guardrailpolicy", "servicerequest", "startup"]

@@ -277,3 +277,43 @@ def test_only_price_changes_refresh_the_environment() -> None:
     request["status"]["monthlyCost"] = "20.00"
     assert budget.price_changed(request, deleted=False)
     assert budget.price_changed(request, deleted=True)
+
+
+# -- webhook settings and serving certificate -------------------------------------------------------------
+
+
+def test_webhook_settings() -> None:
+    from blacktop.config import Settings
+
+    defaults = Settings.from_env({})
+    assert (defaults.webhook_port, defaults.webhook_manage_config, defaults.webhook_cert_dir) == (9443, True, None)
+    chart = Settings.from_env(
+        {"BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false", "BLACKTOP_WEBHOOK_CERT_DIR": "/certs", "BLACKTOP_WEBHOOK_PORT": "0"}
+    )
+    assert (chart.webhook_port, chart.webhook_manage_config, str(chart.webhook_cert_dir)) == (0, False, "/certs")
+
+
+def test_generated_serving_certificate_is_trusted_for_its_hosts(tmp_path: Any) -> None:
+    import ssl
+
+    from cryptography import x509
+
+    from blacktop.localcluster.webhookcert import serving_cert
+
+    cert = serving_cert(None, ("127.0.0.1", "localhost"))
+    leaf = x509.load_pem_x509_certificate(cert.certfile.read_bytes())
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert.certfile, cert.keyfile)  # the key matches the certificate
+    ssl.create_default_context(cadata=cert.ca_pem.decode())  # the bundle is a usable CA
+    # A mounted Secret wins; without ca.crt the certificate itself is the bundle.
+    (tmp_path / "tls.crt").write_bytes(cert.certfile.read_bytes())
+    (tmp_path / "tls.key").write_bytes(cert.keyfile.read_bytes())
+    mounted = serving_cert(tmp_path, ("ignored",))
+    assert mounted.certfile == tmp_path / "tls.crt"
+    assert mounted.ca_pem == cert.certfile.read_bytes()
+    (tmp_path / "tls.key").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tls\.key"):
+        serving_cert(tmp_path, ())

@@ -135,6 +135,52 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
     assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
 
 
+def _webhook_urls(kubectl: Kubectl) -> list[str]:
+    config = get(kubectl, "validatingwebhookconfiguration", "blacktop") or {}
+    return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
+
+
+def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
+    kubectl: Kubectl, operator: OperatorProcess, modules_root: Path, tmp_path: Path
+) -> None:
+    """A stopped operator must not leave a failurePolicy=Fail webhook behind (it would refuse every
+    later apply of Blacktop's kinds); the session operator's configuration is restored afterwards."""
+    saved = get(kubectl, "validatingwebhookconfiguration", "blacktop")
+    assert saved is not None
+    own = OperatorProcess(
+        operator.kubeconfig,
+        tmp_path / "operator.log",
+        env={"BLACKTOP_MODULES_ROOT": str(modules_root), "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true"},
+    )
+    try:
+        own.start()
+        wait_for(
+            lambda: (urls := _webhook_urls(kubectl)) and all(f":{own.webhook_port}/" in u for u in urls),
+            timeout=60,
+            what="the new operator to point the webhook configuration at itself",
+        )
+        body = {
+            "apiVersion": API,
+            "kind": "GuardrailPolicy",
+            "metadata": {"name": unique("broken")},
+            "spec": {"rules": [{"name": "r", "expression": "nope ==", "message": "m"}]},
+        }
+        refused = apply(kubectl, body, "--dry-run=server")
+        assert refused.returncode != 0
+        assert "does not compile" in refused.stderr
+        own.stop()
+        assert "admission webhook configuration blacktop removed" in own.log_text()
+        assert get(kubectl, "validatingwebhookconfiguration", "blacktop") is None
+        # With no webhook, applies of Blacktop's kinds are not wedged.
+        assert apply(kubectl, body, "--dry-run=server").returncode == 0
+    finally:
+        own.stop()
+        meta = saved["metadata"]
+        saved["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
+        assert apply(kubectl, saved).returncode == 0
+    assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
+
+
 # -- built-in protections and broken policies ---------------------------------------------------------
 
 

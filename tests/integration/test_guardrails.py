@@ -173,6 +173,19 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
         assert get(kubectl, "validatingwebhookconfiguration", "blacktop") is None
         # With no webhook, applies of Blacktop's kinds are not wedged.
         assert apply(kubectl, body, "--dry-run=server").returncode == 0
+        # A broken policy that gets in while no webhook runs is reported, not enforced.
+        assert apply(kubectl, body).returncode == 0
+        try:
+            ready = wait_for(
+                lambda: condition(get(kubectl, "guardrailpolicy", body["metadata"]["name"])),
+                timeout=30,
+                what="the broken policy's status",
+            )
+            assert (ready["status"], ready["reason"]) == ("False", "CompileError")
+            assert "rule r: expression:" in ready["message"]
+            assert "Syntax error" in ready["message"]
+        finally:
+            kubectl("delete", "guardrailpolicy", body["metadata"]["name"], "--ignore-not-found")
     finally:
         own.stop()
         meta = saved["metadata"]

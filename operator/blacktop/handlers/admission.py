@@ -121,8 +121,9 @@ async def validate_service_request(
 
 
 @kopf.on.validate(GROUP, VERSION, "guardrailpolicies", id="validate-guardrailpolicy", operations=["CREATE", "UPDATE"])
-async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], **_: Any) -> None:
-    _verdict(controller.review_policy(dict(body)), warnings)
+async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+    old = kwargs.get("old")
+    _verdict(controller.review_policy(dict(body), dict(old) if old else None), warnings)
 
 
 @kopf.on.validate(GROUP, VERSION, "goldenpaths", id="validate-goldenpath", operations=["CREATE", "UPDATE"])

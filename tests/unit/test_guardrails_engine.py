@@ -251,6 +251,13 @@ def test_plan_rule_names_the_offending_resources() -> None:
     ).allowed
 
 
+def test_a_plan_rule_not_about_resources_names_none() -> None:
+    rule = policy(expression="cost.monthly < 1.0", stage="Plan")
+    plan = {"resource_changes": [_change("terraform_data.a", "terraform_data")]}
+    [denial] = decide_request([rule], request(), env(), stage=RuleStage.PLAN, plan=plan).denials
+    assert denial.resources == ()
+
+
 def test_plan_providers_are_in_the_context() -> None:
     rule = policy(expression="plan.providers == ['hashicorp/random']", stage="Plan")
     plan = {"resource_changes": [_change("random_password.p", "random_password")]}

@@ -43,7 +43,7 @@ def _first_lines(text: str, lines: int = 3) -> str:
 
 @dataclass(frozen=True)
 class Program:
-    """A compiled expression; ``boolean`` says whether the checker proved it returns a bool."""
+    """A compiled expression and the type the checker inferred for its result (BOOL, DYN, INT, ...)."""
 
     source: str
     expression: Any

@@ -201,13 +201,16 @@ def offending_resources(rule: CompiledRule, variables: Mapping[str, Any]) -> tup
     """The plan's resource changes that violate ``rule`` when the plan holds only that change.
 
     CEL cannot say which element made ``all()`` false; evaluating the rule once per change can.
-    Rules about the plan as a whole (counts, sums) name no single resource, and that is fine.
+    A rule that fails even for a plan without changes is not about resources (cost, names), and a
+    rule about the plan as a whole (counts, sums) may name no single resource: both name none.
     """
     plan = variables.get("plan")
     if not isinstance(plan, Mapping):
         return ()
     changes = plan.get("resource_changes")
     if not isinstance(changes, list) or not changes:
+        return ()
+    if _check(rule, cel.Bindings({**variables, "plan": {**plan, "resource_changes": []}})) is not None:
         return ()
     found = []
     for change in changes:

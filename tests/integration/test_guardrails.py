@@ -83,10 +83,12 @@ def team_environment(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[
 def example_policy(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[tuple[str, ...]]) -> Callable[..., str]:
     """Apply examples/policies/<example>.yaml for one team only; returns the policy's name."""
 
-    def make(example: str, team: str) -> str:
+    def make(example: str, team: str, mode: str | None = None) -> str:
         doc = yaml.safe_load((REPO / "examples" / "policies" / f"{example}.yaml").read_text())
         doc["metadata"]["name"] = name = unique(example)
         doc["spec"]["match"]["teams"] = [team]
+        if mode:
+            doc["spec"]["mode"] = mode
         result = apply(kubectl, doc)
         assert result.returncode == 0, result.stderr
         cleanup.append(("guardrailpolicy", name))
@@ -450,3 +452,26 @@ def test_plan_stage_rule_stops_a_forbidden_plan_before_apply(
         kubectl("get", "events", "-n", env, "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout
     )["items"]
     assert any(e["reason"] == "PolicyDenied" and e["type"] == "Warning" for e in events)
+
+
+def test_plan_stage_warning_lets_the_apply_go_on_and_is_recorded(
+    kubectl: Kubectl,
+    golden_path: str,
+    team_environment: Callable[..., str],
+    example_policy: Callable[..., str],
+    cleanup: list[tuple[str, ...]],
+) -> None:
+    env = team_environment("staging")
+    policy = example_policy("staging-no-placeholders", team_of(env), mode="Warn")
+    name = unique("placeholder")
+    result = apply(kubectl, service_request(name, env, golden_path))
+    assert result.returncode == 0, result.stderr
+    cleanup.append(("servicerequest", name, env))
+    kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", env, "--timeout=180s")
+    compliant = condition(get(kubectl, "servicerequest", name, "-n", env), "PolicyCompliant")
+    assert compliant is not None
+    assert (compliant["status"], compliant["reason"]) == ("True", "PolicyWarned")
+    assert f"GuardrailPolicy {policy}/no-forbidden-resource-types (Warn)" in compliant["message"]
+    status = (get(kubectl, "guardrailpolicy", policy) or {}).get("status") or {}
+    assert status.get("violationCount") == 1
+    assert status["violations"][0]["name"] == name

@@ -105,7 +105,12 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """The operator as a real process, shared by the session (tests that kill it start their own)."""
     log_file = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(installed, log_file, env={"BLACKTOP_MODULES_ROOT": str(modules_root)})
+    # The session operator owns the admission webhook configuration; it removes it when it stops.
+    proc = OperatorProcess(
+        installed,
+        log_file,
+        env={"BLACKTOP_MODULES_ROOT": str(modules_root), "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true"},
+    )
     _LOG_SOURCES["operator"] = proc.log_tail
     proc.start()
     yield proc

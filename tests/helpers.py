@@ -67,6 +67,7 @@ class OperatorProcess:
         self.log_file = log_file
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.webhook_port = free_port()
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,6 +80,11 @@ class OperatorProcess:
             # Tests want quick convergence; production defaults are gentler.
             "BLACKTOP_RESYNC_SECONDS": "10",
             "BLACKTOP_TTL_CHECK_SECONDS": "1",
+            # Each operator serves admission on its own port. Only the session operator (conftest)
+            # points the cluster's webhook configuration at itself: an operator a test starts and
+            # stops (or kills) must not leave a failurePolicy=Fail webhook pointing at nothing.
+            "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
+            "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             **self.extra_env,
         }
         log = self.log_file.open("ab")

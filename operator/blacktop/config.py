@@ -47,6 +47,14 @@ class Settings(BaseModel):
         description="Providers golden-path modules may use (namespace/type).",
     )
     worker_threads: int = Field(16, description="Threads for blocking calls (Kubernetes API, file I/O).")
+    webhook_port: int = Field(9443, description="Port of the HTTPS admission webhook (0: any free port).")
+    webhook_cert_dir: Path | None = Field(
+        None, description="Folder with tls.crt/tls.key (and optional ca.crt) to serve; unset: generated at start-up."
+    )
+    webhook_manage_config: bool = Field(
+        True, description="Apply the ValidatingWebhookConfiguration `blacktop` (local mode); the chart sets false."
+    )
+    webhook_host: str = Field("127.0.0.1", description="Host in the webhook URL the apiserver calls (local mode).")
 
     def team_group(self, team: str) -> str:
         """The group whose members belong to ``team``."""

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.e2e
 
 def test_run_local_gives_a_second_terminal_a_cluster(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
-    env = {**os.environ, "BLACKTOP_METRICS_PORT": str(free_port()), "BLACKTOP_HEALTH_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "BLACKTOP_METRICS_PORT": str(free_port()),
+        "BLACKTOP_HEALTH_PORT": str(free_port()),
+        "BLACKTOP_WEBHOOK_PORT": str(free_port()),  # 9443 may be taken by another local operator
+    }
     env.pop("KUBECONFIG", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -27,7 +27,7 @@ from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.servicerequest import PlanSummary, RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import cost, naming, parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import monitoring
+from blacktop.controllers import guardrails, monitoring
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
@@ -265,7 +265,8 @@ async def _provision(
     shown = await runner.run("show", workspace.PLAN_FILE, json=IsFlagged)
     if not shown.ok:
         raise await _fail(ctx, tracker, shown, "show")
-    summary = summarise(json.loads(shown.stdout))
+    plan_doc = json.loads(shown.stdout)
+    summary = summarise(plan_doc)
     status.plan = PlanSummary(
         add=summary.add, change=summary.change, destroy=summary.destroy, resources=summary.addresses
     )
@@ -275,6 +276,9 @@ async def _provision(
         Reason.RECONCILED,
         f"plan: {summary.add} to add, {summary.change} to change, {summary.destroy} to destroy",
     )
+    gp = (spec.golden_path, gp_spec)
+    if stopped := await guardrails.check_plan(ctx, body, env, gp, plan_doc, tracker=tracker):
+        return stopped  # a guardrail denied the plan: nothing is applied
     status.stage = Stage.APPLYING
     tracker.not_ready(Reason.PROGRESSING, f"applying {spec.golden_path} (run {status.last_run.id})", stalled=False)
     await tracker.write(ctx.client, SERVICEREQUESTS)

@@ -4,6 +4,24 @@ Each handler is thin: it decodes what it needs, calls one idempotent reconciler 
 :mod:`blacktop.controllers`, and never returns a value (Kopf would write it into status).
 """
 
-from blacktop.handlers import environment, goldenpath, metrics, servicerequest, startup
+from blacktop.handlers import (
+    admission,
+    budget,
+    environment,
+    goldenpath,
+    guardrailpolicy,
+    metrics,
+    servicerequest,
+    startup,
+)
 
-__all__ = ["environment", "goldenpath", "metrics", "servicerequest", "startup"]
+__all__ = [
+    "admission",
+    "budget",
+    "environment",
+    "goldenpath",
+    "guardrailpolicy",
+    "metrics",
+    "servicerequest",
+    "startup",
+]

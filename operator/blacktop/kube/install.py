@@ -42,7 +42,8 @@ async def wait_established(client: KubeClient, names: Iterable[str], deadline_se
     for name in names:
         while True:
             crd = await client.get(crds, name)
-            conditions = {c["type"]: c for c in (crd or {}).get("status", {}).get("conditions", [])}
+            # Right after creation the apiserver may report `conditions: null`.
+            conditions = {c["type"]: c for c in ((crd or {}).get("status") or {}).get("conditions") or []}
             if conditions.get("Established", {}).get("status") == "True":
                 break
             if time.monotonic() > deadline:

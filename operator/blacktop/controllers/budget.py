@@ -1,0 +1,75 @@
+"""An Environment's monthly cost, kept current as its ServiceRequests come, change price and go.
+
+The Environment reconciler computes the same sum on every reconcile (and its periodic resync);
+this refresh runs when a ServiceRequest's ``status.monthlyCost`` changes, so budgets in status and
+in guardrail policies never lag a resync behind. It writes only ``status.cost``, under the
+environment's lock, and only when the sum changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from blacktop.api.common import cents_to_money, money_to_cents
+from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, EnvironmentStatus
+from blacktop.builders import naming
+from blacktop.controllers.context import Context
+from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS, resource_for
+
+JSON = dict[str, Any]
+NAMESPACE = resource_for("v1", "Namespace")
+# The last monthlyCost seen per request uid: most request events (progress in status) change no price.
+_SEEN: dict[str, str | None] = {}
+
+
+def environment_cost(spec: EnvironmentSpec, requests: list[JSON]) -> EnvironmentCost:
+    """The sum of the requests' monthly cost against the spec's budget. Pure."""
+    total = 0
+    for request in requests:
+        cost = (request.get("status") or {}).get("monthlyCost")
+        try:
+            total += money_to_cents(str(cost)) if cost else 0
+        except ValueError:
+            continue
+    return EnvironmentCost(
+        monthly=cents_to_money(total),
+        budget=spec.budget.monthly if spec.budget else None,
+        currency=spec.budget.currency if spec.budget else "USD",
+        service_requests=len(requests),
+    )
+
+
+def price_changed(request: JSON, *, deleted: bool) -> bool:
+    """Whether this request event may change its environment's cost (remembering what was seen)."""
+    uid = str(request.get("metadata", {}).get("uid"))
+    if deleted:
+        _SEEN.pop(uid, None)
+        return True
+    cost = (request.get("status") or {}).get("monthlyCost")
+    if uid in _SEEN and _SEEN[uid] == cost:
+        return False
+    _SEEN[uid] = cost
+    return True
+
+
+async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentCost | None:
+    """Recompute the cost of the Environment owning ``namespace`` and write it if it changed."""
+    ns = await ctx.client.get(NAMESPACE, namespace)
+    env_name = ((ns or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_ENVIRONMENT)
+    if not env_name:
+        return None
+    async with ctx.lock(f"Environment/{env_name}"):
+        env = await ctx.client.get(ENVIRONMENTS, env_name)
+        if env is None or env["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            spec = EnvironmentSpec.model_validate(env.get("spec") or {})
+        except ValidationError:
+            return None
+        cost = environment_cost(spec, await ctx.client.list(SERVICEREQUESTS, namespace))
+        if EnvironmentStatus.model_validate(env.get("status") or {}).cost != cost:
+            payload = {"status": {"cost": cost.model_dump(by_alias=True, mode="json")}}
+            await ctx.client.merge_patch(ENVIRONMENTS, env_name, payload, subresource="status")
+        return cost

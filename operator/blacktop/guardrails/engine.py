@@ -1,0 +1,251 @@
+"""Policies in, a decision out: compile GuardrailPolicies, match them, evaluate their rules. Pure.
+
+A rule's expression must hold; when it does not (false, an evaluation error, or not a bool), the
+rule is violated and its message, with ``{{ expression }}`` placeholders filled in, says why. What a
+violation does depends on the policy's mode: Enforce denies, Warn admits with a warning, Audit admits
+and records. A rule that cannot be evaluated counts as violated, so a broken rule fails closed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from blacktop.api.guardrailpolicy import GuardrailPolicySpec, Match, Mode, RuleStage
+from blacktop.guardrails import cel
+
+PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+MAX_MESSAGE = 1024
+
+
+class PolicyCompileError(ValueError):
+    """A policy with rules that do not compile; ``problems`` lists each rule's compiler message."""
+
+    def __init__(self, policy: str, problems: list[str]) -> None:
+        super().__init__(f"GuardrailPolicy {policy} does not compile: " + "; ".join(problems))
+        self.policy = policy
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule ready to evaluate: its condition and the pieces of its message."""
+
+    name: str
+    stage: RuleStage
+    condition: cel.Program
+    # Literal text and compiled placeholders, in order.
+    message: tuple[str | cel.Program, ...]
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """A policy ready to evaluate."""
+
+    name: str
+    mode: Mode
+    match: Match
+    rules: tuple[CompiledRule, ...]
+
+
+def _compile_message(template: str) -> tuple[str | cel.Program, ...]:
+    parts: list[str | cel.Program] = []
+    position = 0
+    for found in PLACEHOLDER.finditer(template):
+        parts.append(template[position : found.start()])
+        source = found.group(1).strip()
+        if not source:
+            raise cel.CelCompileError("empty {{ }} placeholder in the message")
+        parts.append(cel.compile_expression(source))
+        position = found.end()
+    parts.append(template[position:])
+    return tuple(p for p in parts if p != "")
+
+
+def compile_policy(name: str, spec: GuardrailPolicySpec) -> CompiledPolicy:
+    """Compile every rule and message placeholder; raises PolicyCompileError listing every problem."""
+    problems: list[str] = []
+    rules: list[CompiledRule] = []
+    for rule in spec.rules:
+        try:
+            condition = cel.compile_condition(rule.expression)
+        except cel.CelCompileError as exc:
+            problems.append(f"rule {rule.name}: expression: {exc}")
+            continue
+        try:
+            message = _compile_message(rule.message)
+        except cel.CelCompileError as exc:
+            problems.append(f"rule {rule.name}: message: {exc}")
+            continue
+        rules.append(CompiledRule(rule.name, rule.stage, condition, message))
+    if problems:
+        raise PolicyCompileError(name, problems)
+    return CompiledPolicy(name=name, mode=spec.mode, match=spec.match, rules=tuple(rules))
+
+
+def compile_body(body: Mapping[str, Any]) -> CompiledPolicy:
+    """Compile a GuardrailPolicy object body; a spec that does not validate is a PolicyCompileError too."""
+    name = str((body.get("metadata") or {}).get("name") or "unnamed")
+    try:
+        spec = GuardrailPolicySpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise PolicyCompileError(name, [f"spec.{where}: {first['msg']}"]) from None
+    return compile_policy(name, spec)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a policy's match looks at."""
+
+    kind: str
+    tier: str | None = None
+    team: str | None = None
+    golden_path: str | None = None
+
+
+def matches(match: Match, subject: Subject) -> bool:
+    """Whether a policy applies; each non-empty list must contain the subject's value."""
+    if match.kinds and subject.kind not in {k.value for k in match.kinds}:
+        return False
+    if match.tiers and subject.tier not in {t.value for t in match.tiers}:
+        return False
+    if match.teams and subject.team not in match.teams:
+        return False
+    # A golden-path match only ever selects ServiceRequests of those golden paths.
+    return not match.golden_paths or subject.golden_path in match.golden_paths
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One failed rule."""
+
+    policy: str
+    rule: str
+    mode: Mode
+    stage: RuleStage
+    message: str
+    # At the Plan stage: the addresses of the resource changes that violate the rule on their own.
+    resources: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The one line users read: which policy, which rule, why (and which resources, on a plan)."""
+        where = f" [resources: {', '.join(self.resources)}]" if self.resources else ""
+        if self.mode is Mode.ENFORCE:
+            return f"denied by GuardrailPolicy {self.policy}/{self.rule}: {self.message}{where}"
+        return f"GuardrailPolicy {self.policy}/{self.rule} ({self.mode.value}): {self.message}{where}"
+
+
+@dataclass
+class Decision:
+    """What the policies say about one request at one stage."""
+
+    denials: list[Violation] = field(default_factory=list)
+    warnings: list[Violation] = field(default_factory=list)
+    audits: list[Violation] = field(default_factory=list)
+    evaluated: int = 0  # rules evaluated (for metrics and benchmarks)
+
+    @property
+    def allowed(self) -> bool:
+        return not self.denials
+
+    @property
+    def recorded(self) -> list[Violation]:
+        """Violations to record in their policies' status (Warn and Audit)."""
+        return self.warnings + self.audits
+
+    def denial_text(self) -> str:
+        """All denials, one per line (the first is what kubectl shows most prominently)."""
+        return "\n".join(v.text for v in self.denials)
+
+
+def _message(rule: CompiledRule, bindings: cel.Bindings, note: str | None) -> str:
+    parts = []
+    for part in rule.message:
+        if isinstance(part, str):
+            parts.append(part)
+            continue
+        try:
+            parts.append(cel.render(bindings.evaluate(part)))
+        except cel.CelEvaluationError:
+            parts.append("<?>")
+    text = "".join(parts).strip() or f"rule {rule.name} does not hold"
+    if note:
+        text += f" ({note})"
+    return text[:MAX_MESSAGE]
+
+
+def _check(rule: CompiledRule, bindings: cel.Bindings) -> str | None:
+    """None when the rule holds, else a note ("" for plain false, else why it could not be evaluated)."""
+    try:
+        result = bindings.evaluate(rule.condition)
+    except cel.CelEvaluationError as exc:
+        return f"the rule could not be evaluated: {exc}; guard optional fields with has()"
+    if result is True:
+        return None
+    if result is False:
+        return ""
+    return f"the rule returned {cel.render(result)!r}, not a bool"
+
+
+MAX_RESOURCES = 20
+
+
+def offending_resources(rule: CompiledRule, variables: Mapping[str, Any]) -> tuple[str, ...]:
+    """The plan's resource changes that violate ``rule`` when the plan holds only that change.
+
+    CEL cannot say which element made ``all()`` false; evaluating the rule once per change can.
+    A rule that fails even for a plan without changes is not about resources (cost, names), and a
+    rule about the plan as a whole (counts, sums) may name no single resource: both name none.
+    """
+    plan = variables.get("plan")
+    if not isinstance(plan, Mapping):
+        return ()
+    changes = plan.get("resource_changes")
+    if not isinstance(changes, list) or not changes:
+        return ()
+    if _check(rule, cel.Bindings({**variables, "plan": {**plan, "resource_changes": []}})) is not None:
+        return ()
+    found = []
+    for change in changes:
+        if not isinstance(change, Mapping):
+            continue
+        single = {**variables, "plan": {**plan, "resource_changes": [change]}}
+        if _check(rule, cel.Bindings(single)) is not None:
+            found.append(str(change.get("address") or "?"))
+            if len(found) >= MAX_RESOURCES:
+                break
+    return tuple(found)
+
+
+def evaluate(
+    policies: Iterable[CompiledPolicy], subject: Subject, variables: Mapping[str, Any], stage: RuleStage
+) -> Decision:
+    """Evaluate the matching policies' rules of ``stage`` against ``variables``."""
+    decision = Decision()
+    bindings: cel.Bindings | None = None
+    for policy in sorted(policies, key=lambda p: p.name):
+        if not matches(policy.match, subject):
+            continue
+        for rule in policy.rules:
+            if rule.stage is not stage:
+                continue
+            if bindings is None:  # converted once per request, and only if some rule needs it
+                bindings = cel.Bindings(dict(variables))
+            decision.evaluated += 1
+            note = _check(rule, bindings)
+            if note is None:
+                continue
+            resources = offending_resources(rule, variables) if stage is RuleStage.PLAN else ()
+            message = _message(rule, bindings, note or None)
+            violation = Violation(policy.name, rule.name, policy.mode, stage, message, resources)
+            {Mode.ENFORCE: decision.denials, Mode.WARN: decision.warnings, Mode.AUDIT: decision.audits}[
+                policy.mode
+            ].append(violation)
+    return decision

@@ -1,0 +1,477 @@
+"""Guardrails against the real control plane: the admission webhook answers `kubectl apply`, the
+Plan stage stops a forbidden plan before apply, and policies report whether they are active.
+
+Example policies are applied from examples/policies/ under a unique name and narrowed to a unique
+team (match.teams), so they never touch other tests' objects; every test deletes what it made.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import REPO, Kubectl, OperatorProcess, unique, wait_for
+
+pytestmark = pytest.mark.integration
+
+API = "platform.blacktop.dev/v1alpha1"
+DEVELOPERS = "blacktop-test-developers"
+
+
+def apply(kubectl: Kubectl, body: dict[str, Any], *args: str) -> Any:
+    return kubectl("apply", "-f", "-", *args, input=json.dumps(body), check=False)
+
+
+def get(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
+    result = kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any] | None, ctype: str = "Ready") -> dict[str, Any] | None:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+
+
+@pytest.fixture(scope="module")
+def golden_path(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
+    """A copy of the example `tiny` golden path (provider-free, provisions in seconds)."""
+    doc = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
+    doc["metadata"]["name"] = name = unique("tiny-gr")
+    assert apply(kubectl, doc).returncode == 0
+    kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
+    yield name
+    kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def cleanup(kubectl: Kubectl) -> Iterator[list[tuple[str, ...]]]:
+    """Objects to delete after the test: (kind, name) or (kind, name, namespace)."""
+    made: list[tuple[str, ...]] = []
+    yield made
+    for item in reversed(made):
+        namespace = ["-n", item[2]] if len(item) > 2 else []
+        kubectl("delete", item[0], item[1], *namespace, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def team_environment(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[tuple[str, ...]]) -> Callable[..., str]:
+    """Make a Ready environment for a fresh team; returns its name (the team is the name's prefix)."""
+
+    def make(tier: str = "dev", **spec: Any) -> str:
+        team = unique("team")
+        name = f"{team}-{tier}"
+        body = {
+            "apiVersion": API,
+            "kind": "Environment",
+            "metadata": {"name": name},
+            "spec": {"team": team, "tier": tier, "ttl": "2h", **spec},
+        }
+        result = apply(kubectl, body)
+        assert result.returncode == 0, result.stderr
+        cleanup.append(("environment", name))
+        kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+        return name
+
+    return make
+
+
+@pytest.fixture
+def example_policy(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[tuple[str, ...]]) -> Callable[..., str]:
+    """Apply examples/policies/<example>.yaml for one team only; returns the policy's name."""
+
+    def make(example: str, team: str, mode: str | None = None) -> str:
+        doc = yaml.safe_load((REPO / "examples" / "policies" / f"{example}.yaml").read_text())
+        doc["metadata"]["name"] = name = unique(example)
+        doc["spec"]["match"]["teams"] = [team]
+        if mode:
+            doc["spec"]["mode"] = mode
+        result = apply(kubectl, doc)
+        assert result.returncode == 0, result.stderr
+        cleanup.append(("guardrailpolicy", name))
+        wait_for(
+            lambda: (c := condition(get(kubectl, "guardrailpolicy", name))) and c["reason"] == "Active" and c,
+            timeout=30,
+            what=f"GuardrailPolicy {name} to be Active",
+        )
+        return name
+
+    return make
+
+
+def service_request(name: str, namespace: str, golden_path: str, **parameters: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "ServiceRequest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"goldenPath": golden_path, "parameters": parameters},
+    }
+
+
+def team_of(environment: str) -> str:
+    return environment.rsplit("-", 1)[0]
+
+
+# -- webhook configuration -------------------------------------------------------------------------
+
+
+def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl: Kubectl, operator: Any) -> None:
+    config = get(kubectl, "validatingwebhookconfiguration", "blacktop")
+    assert config is not None
+    paths = sorted(h["clientConfig"]["url"].rsplit("/", 1)[1] for h in config["webhooks"])
+    assert paths == [
+        "validate-environment",
+        "validate-goldenpath",
+        "validate-guardrailpolicy",
+        "validate-servicerequest",
+    ]
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["timeoutSeconds"] <= 5
+        assert hook["clientConfig"]["url"].startswith(f"https://127.0.0.1:{operator.webhook_port}/")
+    [namespaced] = [h for h in config["webhooks"] if h.get("namespaceSelector")]
+    excluded = namespaced["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
+
+
+def _webhook_urls(kubectl: Kubectl) -> list[str]:
+    config = get(kubectl, "validatingwebhookconfiguration", "blacktop") or {}
+    return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
+
+
+def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
+    kubectl: Kubectl, operator: OperatorProcess, modules_root: Path, tmp_path: Path
+) -> None:
+    """A stopped operator must not leave a failurePolicy=Fail webhook behind (it would refuse every
+    later apply of Blacktop's kinds); the session operator's configuration is restored afterwards."""
+    saved = get(kubectl, "validatingwebhookconfiguration", "blacktop")
+    assert saved is not None
+    own = OperatorProcess(
+        operator.kubeconfig,
+        tmp_path / "operator.log",
+        env={"BLACKTOP_MODULES_ROOT": str(modules_root), "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true"},
+    )
+    try:
+        own.start()
+        wait_for(
+            lambda: (urls := _webhook_urls(kubectl)) and all(f":{own.webhook_port}/" in u for u in urls),
+            timeout=60,
+            what="the new operator to point the webhook configuration at itself",
+        )
+        body = {
+            "apiVersion": API,
+            "kind": "GuardrailPolicy",
+            "metadata": {"name": unique("broken")},
+            "spec": {"rules": [{"name": "r", "expression": "nope ==", "message": "m"}]},
+        }
+        refused = apply(kubectl, body, "--dry-run=server")
+        assert refused.returncode != 0
+        assert "does not compile" in refused.stderr
+        own.stop()
+        assert "admission webhook configuration blacktop removed" in own.log_text()
+        assert get(kubectl, "validatingwebhookconfiguration", "blacktop") is None
+        # With no webhook, applies of Blacktop's kinds are not wedged.
+        assert apply(kubectl, body, "--dry-run=server").returncode == 0
+        # A broken policy that gets in while no webhook runs is reported, not enforced.
+        assert apply(kubectl, body).returncode == 0
+        try:
+            ready = wait_for(
+                lambda: condition(get(kubectl, "guardrailpolicy", body["metadata"]["name"])),
+                timeout=30,
+                what="the broken policy's status",
+            )
+            assert (ready["status"], ready["reason"]) == ("False", "CompileError")
+            assert "rule r: expression:" in ready["message"]
+            assert "Syntax error" in ready["message"]
+        finally:
+            kubectl("delete", "guardrailpolicy", body["metadata"]["name"], "--ignore-not-found")
+    finally:
+        own.stop()
+        meta = saved["metadata"]
+        saved["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
+        assert apply(kubectl, saved).returncode == 0
+    assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
+
+
+# -- built-in protections and broken policies ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "words"),
+    [
+        ("forbidden-local-exec", "uses the local-exec provisioner"),
+        ("forbidden-provider", "provider(s) hashicorp/aws not allowed"),
+    ],
+)
+def test_golden_path_with_a_forbidden_module_is_refused(
+    kubectl: Kubectl, operator: OperatorProcess, module: str, words: str
+) -> None:
+    name = unique("forbidden")
+    body = {
+        "apiVersion": API,
+        "kind": "GoldenPath",
+        "metadata": {"name": name},
+        "spec": {"description": "x", "module": module},
+    }
+    for args in (("--dry-run=server",), ()):
+        result = apply(kubectl, body, *args)
+        assert result.returncode != 0
+        assert f"denied by built-in protection: GoldenPath {name}, module '{module}'" in result.stderr
+        assert words in result.stderr
+    assert get(kubectl, "goldenpath", name) is None
+
+
+@pytest.mark.parametrize(
+    ("expression", "message", "words"),
+    [
+        ("object.spec.team ==", "m", "Syntax error"),
+        ("objct.spec.team == 'a'", "m", "undeclared reference to 'objct.spec.team'"),
+        ("size(object.metadata.name)", "m", "returns int, but a rule must return a bool"),
+        ("true", "{{ object.spec. }}", "rule r: message"),
+    ],
+)
+def test_policy_with_a_broken_expression_is_refused(
+    kubectl: Kubectl, operator: OperatorProcess, expression: str, message: str, words: str
+) -> None:
+    name = unique("broken")
+    body = {
+        "apiVersion": API,
+        "kind": "GuardrailPolicy",
+        "metadata": {"name": name},
+        "spec": {"rules": [{"name": "r", "expression": expression, "message": message}]},
+    }
+    result = apply(kubectl, body)
+    assert result.returncode != 0
+    assert f"GuardrailPolicy {name} does not compile: rule r:" in result.stderr
+    assert words in result.stderr
+    assert get(kubectl, "guardrailpolicy", name) is None
+
+
+# -- team boundaries ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def developers_may_create_environments(kubectl: Kubectl, installed: Path) -> Iterator[str]:
+    """RBAC lets the DEVELOPERS group create environments, so the webhook is what decides."""
+    name = unique("gr-env-creators")
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": ["platform.blacktop.dev"], "resources": ["environments"], "verbs": ["*"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": DEVELOPERS}],
+    }
+    for obj in (role, binding):
+        assert apply(kubectl, obj).returncode == 0
+    yield DEVELOPERS
+    kubectl("delete", "clusterrolebinding", name, "--ignore-not-found")
+    kubectl("delete", "clusterrole", name, "--ignore-not-found")
+
+
+def test_cross_team_environment_is_refused(
+    kubectl: Kubectl, operator: OperatorProcess, developers_may_create_environments: str
+) -> None:
+    team = unique("team")
+    body = {
+        "apiVersion": API,
+        "kind": "Environment",
+        "metadata": {"name": f"{team}-dev"},
+        "spec": {"team": team, "tier": "dev"},
+    }
+    outsider = apply(kubectl, body, "--dry-run=server", "--as=mallory", f"--as-group={DEVELOPERS}", "--as-group=other")
+    assert outsider.returncode != 0
+    assert f"denied by team boundary: user mallory is not in group '{team}' of team '{team}'" in outsider.stderr
+    member = apply(kubectl, body, "--dry-run=server", "--as=alice", f"--as-group={DEVELOPERS}", f"--as-group={team}")
+    assert member.returncode == 0, member.stderr
+
+
+# -- example policies: Enforce, Warn, Audit -------------------------------------------------------------
+
+
+def test_dev_max_ttl_denies_an_environment_without_ttl(
+    kubectl: Kubectl, operator: OperatorProcess, example_policy: Callable[..., str]
+) -> None:
+    team = unique("team")
+    policy = example_policy("dev-max-ttl", team)
+    body = {
+        "apiVersion": API,
+        "kind": "Environment",
+        "metadata": {"name": f"{team}-dev"},
+        "spec": {"team": team, "tier": "dev"},
+    }
+    for args in (("--dry-run=server",), ()):
+        denied = apply(kubectl, body, *args)
+        assert denied.returncode != 0
+        assert f"denied by GuardrailPolicy {policy}/ttl-at-most-a-week: dev environments need a ttl" in denied.stderr
+        assert "(got: none)" in denied.stderr
+    body["spec"]["ttl"] = "72h"
+    assert apply(kubectl, body, "--dry-run=server").returncode == 0
+
+
+def test_request_over_budget_is_refused(
+    kubectl: Kubectl,
+    golden_path: str,
+    team_environment: Callable[..., str],
+    example_policy: Callable[..., str],
+    cleanup: list[tuple[str, ...]],
+) -> None:
+    env = team_environment(budget={"monthly": "21"})
+    policy = example_policy("team-budget", team_of(env))
+    first = unique("large")
+    result = apply(kubectl, service_request(first, env, golden_path, size="large"))  # 20 of 21
+    assert result.returncode == 0, result.stderr
+    cleanup.append(("servicerequest", first, env))
+    # The existing request counts: 20 + 1 fits, 20 + 5 does not.
+    fits = apply(kubectl, service_request(unique("small"), env, golden_path, size="small"), "--dry-run=server")
+    assert fits.returncode == 0, fits.stderr
+    over = service_request(unique("medium"), env, golden_path, size="medium")
+    for args in (("--dry-run=server",), ()):
+        denied = apply(kubectl, over, *args)
+        assert denied.returncode != 0
+        assert f"denied by GuardrailPolicy {policy}/within-budget: " in denied.stderr
+        assert f"costs 5 USD/month, which would take environment {env} to 25 USD/month, over its budget of 21" in (
+            denied.stderr
+        )
+    assert get(kubectl, "servicerequest", over["metadata"]["name"], "-n", env) is None
+    # The environment's status carries what its requests cost against its budget.
+    cost = wait_for(
+        lambda: (
+            (c := ((get(kubectl, "environment", env) or {}).get("status") or {}).get("cost"))
+            and c.get("monthly") == "20.00"
+            and c
+        ),
+        timeout=60,
+        what="the environment's status to carry the requests' monthly cost",
+    )
+    assert (cost["budget"], cost["serviceRequests"]) == ("21", 1)
+
+
+def test_warn_mode_admits_with_a_warning_and_records_it(
+    kubectl: Kubectl,
+    golden_path: str,
+    team_environment: Callable[..., str],
+    example_policy: Callable[..., str],
+    cleanup: list[tuple[str, ...]],
+) -> None:
+    env = team_environment()
+    policy = example_policy("dev-small-sizes", team_of(env))
+    name = unique("medium")
+    body = service_request(name, env, golden_path, size="medium")
+    line = f"Warning: GuardrailPolicy {policy}/small-only (Warn): size medium is not small"
+    dry = apply(kubectl, body, "--dry-run=server")
+    assert dry.returncode == 0, dry.stderr
+    assert line in dry.stderr
+    result = apply(kubectl, body)
+    assert result.returncode == 0, result.stderr
+    cleanup.append(("servicerequest", name, env))
+    assert line in result.stderr
+    status = wait_for(
+        lambda: (s := (get(kubectl, "guardrailpolicy", policy) or {}).get("status")) and s.get("violations") and s,
+        timeout=30,
+        what="the warning to be recorded in the policy's status",
+    )
+    # Recorded once: the dry run had no side effects.
+    assert status["violationCount"] == 1
+    assert [(v["name"], v["namespace"], v["rule"]) for v in status["violations"]] == [(name, env, "small-only")]
+
+
+def test_audit_mode_admits_and_records(
+    kubectl: Kubectl,
+    golden_path: str,
+    team_environment: Callable[..., str],
+    example_policy: Callable[..., str],
+    cleanup: list[tuple[str, ...]],
+) -> None:
+    env = team_environment()
+    policy = example_policy("audit-large-requests", team_of(env))
+    names = [unique("large"), unique("large")]
+    for name in names:
+        result = apply(kubectl, service_request(name, env, golden_path, size="large"))
+        assert result.returncode == 0, result.stderr
+        assert "Warning" not in result.stderr
+        cleanup.append(("servicerequest", name, env))
+    status = wait_for(
+        lambda: (
+            (s := (get(kubectl, "guardrailpolicy", policy) or {}).get("status")) and s.get("violationCount") == 2 and s
+        ),
+        timeout=30,
+        what="both violations to be recorded in the policy's status",
+    )
+    assert sorted(v["name"] for v in status["violations"]) == sorted(names)
+    assert all(v["rule"] == "not-large" and v["kind"] == "ServiceRequest" for v in status["violations"])
+    assert "blacktop-admin asked for size large" in status["violations"][0]["message"]
+    listing = kubectl("get", "guardrailpolicy", policy).stdout
+    assert "Audit" in listing
+    assert "Active" in listing
+
+
+# -- the Plan stage ---------------------------------------------------------------------------------------
+
+
+def test_plan_stage_rule_stops_a_forbidden_plan_before_apply(
+    kubectl: Kubectl,
+    golden_path: str,
+    team_environment: Callable[..., str],
+    example_policy: Callable[..., str],
+    cleanup: list[tuple[str, ...]],
+) -> None:
+    env = team_environment("staging")
+    policy = example_policy("staging-no-placeholders", team_of(env))
+    name = unique("placeholder")
+    # Admitted: the rule is a Plan-stage rule, so it only looks at the plan.
+    result = apply(kubectl, service_request(name, env, golden_path))
+    assert result.returncode == 0, result.stderr
+    cleanup.append(("servicerequest", name, env))
+    compliant = wait_for(
+        lambda: condition(get(kubectl, "servicerequest", name, "-n", env), "PolicyCompliant"),
+        timeout=180,
+        what="the plan to be checked against the guardrails",
+    )
+    assert compliant["status"] == "False"
+    assert compliant["reason"] == "PolicyDenied"
+    assert f"denied by GuardrailPolicy {policy}/no-forbidden-resource-types" in compliant["message"]
+    assert "[resources: terraform_data.service]" in compliant["message"]
+    sr = get(kubectl, "servicerequest", name, "-n", env)
+    assert sr is not None
+    ready = condition(sr)
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "PolicyDenied")
+    assert sr["status"]["stage"] == "Failed"
+    assert condition(sr, "Applied") is None  # nothing was applied
+    assert get(kubectl, "secret", f"{name}-connection", "-n", env) is None
+    events = json.loads(
+        kubectl("get", "events", "-n", env, "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout
+    )["items"]
+    assert any(e["reason"] == "PolicyDenied" and e["type"] == "Warning" for e in events)
+
+
+def test_plan_stage_warning_lets_the_apply_go_on_and_is_recorded(
+    kubectl: Kubectl,
+    golden_path: str,
+    team_environment: Callable[..., str],
+    example_policy: Callable[..., str],
+    cleanup: list[tuple[str, ...]],
+) -> None:
+    env = team_environment("staging")
+    policy = example_policy("staging-no-placeholders", team_of(env), mode="Warn")
+    name = unique("placeholder")
+    result = apply(kubectl, service_request(name, env, golden_path))
+    assert result.returncode == 0, result.stderr
+    cleanup.append(("servicerequest", name, env))
+    kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", env, "--timeout=180s")
+    compliant = condition(get(kubectl, "servicerequest", name, "-n", env), "PolicyCompliant")
+    assert compliant is not None
+    assert (compliant["status"], compliant["reason"]) == ("True", "PolicyWarned")
+    assert f"GuardrailPolicy {policy}/no-forbidden-resource-types (Warn)" in compliant["message"]
+    status = (get(kubectl, "guardrailpolicy", policy) or {}).get("status") or {}
+    assert status.get("violationCount") == 1
+    assert status["violations"][0]["name"] == name

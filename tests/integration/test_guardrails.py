@@ -8,6 +8,7 @@ team (match.teams), so they never touch other tests' objects; every test deletes
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,12 @@ def service_request(name: str, namespace: str, golden_path: str, **parameters: A
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"goldenPath": golden_path, "parameters": parameters},
     }
+
+
+def scrape_metrics(operator: OperatorProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
 
 
 def team_of(environment: str) -> str:
@@ -319,6 +326,7 @@ def test_dev_max_ttl_denies_an_environment_without_ttl(
 
 def test_request_over_budget_is_refused(
     kubectl: Kubectl,
+    operator: OperatorProcess,
     golden_path: str,
     team_environment: Callable[..., str],
     example_policy: Callable[..., str],
@@ -342,6 +350,13 @@ def test_request_over_budget_is_refused(
             denied.stderr
         )
     assert get(kubectl, "servicerequest", over["metadata"]["name"], "-n", env) is None
+    # Both denials (dry run and real) are counted, and admission reviews are timed.
+    scrape = scrape_metrics(operator)
+    denied_series = (
+        f'blacktop_guardrail_decisions_total{{mode="Enforce",outcome="denied",policy="{policy}",rule="within-budget"}}'
+    )
+    assert f"{denied_series} 2.0" in scrape, scrape
+    assert 'blacktop_admission_review_duration_seconds_count{allowed="false",kind="ServiceRequest"}' in scrape
     # The environment's status carries what its requests cost against its budget.
     cost = wait_for(
         lambda: (

@@ -291,3 +291,18 @@ def test_a_placeholder_that_fails_renders_as_a_question_mark() -> None:
 )
 def test_render(value: Any, text: str) -> None:
     assert cel.render(value) == text
+
+
+def test_outcomes_name_every_evaluated_rule_once() -> None:
+    passing = policy("Enforce", expression="true")
+    denying = {**policy("Enforce", expression="false"), "metadata": {"name": "deny"}}
+    warning = {**policy("Warn", expression="false"), "metadata": {"name": "warn"}}
+    auditing = {**policy("Audit", expression="false"), "metadata": {"name": "audit"}}
+    decision = decide_request([passing, denying, warning, auditing], request(), env())
+    assert sorted(decision.outcomes()) == [
+        ("audit", "r", Mode.AUDIT, "audited"),
+        ("deny", "r", Mode.ENFORCE, "denied"),
+        ("p", "r", Mode.ENFORCE, "allowed"),
+        ("warn", "r", Mode.WARN, "warned"),
+    ]
+    assert decision.evaluated == 4

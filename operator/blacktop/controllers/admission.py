@@ -43,7 +43,14 @@ def spec_unchanged(body: Mapping[str, Any], old: Mapping[str, Any] | None) -> bo
     return old is not None and (old.get("spec") or {}) == (body.get("spec") or {})
 
 
+def observe(ctx: Context, decision: engine.Decision) -> None:
+    """Count each evaluated rule's outcome (dry runs too: they are decisions users see)."""
+    for policy, rule, mode, outcome in decision.outcomes():
+        ctx.metrics.observe_guardrail_decision(policy, rule, mode.value, outcome)
+
+
 def _answer(decision: engine.Decision, ctx: Context, body: JSON, dryrun: bool) -> Review:
+    observe(ctx, decision)
     if not dryrun:
         record_in_background(ctx, decision.recorded, body)
     review = Review(warnings=[v.text for v in decision.warnings])

@@ -11,12 +11,14 @@ their policies' status; Warn also posts a Warning Event.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
+from blacktop.controllers.admission import observe
 from blacktop.controllers.context import Context
 from blacktop.controllers.guardrailpolicy import active_policies, record
 from blacktop.controllers.tracker import StatusTracker
@@ -62,7 +64,10 @@ async def check_plan(
     gp_body = _golden_path_body(*golden_path)
     variables = context.request_variables(body, None, env, gp_body, None, plan=plan)
     policies = await active_policies(ctx)
+    started = time.monotonic()
     decision = engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.PLAN)
+    ctx.metrics.observe_stage("policy", time.monotonic() - started)
+    observe(ctx, decision)
     if decision.recorded:
         await record(ctx, decision.recorded, body)
     if decision.denials:

@@ -9,7 +9,7 @@ and records. A rule that cannot be evaluated counts as violated, so a broken rul
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +149,7 @@ class Decision:
     denials: list[Violation] = field(default_factory=list)
     warnings: list[Violation] = field(default_factory=list)
     audits: list[Violation] = field(default_factory=list)
+    passed: list[tuple[str, str, Mode]] = field(default_factory=list)  # (policy, rule, mode) that held
     evaluated: int = 0  # rules evaluated (for metrics and benchmarks)
 
     @property
@@ -159,6 +160,14 @@ class Decision:
     def recorded(self) -> list[Violation]:
         """Violations to record in their policies' status (Warn and Audit)."""
         return self.warnings + self.audits
+
+    def outcomes(self) -> Iterator[tuple[str, str, Mode, str]]:
+        """(policy, rule, mode, outcome) of every evaluated rule: allowed, denied, warned or audited."""
+        for policy, rule, mode in self.passed:
+            yield policy, rule, mode, "allowed"
+        for violations, outcome in ((self.denials, "denied"), (self.warnings, "warned"), (self.audits, "audited")):
+            for v in violations:
+                yield v.policy, v.rule, v.mode, outcome
 
     def denial_text(self) -> str:
         """All denials, one per line (the first is what kubectl shows most prominently)."""
@@ -241,6 +250,7 @@ def evaluate(
             decision.evaluated += 1
             note = _check(rule, bindings)
             if note is None:
+                decision.passed.append((policy.name, rule.name, policy.mode))
                 continue
             resources = offending_resources(rule, variables) if stage is RuleStage.PLAN else ()
             message = _message(rule, bindings, note or None)

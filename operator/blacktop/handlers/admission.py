@@ -9,6 +9,7 @@ ValidatingWebhookConfiguration is applied once the server listens, and removed o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -80,7 +81,8 @@ async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
         client.close()
 
 
-def _verdict(review: controller.Review, warnings: list[str]) -> None:
+def _verdict(memo: kopf.Memo, kind: str, started: float, review: controller.Review, warnings: list[str]) -> None:
+    context_of(memo).metrics.observe_admission_review(kind, review.denial is None, time.monotonic() - started)
     warnings.extend(review.warnings)
     if review.denial:
         raise kopf.AdmissionError(review.denial, code=403)
@@ -96,11 +98,11 @@ async def validate_environment(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    old = kwargs.get("old")
+    started, old = time.monotonic(), kwargs.get("old")
     review = await controller.review_environment(
         context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
     )
-    _verdict(review, warnings)
+    _verdict(memo, "Environment", started, review, warnings)
 
 
 @kopf.on.validate(GROUP, VERSION, "servicerequests", id="validate-servicerequest", operations=["CREATE", "UPDATE"])
@@ -113,21 +115,22 @@ async def validate_service_request(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    old = kwargs.get("old")
+    started, old = time.monotonic(), kwargs.get("old")
     review = await controller.review_service_request(
         context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
     )
-    _verdict(review, warnings)
+    _verdict(memo, "ServiceRequest", started, review, warnings)
 
 
 @kopf.on.validate(GROUP, VERSION, "guardrailpolicies", id="validate-guardrailpolicy", operations=["CREATE", "UPDATE"])
-async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
-    old = kwargs.get("old")
-    _verdict(controller.review_policy(dict(body), dict(old) if old else None), warnings)
+async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
+    started, old = time.monotonic(), kwargs.get("old")
+    review = controller.review_policy(dict(body), dict(old) if old else None)
+    _verdict(memo, "GuardrailPolicy", started, review, warnings)
 
 
 @kopf.on.validate(GROUP, VERSION, "goldenpaths", id="validate-goldenpath", operations=["CREATE", "UPDATE"])
 async def validate_golden_path(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    old = kwargs.get("old")
+    started, old = time.monotonic(), kwargs.get("old")
     review = await controller.review_golden_path(context_of(memo), dict(body), dict(old) if old else None)
-    _verdict(review, warnings)
+    _verdict(memo, "GoldenPath", started, review, warnings)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from helpers import Kubectl, unique
+from helpers import Kubectl, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,20 @@ def test_api_resources_and_category(kubectl: Kubectl, installed: Path) -> None:
     assert kubectl("get", "blacktop", "--all-namespaces").returncode == 0
 
 
+def explain(kubectl: Kubectl, field: str) -> str:
+    """`kubectl explain`, once the apiserver publishes the CRD's schema in OpenAPI (a moment after Established)."""
+
+    def published() -> str | None:
+        result = kubectl("explain", field, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    return wait_for(published, timeout=30, what=f"kubectl explain {field} to find the published schema")
+
+
 def test_kubectl_explain_teaches_the_fields(kubectl: Kubectl, installed: Path) -> None:
-    out = kubectl("explain", "environment.spec.ttl").stdout
-    assert "Time to live" in out
-    assert "ServiceRequests" in kubectl("explain", "environment.spec.team").stdout
-    assert "golden path" in kubectl("explain", "servicerequest.spec.parameters").stdout
+    assert "Time to live" in explain(kubectl, "environment.spec.ttl")
+    assert "ServiceRequests" in explain(kubectl, "environment.spec.team")
+    assert "golden path" in explain(kubectl, "servicerequest.spec.parameters")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)

@@ -271,8 +271,11 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         admin("delete", "environment", env_name, "--timeout=120s")
         wait_for(lambda: get(admin, "namespace", env_name) is None or None, timeout=60, what="namespace deletion")
     finally:
+        admin("delete", "environment", env_name, "--ignore-not-found", "--timeout=120s", check=False)
+        # The catalog outlives `helm uninstall` (resource-policy keep); delete it while the operator
+        # still runs to release its finalizers.
+        admin("delete", "goldenpath", "tiny", "postgres-database", "--ignore-not-found", "--timeout=60s", check=False)
         operator.stop()
-        admin("delete", "environment", env_name, "--ignore-not-found", "--wait=false")
 
     # Nothing the operator tried was refused.
     log = operator.log_text()
@@ -281,6 +284,8 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
 
     # Argo CD's health check on the real objects.
     results = {what: (argocd_health(obj), expected) for what, obj, expected in healths}
+    for what, (health, _) in results.items():
+        print(f"argocd health of {what}: {health['status']} ({health['message']})")
     wrong = {what: health for what, (health, expected) in results.items() if health["status"] != expected}
     assert not wrong, f"health.lua disagrees on: {json.dumps(wrong, indent=2)}"
     assert {expected for _, (_, expected) in results.items()} == {"Healthy", "Progressing", "Degraded"}

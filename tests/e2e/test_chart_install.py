@@ -95,6 +95,17 @@ def test_helm_install_creates_every_object(admin: Kubectl, chart_kubeconfig: Pat
         assert status["info"]["status"] == "deployed"
         # The Deployment controller took over: a ReplicaSet for the operator exists.
         assert json.loads(admin("get", "replicasets", "-n", namespace, "-o", "json").stdout)["items"]
+        # An upgrade keeps the generated webhook certificate (and the caBundle matching it).
+        secret_name = f"{release}-blacktop-webhook-tls"
+        before = get(admin, "secret", secret_name, "-n", namespace)
+        assert before is not None
+        helm("upgrade", release, str(CHART), "--namespace", namespace, kubeconfig=chart_kubeconfig)
+        after = get(admin, "secret", secret_name, "-n", namespace)
+        assert after is not None
+        assert after["data"] == before["data"]
+        config = get(admin, "validatingwebhookconfiguration", f"{release}-blacktop")
+        assert config is not None
+        assert {w["clientConfig"]["caBundle"] for w in config["webhooks"]} == {before["data"]["ca.crt"]}
     finally:
         helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=chart_kubeconfig)
     assert get(admin, "clusterrole", f"{release}-blacktop") is None

@@ -212,7 +212,22 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         },
     )
     operator.start()
+    short_lived = unique("ttl-env")
     try:
+        # An environment with a TTL: the operator deletes it when the TTL runs out.
+        admin(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": API,
+                    "kind": "Environment",
+                    "metadata": {"name": short_lived},
+                    "spec": {"team": "payments", "tier": "dev", "ttl": "10s"},
+                }
+            ),
+        )
         env = wait_for(
             lambda: (e := get(admin, "environment", env_name)) and ready(e) and e, timeout=60, what="env Ready"
         )
@@ -224,6 +239,14 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         # to the aggregated editor role, which needs `bind`).
         assert get(admin, "rolebinding", "blacktop-environment-editors", "-n", env_name) is not None
         assert get(admin, "resourcequota", "blacktop-quota", "-n", env_name) is not None
+        assert get(admin, "networkpolicy", "blacktop-isolation", "-n", env_name) is not None
+        # Switching isolation off removes the NetworkPolicy (the operator deletes it).
+        admin("patch", "environment", env_name, "--type=merge", "-p", '{"spec":{"networkPolicy":{"isolation":"Open"}}}')
+        wait_for(
+            lambda: get(admin, "networkpolicy", "blacktop-isolation", "-n", env_name) is None or None,
+            timeout=60,
+            what="the NetworkPolicy to be removed",
+        )
 
         golden = wait_for(lambda: (g := get(admin, "goldenpath", "tiny")) and ready(g) and g, timeout=60, what="tiny")
         healths.append(("golden path Ready", golden, "Healthy"))
@@ -281,8 +304,13 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         assert get(admin, "secret", state_secret, "-n", namespace) is None
         admin("delete", "environment", env_name, "--timeout=120s")
         wait_for(lambda: get(admin, "namespace", env_name) is None or None, timeout=60, what="namespace deletion")
+        wait_for(
+            lambda: get(admin, "environment", short_lived) is None or None,
+            timeout=60,
+            what="the environment with a 10s TTL to expire",
+        )
     finally:
-        admin("delete", "environment", env_name, "--ignore-not-found", "--timeout=120s", check=False)
+        admin("delete", "environment", env_name, short_lived, "--ignore-not-found", "--timeout=120s", check=False)
         # The catalog outlives `helm uninstall` (resource-policy keep); delete it while the operator
         # still runs to release its finalizers.
         admin("delete", "goldenpath", "tiny", "postgres-database", "--ignore-not-found", "--timeout=60s", check=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blacktop.toolbox import cache_dir
 from chart_support import CHART, JSON, argocd_health, helm
 from helpers import Kubectl, OperatorProcess, free_port, unique, wait_for
 
@@ -72,14 +73,44 @@ def _ref(obj: JSON) -> list[str]:
     return args
 
 
+def install_monitoring_crds(admin: Kubectl) -> None:
+    """The real prometheus-operator CRDs the chart's ServiceMonitor and PrometheusRule need (this
+    control plane is the chart tests' own, so no other test sees them)."""
+    folder = cache_dir() / "crds" / "monitoring.coreos.com"
+    files = [folder / f"monitoring.coreos.com_{plural}.yaml" for plural in ("servicemonitors", "prometheusrules")]
+    missing = [str(f) for f in files if not f.is_file()]
+    assert not missing, f"missing {missing}: run `make tools` (prometheus-operator-crds)"
+    for file in files:
+        admin("apply", "--server-side", "-f", str(file))
+    admin("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=60s")
+    admin("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com", "--timeout=60s")
+
+
 def test_helm_install_creates_every_object(admin: Kubectl, chart_kubeconfig: Path) -> None:
     release, namespace = unique("bt"), unique("blacktop")
+    install_monitoring_crds(admin)
     # No --wait: this control plane has no nodes, so the operator pod stays Pending by design.
-    helm("install", release, str(CHART), "--namespace", namespace, "--create-namespace", kubeconfig=chart_kubeconfig)
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        kubeconfig=chart_kubeconfig,
+    )
     try:
         objects = manifest_objects(release, namespace, chart_kubeconfig)
         kinds = {o["kind"] for o in objects}
-        assert {"Deployment", "ServiceAccount", "ClusterRole", "Role", "ValidatingWebhookConfiguration"} <= kinds
+        expected = {"Deployment", "ServiceAccount", "ClusterRole", "Role", "ValidatingWebhookConfiguration"}
+        expected.add("ServiceMonitor")
+        if (CHART / "files" / "prometheus-rules.yaml").exists():  # shipped by the metrics work
+            expected.add("PrometheusRule")
+        assert expected <= kinds
         for obj in objects:
             assert get(admin, *_ref(obj)) is not None, f"{obj['kind']} {obj['metadata']['name']} was not created"
         # The CRDs come from the chart's crds/ folder (Helm installs them first, never deletes them).

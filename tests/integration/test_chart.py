@@ -287,7 +287,7 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
     for path, webhook in webhooks.items():
         assert webhook["failurePolicy"] == "Fail"
         assert webhook["timeoutSeconds"] == 5
-        assert webhook["sideEffects"] == "None"
+        assert webhook["sideEffects"] == "NoneOnDryRun"
         assert webhook["clientConfig"]["service"] == {
             "name": "blacktop-webhook",
             "namespace": NAMESPACE,
@@ -295,13 +295,18 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
             "port": 443,
         }
         assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == ca_pem
-        (expression,) = webhook["namespaceSelector"]["matchExpressions"]
-        assert expression["operator"] == "NotIn"
-        assert {"kube-system", "kube-public", "kube-node-lease", NAMESPACE} <= set(expression["values"])
         (rule,) = webhook["rules"]
         assert rule["apiGroups"] == ["platform.blacktop.dev"]
         assert rule["operations"] == ["CREATE", "UPDATE"]
         assert rule["resources"] == [PLURALS[path]]
+        if rule["scope"] == "Namespaced":
+            (expression,) = webhook["namespaceSelector"]["matchExpressions"]
+            assert expression["operator"] == "NotIn"
+            assert {"kube-system", "kube-public", "kube-node-lease", NAMESPACE} <= set(expression["values"])
+        else:
+            assert rule["scope"] == "Cluster"
+            assert "namespaceSelector" not in webhook  # cluster-scoped objects have no namespace
+    assert [w["rules"][0]["scope"] for w in config["webhooks"]].count("Namespaced") == 1
     # The serving certificate is signed by that CA and names the Service.
     ca = x509.load_pem_x509_certificate(ca_pem)
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))

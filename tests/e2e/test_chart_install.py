@@ -340,6 +340,9 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
             timeout=60,
             what="the environment with a 10s TTL to expire",
         )
+    except AssertionError as failure:
+        # This operator is not the session's, so conftest does not attach its log: do it here.
+        raise AssertionError(f"{failure}\n--- operator log (tail) ---\n{operator.log_tail(60)}") from None
     finally:
         admin("delete", "environment", env_name, short_lived, "--ignore-not-found", "--timeout=120s", check=False)
         # The catalog outlives `helm uninstall` (resource-policy keep); delete it while the operator

@@ -50,12 +50,12 @@ lint: venv ## ruff, mypy --strict and the import layering contracts
 	@$(VENV)/bin/lint-imports
 
 .PHONY: crds
-crds: venv ## Regenerate crds/ from the pydantic models
-	@$(PY) -m blacktop.crdgen write crds
+crds: venv ## Regenerate crds/ (and the Helm chart's copies) from the pydantic models
+	@$(PY) -m blacktop.crdgen write
 
 .PHONY: crds-check
-crds-check: venv ## Fail if crds/ is stale
-	@$(PY) -m blacktop.crdgen check crds
+crds-check: venv ## Fail if crds/ or the chart's copies are stale
+	@$(PY) -m blacktop.crdgen check
 
 .PHONY: cluster-up
 cluster-up: setup ## Start a detached local control plane (prints the KUBECONFIG export line)

@@ -108,7 +108,9 @@ func (p *pgProvider) Resources(_ context.Context) []func() resource.Resource {
 	return []func() resource.Resource{newRole, newDatabase}
 }
 
-func (p *pgProvider) DataSources(_ context.Context) []func() datasource.DataSource { return nil }
+func (p *pgProvider) DataSources(_ context.Context) []func() datasource.DataSource {
+	return []func() datasource.DataSource{newServer}
+}
 
 // exec runs statements on a fresh connection, one at a time (CREATE DATABASE cannot run in a transaction).
 func (c *client) exec(ctx context.Context, statements ...string) error {

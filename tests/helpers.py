@@ -79,6 +79,7 @@ class OperatorProcess:
             # Tests want quick convergence; production defaults are gentler.
             "BLACKTOP_RESYNC_SECONDS": "10",
             "BLACKTOP_TTL_CHECK_SECONDS": "1",
+            "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
             **self.extra_env,
         }
         log = self.log_file.open("ab")

@@ -154,7 +154,7 @@ class PostgresServer:
         target = uri or f"dbname={database}"
         env = {**os.environ, **({} if uri else self.env), "PGCONNECT_TIMEOUT": "5"}
         result = subprocess.run(
-            [str(find_tool("psql")), target, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+            [str(find_tool("psql")), target, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
             env=env,
             capture_output=True,
             text=True,

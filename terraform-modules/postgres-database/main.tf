@@ -68,8 +68,10 @@ variable "size" {
 }
 
 locals {
-  base             = "${var.environment}_${coalesce(var.database, var.name)}"
-  db_name          = substr(replace(lower(local.base), "/[^a-z0-9_]/", "_"), 0, 63)
+  base  = "${var.environment}_${coalesce(var.database, var.name)}"
+  clean = replace(lower(local.base), "/[^a-z0-9_]/", "_")
+  # Role names starting with pg_ are reserved by PostgreSQL (an environment called pg-dev...).
+  db_name          = substr(startswith(local.clean, "pg_") ? "db_${local.clean}" : local.clean, 0, 63)
   connection_limit = { small = 10, medium = 50, large = 200 }[var.size]
 }
 

@@ -11,6 +11,7 @@ reported as ``StateLocked`` with its holder and ID and left alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 LEASE = resource_for("coordination.k8s.io/v1", "Lease")
+SECRET = resource_for("v1", "Secret")
 _ATTEMPTS = 3
 # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
 _IN_FLIGHT: set[str] = set()
@@ -96,6 +98,7 @@ async def acquire(ctx: Context, body: JSON, backend: Backend, run: RunInfo, reco
                 await _put(ctx, locks.locked(lease, info))
         except ConflictError:
             continue
+        await _seed_state(ctx, backend)
         if verdict == locks.Verdict.ORPHANED:
             assert holder is not None
             message = (
@@ -107,6 +110,13 @@ async def acquire(ctx: Context, body: JSON, backend: Backend, run: RunInfo, reco
             await events.post_event(ctx.client, body, events.WARNING, Reason.STATE_LOCK_RECOVERED, message)
         return
     raise StateLockedError(holder or info)
+
+
+async def _seed_state(ctx: Context, backend: Backend) -> None:
+    """Write an empty state if there is none (see terraform.locks.empty_state_secret)."""
+    if await ctx.client.get(SECRET, backend.state_secret, backend.namespace) is None:
+        with contextlib.suppress(ConflictError):  # written meanwhile: fine, it exists
+            await ctx.client.create(locks.empty_state_secret(backend.state_secret, backend.namespace, backend.suffix))
 
 
 async def release(ctx: Context, backend: Backend, lock_id: str) -> None:

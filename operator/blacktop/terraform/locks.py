@@ -15,6 +15,8 @@ tool) looks foreign and is only reported. This module decides; ``controllers/loc
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import socket
 import uuid
@@ -150,3 +152,33 @@ def unlocked(lease: JSON) -> JSON:
     meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LOCK_INFO_ANNOTATION}
     spec = {k: v for k, v in (lease.get("spec") or {}).items() if k != "holderIdentity"}
     return {**lease, "metadata": meta, "spec": spec}
+
+
+def empty_state_secret(name: str, namespace: str, suffix: str) -> JSON:
+    """The backend's state Secret holding an empty state.
+
+    When no state exists yet, the backend takes its *own* lock to write an empty one, whatever
+    ``-lock=false`` says, and would find ours. So under our lock Blacktop writes that empty state
+    first, in the backend's format: gzip, labels that ``tofu`` recognises.
+    """
+    state = {
+        "version": 4,
+        "terraform_version": "1.6.0",
+        "serial": 0,
+        "lineage": str(uuid.uuid4()),
+        "outputs": {},
+        "resources": [],
+        "check_results": None,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**_BACKEND_LABELS, "tfstateSecretSuffix": suffix},
+            "annotations": {"encoding": "gzip"},
+        },
+        "type": "Opaque",
+        "data": {"tfstate": base64.b64encode(gzip.compress(json.dumps(state).encode())).decode()},
+    }

@@ -9,9 +9,14 @@ Events or status.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,8 +60,6 @@ def event_reasons(kubectl: Kubectl, name: str, namespace: str) -> set[str]:
 
 
 def secret_values(kubectl: Kubectl, name: str, namespace: str) -> dict[str, str]:
-    import base64
-
     secret = get(kubectl, "secret", name, "-n", namespace)
     assert secret is not None, f"secret {name} missing"
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -165,7 +168,9 @@ def test_database_is_provisioned_usable_updated_and_dropped(
     started = time.monotonic()
     apply_json(kubectl, request(name, environment, database=name.replace("-", "_"), size="small"))
     sr = wait_ready(kubectl, name, environment)
-    print(f"postgres-database Ready in {time.monotonic() - started:.1f}s (lead time {sr['status']['leadTimeSeconds']}s)")
+    print(
+        f"postgres-database Ready in {time.monotonic() - started:.1f}s (lead time {sr['status']['leadTimeSeconds']}s)"
+    )
     assert sr["status"]["plan"]["add"] == 3  # password, role, database
     assert sr["status"]["monthlyCost"] == "15.00"
     assert sr["status"]["outputs"] == ["database", "host", "password", "port", "uri", "username"]
@@ -245,8 +250,9 @@ def test_drift_made_out_of_band_is_detected_and_corrected(
     apply_json(kubectl, request(name, environment, golden_path=DRIFTING, database=name.replace("-", "_")))
     sr = wait_ready(kubectl, name, environment)
     wait_for(
-        lambda: condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted").get("reason")
-        == "NoChanges",
+        lambda: (
+            condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted").get("reason") == "NoChanges"
+        ),
         timeout=60,
         what="a first drift check that finds nothing",
     )
@@ -301,3 +307,112 @@ def test_a_lock_held_by_someone_else_is_reported_and_never_broken(
     wait_ready(kubectl, name, environment, timeout=120)
     assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["50"]
     delete_and_check_nothing_left(kubectl, postgres, name, environment, uid, database)
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (tofu runs in its own session, but it is still a child)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def command_lines(pids: list[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        try:
+            lines.append((Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " "))
+        except OSError:
+            continue
+    return lines
+
+
+def crash(proc: OperatorProcess) -> None:
+    """SIGKILL the operator and everything it started, at once: a node dying mid-run."""
+    assert proc.proc is not None
+    victims = [proc.proc.pid, *descendants(proc.proc.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    proc.proc.wait(timeout=30)
+
+
+def state_resources(kubectl: Kubectl, uid: str) -> list[str]:
+    secret = get(kubectl, "secret", f"tfstate-default-{uid}", "-n", OPERATOR_NS)
+    assert secret is not None
+    state = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
+    return sorted(f"{r['type']}.{r['name']}" for r in state["resources"] if r["mode"] == "managed")
+
+
+@pytest.mark.e2e
+def test_operator_killed_during_apply_recovers_its_own_lock(
+    kubectl: Kubectl,
+    environment: str,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+    installed: Path,
+    modules_root: Path,
+    tmp_path: Path,
+) -> None:
+    operator.stop()  # the session's operator would handle the request too: this test runs its own
+    own = OperatorProcess(installed, tmp_path / "operator.log", env={"BLACKTOP_MODULES_ROOT": str(modules_root)})
+    name = unique("crash")
+    database = db_name(environment, name.replace("-", "_"))
+    try:
+        own.start()
+        # A paused server accepts connections and never answers: the apply hangs in CREATE ROLE.
+        postgres.pause()
+        try:
+            apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+
+            def applying() -> dict[str, Any] | None:
+                sr = get(kubectl, "servicerequest", name, "-n", environment)
+                status = (sr or {}).get("status") or {}
+                assert own.proc is not None
+                in_apply = any(" apply " in f" {line} " for line in command_lines(descendants(own.proc.pid)))
+                return sr if status.get("stage") == "Applying" and in_apply else None
+
+            sr = wait_for(applying, timeout=120, interval=0.2, what="the apply to be running")
+            crash(own)
+        finally:
+            postgres.resume()
+        uid = sr["metadata"]["uid"]
+        lock_id = sr["status"]["lastRun"]["lockId"]
+        lease = get(kubectl, "lease", f"lock-tfstate-default-{uid}", "-n", OPERATOR_NS)
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == lock_id  # the dead run's lock is left behind
+
+        started = time.monotonic()
+        own.start()
+        wait_ready(kubectl, name, environment, timeout=180)
+        print(f"Ready {time.monotonic() - started:.1f}s after the restart")
+        assert "StateLockRecovered" in event_reasons(kubectl, name, environment)
+        lease = get(kubectl, "lease", f"lock-tfstate-default-{uid}", "-n", OPERATOR_NS)
+        assert lease is not None
+        assert not lease["spec"].get("holderIdentity")
+        # No duplicates: one role, one database, each once in the state, and the Secret's password works.
+        assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{database}%'") == ["1"]
+        assert postgres.query(f"SELECT count(*) FROM pg_database WHERE datname LIKE '{database}%'") == ["1"]
+        assert state_resources(kubectl, uid) == [
+            "postgresql_database.app",
+            "postgresql_role.app",
+            "random_password.role",
+        ]
+        uri = secret_values(kubectl, f"{name}-connection", environment)["uri"]
+        assert postgres.query("SELECT current_user", uri=uri) == [database]
+        delete_and_check_nothing_left(kubectl, postgres, name, environment, uid, database)
+    finally:
+        own.stop()
+        operator.start()

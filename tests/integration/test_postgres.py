@@ -28,6 +28,9 @@ from pgserver import PostgresServer
 pytestmark = pytest.mark.integration
 
 OPERATOR_NS = "blacktop-system"
+# Secret values and operator logs seen by the tests of this module; the canary test greps for them.
+SEEN_SECRETS: list[str] = []
+OPERATOR_LOGS: list[Path] = []
 GOLDEN_PATH = "postgres-database"
 DRIFTING = "postgres-database-drift"
 
@@ -175,6 +178,7 @@ def test_database_is_provisioned_usable_updated_and_dropped(
     assert sr["status"]["monthlyCost"] == "15.00"
     assert sr["status"]["outputs"] == ["database", "host", "password", "port", "uri", "username"]
     values = secret_values(kubectl, f"{name}-connection", environment)
+    SEEN_SECRETS.append(values["password"])
     assert values["database"] == database
     assert values["username"] == database
     assert values["host"] == "127.0.0.1"
@@ -368,6 +372,7 @@ def test_operator_killed_during_apply_recovers_its_own_lock(
 ) -> None:
     operator.stop()  # the session's operator would handle the request too: this test runs its own
     own = OperatorProcess(installed, tmp_path / "operator.log", env={"BLACKTOP_MODULES_ROOT": str(modules_root)})
+    OPERATOR_LOGS.append(own.log_file)
     name = unique("crash")
     database = db_name(environment, name.replace("-", "_"))
     try:
@@ -410,9 +415,35 @@ def test_operator_killed_during_apply_recovers_its_own_lock(
             "postgresql_role.app",
             "random_password.role",
         ]
-        uri = secret_values(kubectl, f"{name}-connection", environment)["uri"]
-        assert postgres.query("SELECT current_user", uri=uri) == [database]
+        crashed = secret_values(kubectl, f"{name}-connection", environment)
+        SEEN_SECRETS.append(crashed["password"])
+        assert postgres.query("SELECT current_user", uri=crashed["uri"]) == [database]
         delete_and_check_nothing_left(kubectl, postgres, name, environment, uid, database)
     finally:
         own.stop()
         operator.start()
+
+
+def test_no_secret_value_in_the_log_events_or_status(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer, operator: OperatorProcess
+) -> None:
+    """The canaries: the admin password the provider used, and every generated password (this test's
+    own and those of the tests before it, failures included), appear in no log, Event or status."""
+    name = unique("leak")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    values = secret_values(kubectl, f"{name}-connection", environment)
+    canaries = [postgres.password, values["password"], *SEEN_SECRETS]
+    assert all(len(c) >= 16 for c in canaries)
+    assert values["password"] in values["uri"]  # the canary is real: it is where it belongs
+    visible = {
+        "operator log": operator.log_text() + "".join(p.read_text(errors="replace") for p in OPERATOR_LOGS),
+        "events": kubectl("get", "events", "-A", "-o", "json").stdout,
+        "status": kubectl("get", "servicerequests", "-A", "-o", "json").stdout,
+        "golden paths": kubectl("get", "goldenpaths", "-o", "json").stdout,
+    }
+    for where, text in visible.items():
+        for canary in canaries:
+            assert canary not in text, f"a secret value leaked into the {where}"
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)

@@ -115,3 +115,10 @@ def test_drift_check_is_due_after_the_interval() -> None:
     assert is_due(applied, timedelta(minutes=5), now)
     checked = applied.model_copy(update={"last_drift_check_time": "2026-01-01T11:59:00Z"})
     assert not is_due(checked, timedelta(minutes=5), now)
+
+
+def test_the_backends_own_init_lock_is_classified_as_state_locked() -> None:
+    from blacktop.terraform.errors import classify
+
+    found = classify("init", "Error loading state: the state is already locked by another tofu client")
+    assert found.reason == "StateLocked"

@@ -33,6 +33,7 @@ SEEN_SECRETS: list[str] = []
 OPERATOR_LOGS: list[Path] = []
 GOLDEN_PATH = "postgres-database"
 DRIFTING = "postgres-database-drift"
+REPORTING = "postgres-database-report"
 
 
 def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
@@ -90,10 +91,13 @@ def pg_catalog(kubectl: Kubectl, operator: OperatorProcess, postgres: PostgresSe
     drifting["spec"]["driftCheckInterval"] = "3s"
     drifting["spec"]["driftPolicy"] = "Correct"
     apply_json(kubectl, drifting)
-    for name in (GOLDEN_PATH, DRIFTING):
+    drifting["metadata"]["name"] = REPORTING
+    drifting["spec"]["driftPolicy"] = "Report"
+    apply_json(kubectl, drifting)
+    for name in (GOLDEN_PATH, DRIFTING, REPORTING):
         kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
     yield GOLDEN_PATH
-    for name in (GOLDEN_PATH, DRIFTING):
+    for name in (GOLDEN_PATH, DRIFTING, REPORTING):
         kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
     kubectl("delete", "secret", secret["metadata"]["name"], "-n", OPERATOR_NS, "--ignore-not-found")
 
@@ -273,6 +277,42 @@ def test_drift_made_out_of_band_is_detected_and_corrected(
     assert drifted["reason"] in {"DriftCorrected", "NoChanges"}
     values = secret_values(kubectl, f"{name}-connection", environment)
     assert postgres.query("SELECT current_database()", uri=values["uri"]) == [database]
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+
+def test_drift_is_only_reported_when_the_policy_says_report(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("report")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, golden_path=REPORTING, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    postgres.psql(f'ALTER ROLE "{database}" CONNECTION LIMIT 99')  # changed by hand
+    drifted = wait_for(
+        lambda: (
+            (c := condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted"))
+            and c["status"] == "True"
+            and c
+        ),
+        timeout=60,
+        what="Drifted=True",
+    )
+    assert drifted["reason"] == "DriftDetected"
+    assert "postgresql_role.app" in drifted["message"]
+    assert "DriftDetected" in event_reasons(kubectl, name, environment)
+    first = get(kubectl, "servicerequest", name, "-n", environment)
+    assert first is not None
+    wait_for(
+        lambda: (
+            (get(kubectl, "servicerequest", name, "-n", environment) or {})["status"]["lastDriftCheckTime"]
+            != first["status"]["lastDriftCheckTime"]
+        ),
+        timeout=60,
+        what="another drift check",
+    )
+    assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["99"]
+    assert "DriftCorrected" not in event_reasons(kubectl, name, environment)
+    assert condition(get(kubectl, "servicerequest", name, "-n", environment))["status"] == "True"  # still Ready
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 

@@ -73,6 +73,9 @@ locals {
   # Role names starting with pg_ are reserved by PostgreSQL (an environment called pg-dev...).
   db_name          = substr(startswith(local.clean, "pg_") ? "db_${local.clean}" : local.clean, 0, 63)
   connection_limit = { small = 10, medium = 50, large = 200 }[var.size]
+  # Marks what this request created: if a run dies after CREATE but before the state is saved, the
+  # next run adopts its own role and database instead of failing (or making a second one).
+  owner_mark = "managed by blacktop for ${var.namespace}/${var.name}"
 }
 
 resource "random_password" "role" {
@@ -85,12 +88,14 @@ resource "postgresql_role" "app" {
   login            = true
   password         = random_password.role.result
   connection_limit = local.connection_limit
+  comment          = local.owner_mark
 }
 
 resource "postgresql_database" "app" {
   name             = local.db_name
   owner            = postgresql_role.app.name
   connection_limit = local.connection_limit
+  comment          = local.owner_mark
 }
 
 data "postgresql_server" "this" {}

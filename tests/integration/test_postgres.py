@@ -316,6 +316,36 @@ def test_drift_is_only_reported_when_the_policy_says_report(
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 
+def test_leftovers_of_an_interrupted_run_are_adopted_and_strangers_refused(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    # A run died after CREATE ROLE (with its mark) and CREATE DATABASE, before the state was saved.
+    name = unique("leftover")
+    database = db_name(environment, name.replace("-", "_"))
+    mark = f"managed by blacktop for {environment}/{name}"
+    postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'stale'; COMMENT ON ROLE \"{database}\" IS '{mark}'")
+    postgres.psql(f'CREATE DATABASE "{database}" OWNER "{database}"')
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{database}%'") == ["1"]
+    uri = secret_values(kubectl, f"{name}-connection", environment)["uri"]
+    assert postgres.query("SELECT current_user", uri=uri) == [database]  # the password is the new one
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+    # A role of the same name that Blacktop did not make is never taken over.
+    name = unique("stranger")
+    database = db_name(environment, name.replace("-", "_"))
+    postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'theirs'")
+    try:
+        apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+        failed = wait_reason(kubectl, name, environment, "ApplyFailed", timeout=120)
+        assert "already exists and is not managed by this configuration" in " ".join(failed["message"].split())
+        kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+        assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname = '{database}'") == ["1"]  # untouched
+    finally:
+        postgres.psql(f'DROP ROLE IF EXISTS "{database}"')
+
+
 def test_a_lock_held_by_someone_else_is_reported_and_never_broken(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:

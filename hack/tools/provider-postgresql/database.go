@@ -21,6 +21,7 @@ type databaseModel struct {
 	Name            types.String `tfsdk:"name"`
 	Owner           types.String `tfsdk:"owner"`
 	ConnectionLimit types.Int64  `tfsdk:"connection_limit"`
+	Comment         types.String `tfsdk:"comment"`
 }
 
 func newDatabase() resource.Resource { return &databaseResource{} }
@@ -48,6 +49,12 @@ func (r *databaseResource) Schema(_ context.Context, _ resource.SchemaRequest, r
 				Optional: true, Computed: true, Default: int64default.StaticInt64(-1),
 				Description: "Concurrent connections allowed (-1: no limit).",
 			},
+			"comment": schema.StringAttribute{
+				Optional: true,
+				Description: "Comment on the database. Creating a database that exists already adopts it when " +
+					"its comment is this one, or it has none and belongs to `owner` (a run that died between " +
+					"CREATE DATABASE and COMMENT, which cannot share a transaction); it fails otherwise.",
+			},
 		},
 	}
 }
@@ -66,8 +73,20 @@ func (r *databaseResource) Create(ctx context.Context, req resource.CreateReques
 	if plan.Owner.ValueString() != "" {
 		sql += " OWNER " + ident(plan.Owner.ValueString())
 	}
-	if err := r.client.exec(ctx, sql); err != nil {
-		resp.Diagnostics.AddError("could not create database "+plan.Name.ValueString(), err.Error())
+	name := plan.Name.ValueString()
+	err := r.client.exec(ctx, sql)
+	if isCode(err, "42P04") && plan.Comment.ValueString() != "" { // duplicate_database
+		if r.adoptable(ctx, &plan) {
+			err = r.alter(ctx, &plan)
+			resp.Diagnostics.AddWarning("adopted database "+name, "it existed and is ours (an earlier run was interrupted)")
+		} else {
+			err = fmt.Errorf("database %s already exists and is not managed by this configuration: %w", name, err)
+		}
+	} else if err == nil && plan.Comment.ValueString() != "" {
+		err = r.client.exec(ctx, "COMMENT ON DATABASE "+ident(name)+" IS "+literal(plan.Comment.ValueString()))
+	}
+	if err != nil {
+		resp.Diagnostics.AddError("could not create database "+name, err.Error())
 		return
 	}
 	r.read(ctx, &plan, &resp.Diagnostics)
@@ -120,17 +139,40 @@ func (r *databaseResource) Update(ctx context.Context, req resource.UpdateReques
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	name := ident(plan.Name.ValueString())
-	statements := []string{fmt.Sprintf("ALTER DATABASE %s CONNECTION LIMIT %d", name, plan.ConnectionLimit.ValueInt64())}
-	if plan.Owner.ValueString() != "" {
-		statements = append(statements, "ALTER DATABASE "+name+" OWNER TO "+ident(plan.Owner.ValueString()))
-	}
-	if err := r.client.exec(ctx, statements...); err != nil {
+	if err := r.alter(ctx, &plan); err != nil {
 		resp.Diagnostics.AddError("could not update database "+plan.Name.ValueString(), err.Error())
 		return
 	}
 	r.read(ctx, &plan, &resp.Diagnostics)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+}
+
+// alter brings an existing database to the plan (owner, limit, comment).
+func (r *databaseResource) alter(ctx context.Context, plan *databaseModel) error {
+	name := ident(plan.Name.ValueString())
+	statements := []string{fmt.Sprintf("ALTER DATABASE %s CONNECTION LIMIT %d", name, plan.ConnectionLimit.ValueInt64())}
+	if plan.Owner.ValueString() != "" {
+		statements = append(statements, "ALTER DATABASE "+name+" OWNER TO "+ident(plan.Owner.ValueString()))
+	}
+	if !plan.Comment.IsNull() {
+		statements = append(statements, "COMMENT ON DATABASE "+name+" IS "+literal(plan.Comment.ValueString()))
+	}
+	return r.client.exec(ctx, statements...)
+}
+
+// adoptable: an existing database carries our comment, or none and belongs to our owner.
+func (r *databaseResource) adoptable(ctx context.Context, plan *databaseModel) bool {
+	comment, err := r.client.queryString(ctx,
+		"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", plan.Name.ValueString())
+	if err != nil {
+		return false
+	}
+	if comment != "" {
+		return comment == plan.Comment.ValueString()
+	}
+	owner, err := r.client.queryString(ctx,
+		"SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1", plan.Name.ValueString())
+	return err == nil && plan.Owner.ValueString() != "" && owner == plan.Owner.ValueString()
 }
 
 func (r *databaseResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

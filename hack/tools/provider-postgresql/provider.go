@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 type pgProvider struct{ version string }
@@ -125,6 +127,49 @@ func (c *client) exec(ctx context.Context, statements ...string) error {
 		}
 	}
 	return nil
+}
+
+// inTransaction runs statements atomically (CREATE ROLE and its COMMENT: all or nothing).
+func (c *client) inTransaction(ctx context.Context, statements ...string) error {
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	for _, sql := range statements {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", firstWords(sql), err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// isCode tells whether err is a PostgreSQL error with that SQLSTATE.
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// queryString returns one text column of one row ("" when NULL or no row).
+func (c *client) queryString(ctx context.Context, sql string, args ...any) (string, error) {
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	var value *string
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&value); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return "", err
+	}
+	if value == nil {
+		return "", nil
+	}
+	return *value, nil
 }
 
 func (c *client) connect(ctx context.Context) (*pgx.Conn, error) {

@@ -23,6 +23,7 @@ type roleModel struct {
 	Login           types.Bool   `tfsdk:"login"`
 	Password        types.String `tfsdk:"password"`
 	ConnectionLimit types.Int64  `tfsdk:"connection_limit"`
+	Comment         types.String `tfsdk:"comment"`
 }
 
 func newRole() resource.Resource { return &roleResource{} }
@@ -52,6 +53,11 @@ func (r *roleResource) Schema(_ context.Context, _ resource.SchemaRequest, resp 
 				Optional: true, Computed: true, Default: int64default.StaticInt64(-1),
 				Description: "Concurrent connections allowed (-1: no limit).",
 			},
+			"comment": schema.StringAttribute{
+				Optional: true,
+				Description: "Comment on the role. It also marks ownership: creating a role that exists already " +
+					"adopts it when its comment is this one (a run that died after creating it), and fails otherwise.",
+			},
 		},
 	}
 }
@@ -78,8 +84,24 @@ func (r *roleResource) Create(ctx context.Context, req resource.CreateRequest, r
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	if err := r.client.exec(ctx, "CREATE ROLE "+ident(plan.Name.ValueString())+" WITH "+plan.options()); err != nil {
-		resp.Diagnostics.AddError("could not create role "+plan.Name.ValueString(), err.Error())
+	name := plan.Name.ValueString()
+	statements := []string{"CREATE ROLE " + ident(name) + " WITH " + plan.options()}
+	if plan.Comment.ValueString() != "" {
+		statements = append(statements, "COMMENT ON ROLE "+ident(name)+" IS "+literal(plan.Comment.ValueString()))
+	}
+	err := r.client.inTransaction(ctx, statements...)
+	if isCode(err, "42710") && plan.Comment.ValueString() != "" { // duplicate_object
+		comment, qerr := r.client.queryString(ctx,
+			"SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", name)
+		if qerr == nil && comment == plan.Comment.ValueString() {
+			err = r.client.exec(ctx, "ALTER ROLE "+ident(name)+" WITH "+plan.options())
+			resp.Diagnostics.AddWarning("adopted role "+name, "it existed with this configuration's comment (an earlier run was interrupted)")
+		} else {
+			err = fmt.Errorf("role %s already exists and is not managed by this configuration: %w", name, err)
+		}
+	}
+	if err != nil {
+		resp.Diagnostics.AddError("could not create role "+name, err.Error())
 		return
 	}
 	plan.ID = plan.Name
@@ -121,7 +143,11 @@ func (r *roleResource) Update(ctx context.Context, req resource.UpdateRequest, r
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	if err := r.client.exec(ctx, "ALTER ROLE "+ident(plan.Name.ValueString())+" WITH "+plan.options()); err != nil {
+	statements := []string{"ALTER ROLE " + ident(plan.Name.ValueString()) + " WITH " + plan.options()}
+	if !plan.Comment.IsNull() {
+		statements = append(statements, "COMMENT ON ROLE "+ident(plan.Name.ValueString())+" IS "+literal(plan.Comment.ValueString()))
+	}
+	if err := r.client.inTransaction(ctx, statements...); err != nil {
 		resp.Diagnostics.AddError("could not update role "+plan.Name.ValueString(), err.Error())
 		return
 	}

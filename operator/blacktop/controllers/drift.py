@@ -20,7 +20,7 @@ from typing import Any
 from python_terraform import IsFlagged
 
 from blacktop.api.common import format_time, parse_duration, parse_time
-from blacktop.api.conditions import ConditionType, Reason
+from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import DriftPolicy, GoldenPathSpec
 from blacktop.api.servicerequest import RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import parameters
@@ -132,8 +132,10 @@ async def _plan_and_correct(
         else "changes planned"
     )
     message = f"the infrastructure no longer matches the module: {changes}"
+    before = get_condition(tracker.status.conditions, ConditionType.DRIFTED)
     tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, message)
-    await events.post_event(ctx.client, body, events.WARNING, Reason.DRIFT_DETECTED, message)
+    if before is None or before.status != "True" or before.message != message:  # once, not every check
+        await events.post_event(ctx.client, body, events.WARNING, Reason.DRIFT_DETECTED, message)
     if gp_spec.drift_policy != DriftPolicy.CORRECT:
         return plan
     apply = await runner.run("apply", workspace.PLAN_FILE, lock=False)

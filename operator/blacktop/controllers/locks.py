@@ -144,6 +144,12 @@ async def held(ctx: Context, body: JSON, backend: Backend, run: RunInfo, recorde
         await asyncio.shield(release(ctx, backend, run.lock_id))
 
 
-async def forget(ctx: Context, backend: Backend) -> None:
-    """Delete the lock's Lease with the state (after a successful destroy: nothing is left)."""
-    await ctx.client.delete(LEASE, backend.lock_lease, backend.namespace)
+async def forget(ctx: Context, body: JSON, backend: Backend, recorded: set[str]) -> None:
+    """Delete the lock's Lease with the state (after a destroy: nothing is left), unless someone
+    else holds it: their lock is theirs to release."""
+    lease = await ctx.client.get(LEASE, backend.lock_lease, backend.namespace)
+    verdict = locks.judge(
+        lease, lock_id="", recorded=recorded, request_uid=body["metadata"]["uid"], in_flight=_IN_FLIGHT
+    )
+    if lease is not None and verdict in {locks.Verdict.FREE, locks.Verdict.ORPHANED}:
+        await ctx.client.delete(LEASE, backend.lock_lease, backend.namespace)

@@ -342,7 +342,8 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     backend = _backend(ctx, body)
     state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
     if state is None:
-        await locks.forget(ctx, backend)  # a run that failed before writing state still took the lock
+        recorded = locks.recorded_lock_ids(tracker.status.last_run)
+        await locks.forget(ctx, body, backend, recorded)  # a run that failed early still made the Lease
         workspace.remove(ctx.settings.workspace_root, _key(body))
         return  # nothing was ever applied (or it is already destroyed)
     spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
@@ -382,7 +383,7 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         failure = await _fail(ctx, tracker, destroy, "destroy")
         raise failure
     await ctx.client.delete(SECRET, backend.state_secret, backend.namespace)
-    await locks.forget(ctx, backend)
+    await locks.forget(ctx, body, backend, recorded)
     await events.post_event(
         ctx.client, body, events.NORMAL, "Destroyed", f"{spec.golden_path} destroyed in {destroy.seconds:.1f}s"
     )

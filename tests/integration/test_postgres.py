@@ -225,6 +225,20 @@ def test_database_is_provisioned_usable_updated_and_dropped(
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 
+def test_invalid_database_name_is_refused_before_any_run(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("badname")
+    apply_json(kubectl, request(name, environment, database="Robert'); DROP TABLE students;--"))
+    ready = wait_reason(kubectl, name, environment, "InvalidParameters", timeout=60)
+    assert "parameters.database" in ready["message"]
+    assert "InvalidParameters" in event_reasons(kubectl, name, environment)
+    sr = get(kubectl, "servicerequest", name, "-n", environment)
+    assert sr is not None
+    assert get(kubectl, "secret", f"tfstate-default-{sr['metadata']['uid']}", "-n", OPERATOR_NS) is None  # no run
+    kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=60s")
+
+
 def test_server_outage_is_a_provider_error_and_recovers_by_itself(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:

@@ -85,6 +85,7 @@ class OperatorProcess:
             # stops (or kills) must not leave a failurePolicy=Fail webhook pointing at nothing.
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
+            "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
             **self.extra_env,
         }
         log = self.log_file.open("ab")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build or install every external tool Blacktop needs, at the versions pinned in versions.env, into
 # ${BLACKTOP_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/blacktop}. Idempotent: a tool whose stamp matches
-# its pin is skipped, so the second run takes a second. Usage: install.sh [kubernetes|tofu|providers|helm|packages|prometheus-operator-crds]...
+# its pin is skipped, so the second run takes a second.
+# Usage: install.sh [kubernetes|tofu|providers|provider-postgresql|helm|packages|prometheus-operator-crds]...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -89,7 +90,11 @@ build_providers() {
     rm -rf "$out"
     echo "$stamp" > "$STAMPS/providers"
   fi
-  # The CLI configuration every run uses (TF_CLI_CONFIG_FILE): providers come from the mirror only.
+  write_cli_config
+}
+
+# The CLI configuration every run uses (TF_CLI_CONFIG_FILE): providers come from the mirror only.
+write_cli_config() {
   cat > "$CACHE/tofu.tfrc" <<TFRC
 # Written by hack/tools/install.sh: install providers only from the offline filesystem mirror.
 provider_installation {
@@ -99,6 +104,28 @@ provider_installation {
   }
 }
 TFRC
+}
+
+# Blacktop's own PostgreSQL provider (blacktop/postgresql): its source is the Go module in
+# hack/tools/provider-postgresql, so the stamp covers the sources as well as go.sum.
+build_provider_postgresql() {
+  local dir="$HERE/provider-postgresql"
+  local stamp; stamp="$POSTGRESQL_PROVIDER_VERSION $(cat "$dir"/go.sum "$dir"/*.go | sha256sum | cut -c1-16)"
+  local name="terraform-provider-postgresql_v$POSTGRESQL_PROVIDER_VERSION"
+  local rel="blacktop/postgresql/$POSTGRESQL_PROVIDER_VERSION/linux_amd64/$name"
+  if up_to_date provider-postgresql "$stamp" && [[ -x "$MIRROR/registry.opentofu.org/$rel" && -x "$MIRROR/registry.terraform.io/$rel" ]]; then
+    note "provider blacktop/postgresql $POSTGRESQL_PROVIDER_VERSION: cached"
+  else
+    say "building provider blacktop/postgresql $POSTGRESQL_PROVIDER_VERSION (cold: ~1-2 min)"
+    local out; out="$(mktemp -d)"
+    (cd "$dir" && go build -trimpath -ldflags "-s -w -X main.version=$POSTGRESQL_PROVIDER_VERSION" -o "$out/$name" .)
+    for host in registry.opentofu.org registry.terraform.io; do
+      mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$out/$name" "$MIRROR/$host/$rel"
+    done
+    rm -rf "$out"
+    echo "$stamp" > "$STAMPS/provider-postgresql"
+  fi
+  write_cli_config
 }
 
 build_helm() {
@@ -161,17 +188,18 @@ install_packages() {
 main() {
   local start=$SECONDS
   local wanted=("$@")
-  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers helm prometheus-operator-crds)
+  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers provider-postgresql helm prometheus-operator-crds)
   say "tools for blacktop in $CACHE"
   for tool in "${wanted[@]}"; do
     case $tool in
       kubernetes) timed "kubernetes" build_kubernetes ;;
       tofu) timed "tofu" build_tofu ;;
       providers) timed "providers" build_providers ;;
+      provider-postgresql) timed "provider-postgresql" build_provider_postgresql ;;
       helm) timed "helm" build_helm ;;
       packages) timed "packages" install_packages ;;
       prometheus-operator-crds) timed "prometheus-operator-crds" install_prometheus_operator_crds ;;
-      *) die "unknown tool $tool (kubernetes, tofu, providers, helm, packages, prometheus-operator-crds)" ;;
+      *) die "unknown tool $tool (kubernetes, tofu, providers, provider-postgresql, helm, packages, prometheus-operator-crds)" ;;
     esac
   done
   say "all tools ready in $((SECONDS - start))s; binaries in $BIN"

@@ -30,6 +30,9 @@ class Settings(BaseModel):
     run_timeout_seconds: int = Field(1800, description="A Terraform run taking longer is terminated.")
     resync_seconds: float = Field(60.0, description="How often every object is reconciled without a change.")
     ttl_check_seconds: float = Field(5.0, description="How often environments are checked for expiry.")
+    drift_check_seconds: float = Field(
+        60.0, description="How often each request is looked at for a due drift check (golden paths set the interval)."
+    )
     team_group_template: str = Field("{team}", description="Group name of a team's members; {team} is replaced.")
     platform_admin_groups: tuple[str, ...] = Field(
         ("blacktop:platform-admins", "system:masters"), description="Groups that may act for any team."

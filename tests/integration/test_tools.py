@@ -69,3 +69,36 @@ def test_versions_are_the_pinned_ones() -> None:
     assert helm.stdout.startswith(pins["HELM_VERSION"])
     for tool in ("etcd", "kube-apiserver", "kube-controller-manager", "promtool", "prometheus", "postgres", "initdb"):
         assert find_tool(tool).exists()
+
+
+def test_postgres_module_initialises_offline_with_the_built_provider(tmp_path: Path) -> None:
+    pins = dict(
+        line.split("#")[0].strip().split("=", 1)
+        for line in (Path(__file__).resolve().parents[2] / "hack" / "tools" / "versions.env").read_text().splitlines()
+        if "=" in line.split("#")[0]
+    )
+    version = pins["POSTGRESQL_PROVIDER_VERSION"]
+    for host in ("registry.opentofu.org", "registry.terraform.io"):
+        binary = cache_dir() / "terraform-mirror" / host / "blacktop/postgresql" / version / "linux_amd64"
+        assert (binary / f"terraform-provider-postgresql_v{version}").is_file(), f"missing in the mirror: {binary}"
+    module = Path(__file__).resolve().parents[2] / "terraform-modules" / "postgres-database"
+    for source in module.iterdir():
+        (tmp_path / source.name).write_text(source.read_text())
+    env = {
+        **os.environ,
+        "TF_CLI_CONFIG_FILE": str(cache_dir() / "tofu.tfrc"),
+        "TF_IN_AUTOMATION": "1",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    for args in (["init", "-no-color", "-backend=false"], ["validate", "-no-color"]):
+        result = subprocess.run(
+            [str(find_tool("tofu")), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"tofu {args[0]}:\n{result.stdout}\n{result.stderr}"
+    assert 'provider "registry.opentofu.org/blacktop/postgresql"' in (tmp_path / ".terraform.lock.hcl").read_text()

@@ -53,6 +53,7 @@ class Reason:
     APPLY_FAILED = "ApplyFailed"
     DESTROY_FAILED = "DestroyFailed"
     STATE_LOCKED = "StateLocked"
+    STATE_LOCK_RECOVERED = "StateLockRecovered"
     PROVIDER_ERROR = "ProviderError"
     TIMEOUT = "Timeout"
     PROVISIONED = "Provisioned"

@@ -86,3 +86,4 @@ class ServiceRequestStatus(ConditionedStatus):
     next_retry_time: str | None = Field(None, description="When the next attempt is due after a failure.")
     monthly_cost: str | None = Field(None, description="Monthly cost by the golden path's cost model.")
     outputs: list[str] = Field(default_factory=list, description="Names (never values) of the outputs in the Secret.")
+    last_drift_check_time: str | None = Field(None, description="When drift was last checked (RFC 3339).")

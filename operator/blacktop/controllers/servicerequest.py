@@ -27,13 +27,14 @@ from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.servicerequest import PlanSummary, RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import cost, naming, parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import guardrails, monitoring
+from blacktop.controllers import guardrails, locks, monitoring
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
 from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform import workspace
+from blacktop.terraform.locks import new_lock_id
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import tail
 from blacktop.terraform.runner import Runner, RunResult, parse_outputs
@@ -243,20 +244,35 @@ async def _provision(
     candidates = {**_standard_variables(body, env), **params}
     variables = {k: v for k, v in candidates.items() if k in info.findings.variables}
     status.stage = Stage.PLANNING
-    status.last_run = RunInfo(id=secrets.token_hex(6), operation="apply", started_at=format_time(datetime.now(UTC)))
+    recorded = locks.recorded_lock_ids(status.last_run)
+    status.last_run = RunInfo(
+        id=secrets.token_hex(6), operation="apply", started_at=format_time(datetime.now(UTC)), lock_id=new_lock_id()
+    )
     tracker.not_ready(Reason.PROGRESSING, f"planning {spec.golden_path} (run {status.last_run.id})", stalled=False)
     await tracker.write(ctx.client, SERVICEREQUESTS)
     tracker.previous = status.model_copy(deep=True)
+    try:
+        async with locks.held(ctx, body, _backend(ctx, body), status.last_run, recorded):
+            return await _plan_and_apply(ctx, request, tracker, variables)
+    except locks.StateLockedError as held:
+        raise await _fail(ctx, tracker, held.result(), "locking the state") from None
 
+
+async def _plan_and_apply(
+    ctx: Context, request: _Request, tracker: StatusTracker[ServiceRequestStatus], variables: dict[str, Any]
+) -> ServiceRequestStatus:
+    """init, plan, apply, deliver; the caller holds the state lock (so every run passes -lock=false)."""
+    body, spec, gp_spec, status = request.body, request.spec, request.golden_path, tracker.status
+    assert status.last_run is not None
     runner = await _runner(ctx, body, gp_spec, variables)
-    init = await runner.run("init", lock_timeout="0s")
+    init = await runner.run("init", lock=False)
     if not init.ok:
         raise await _fail(ctx, tracker, init, "init")
     plan = await runner.run(
         "plan",
         out=workspace.PLAN_FILE,
         var_file=workspace.VAR_FILE,
-        lock_timeout="0s",
+        lock=False,
         detailed_exitcode=IsFlagged,
         ok_codes=(0, 2),
     )
@@ -277,14 +293,14 @@ async def _provision(
         f"plan: {summary.add} to add, {summary.change} to change, {summary.destroy} to destroy",
     )
     gp = (spec.golden_path, gp_spec)
-    if stopped := await guardrails.check_plan(ctx, body, env, gp, plan_doc, tracker=tracker):
+    if stopped := await guardrails.check_plan(ctx, body, request.env, gp, plan_doc, tracker=tracker):
         return stopped  # a guardrail denied the plan: nothing is applied
     status.stage = Stage.APPLYING
     tracker.not_ready(Reason.PROGRESSING, f"applying {spec.golden_path} (run {status.last_run.id})", stalled=False)
     await tracker.write(ctx.client, SERVICEREQUESTS)
     tracker.previous = status.model_copy(deep=True)
 
-    apply = await runner.run("apply", workspace.PLAN_FILE, lock_timeout="0s")
+    apply = await runner.run("apply", workspace.PLAN_FILE, lock=False)
     if not apply.ok:
         raise await _fail(ctx, tracker, apply, "apply")
     output = await runner.run("output", json=IsFlagged)
@@ -332,6 +348,8 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     backend = _backend(ctx, body)
     state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
     if state is None:
+        recorded = locks.recorded_lock_ids(tracker.status.last_run)
+        await locks.forget(ctx, body, backend, recorded)  # a run that failed early still made the Lease
         workspace.remove(ctx.settings.workspace_root, _key(body))
         return  # nothing was ever applied (or it is already destroyed)
     spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
@@ -351,21 +369,27 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     variables = {k: v for k, v in candidates.items() if k in info.findings.variables}
 
     tracker.status.stage = Stage.DELETING
+    recorded = locks.recorded_lock_ids(tracker.status.last_run)
     tracker.status.last_run = RunInfo(
-        id=secrets.token_hex(6), operation="destroy", started_at=format_time(datetime.now(UTC))
+        id=secrets.token_hex(6), operation="destroy", started_at=format_time(datetime.now(UTC)), lock_id=new_lock_id()
     )
     tracker.set(ConditionType.READY, False, Reason.DELETING, f"destroying {spec.golden_path}")
     tracker.set(ConditionType.RECONCILING, True, Reason.DELETING, f"destroying {spec.golden_path}")
     await tracker.write(ctx.client, SERVICEREQUESTS)
     tracker.previous = tracker.status.model_copy(deep=True)
 
-    runner = await _runner(ctx, body, gp_spec, variables)
-    init = await runner.run("init", lock_timeout="0s")
-    destroy = init if not init.ok else await runner.run("destroy", var_file=workspace.VAR_FILE, lock_timeout="0s")
+    try:
+        async with locks.held(ctx, body, backend, tracker.status.last_run, recorded):
+            runner = await _runner(ctx, body, gp_spec, variables)
+            init = await runner.run("init", lock=False)
+            destroy = init if not init.ok else await runner.run("destroy", var_file=workspace.VAR_FILE, lock=False)
+    except locks.StateLockedError as held:
+        raise await _fail(ctx, tracker, held.result(), "locking the state") from None
     if not destroy.ok:
         failure = await _fail(ctx, tracker, destroy, "destroy")
         raise failure
     await ctx.client.delete(SECRET, backend.state_secret, backend.namespace)
+    await locks.forget(ctx, body, backend, recorded)
     await events.post_event(
         ctx.client, body, events.NORMAL, "Destroyed", f"{spec.golden_path} destroyed in {destroy.seconds:.1f}s"
     )

@@ -32,7 +32,9 @@ def classify(operation: str, stderr: str, *, timed_out: bool = False) -> Classif
     """The reason for a failed ``operation`` (init, plan, apply, destroy) given its stderr."""
     if timed_out:
         return Classification(Reason.TIMEOUT)
-    if "Error acquiring the state lock" in stderr or ("state lock" in stderr.lower() and "acquir" in stderr.lower()):
+    lowered = stderr.lower()
+    # The second form: the kubernetes backend locking by itself to write a first, empty state.
+    if ("state lock" in lowered and "acquir" in lowered) or "state is already locked" in lowered:
         lock = _LOCK_ID.search(stderr)
         who = _LOCK_WHO.search(stderr)
         return Classification(Reason.STATE_LOCKED, lock.group(1) if lock else None, who.group(1) if who else None)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,9 @@ from blacktop.terraform.errors import Classification, classify
 from blacktop.terraform.redact import redact
 
 GRACE_SECONDS = 15.0
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+# Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
@@ -105,6 +110,7 @@ class Runner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             timed_out = False
             try:
@@ -132,6 +138,13 @@ class Runner:
             combined = result.stderr + "\n" + redact(result.stdout, self.secrets)
             result.classification = classify(operation, combined, timed_out=timed_out)
         return result
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the operator dies, even by SIGKILL. The tool then stops like on
+    shutdown (persisting what it finished) instead of running on unlocked beside the next run."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _terminate(proc: asyncio.subprocess.Process) -> None:

@@ -1,0 +1,533 @@
+"""The postgres-database golden path against a real PostgreSQL server started by the tests.
+
+A request goes Ready and its Secret's credentials work; a parameter change re-applies; deletion
+drops the role, the database, the state Secret and its lock; an outage of the server is reported as
+ProviderError and recovers by itself; drift made out of band is detected and corrected; a lock
+taken by someone else is reported and never broken; no secret value leaks into the operator's log,
+Events or status.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import REPO, Kubectl, OperatorProcess, unique, wait_for
+from pgserver import PostgresServer
+
+pytestmark = pytest.mark.integration
+
+OPERATOR_NS = "blacktop-system"
+# Secret values and operator logs seen by the tests of this module; the canary test greps for them.
+SEEN_SECRETS: list[str] = []
+OPERATOR_LOGS: list[Path] = []
+GOLDEN_PATH = "postgres-database"
+DRIFTING = "postgres-database-drift"
+REPORTING = "postgres-database-report"
+
+
+def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def get(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
+    result = kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        assert "NotFound" in result.stderr, result.stderr
+        return None
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def condition(obj: dict[str, Any] | None, ctype: str = "Ready") -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}
+
+
+def event_reasons(kubectl: Kubectl, name: str, namespace: str) -> set[str]:
+    events = json.loads(
+        kubectl("get", "events", "-n", namespace, f"--field-selector=involvedObject.name={name}", "-o", "json").stdout
+    )
+    return {e["reason"] for e in events["items"]}
+
+
+def secret_values(kubectl: Kubectl, name: str, namespace: str) -> dict[str, str]:
+    secret = get(kubectl, "secret", name, "-n", namespace)
+    assert secret is not None, f"secret {name} missing"
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def pg_catalog(kubectl: Kubectl, operator: OperatorProcess, postgres: PostgresServer) -> Iterator[str]:
+    """The example golden path, its credentials Secret pointing at the test server, and a variant
+    that checks for drift every few seconds."""
+    secret = yaml.safe_load((REPO / "examples" / "postgres-admin-secret.yaml").read_text())
+    secret["stringData"] = postgres.env
+    apply_json(kubectl, secret)
+    golden = yaml.safe_load((REPO / "examples" / "goldenpath-postgres.yaml").read_text())
+    apply_json(kubectl, golden)
+    drifting = json.loads(json.dumps(golden))
+    drifting["metadata"]["name"] = DRIFTING
+    drifting["spec"]["driftCheckInterval"] = "3s"
+    drifting["spec"]["driftPolicy"] = "Correct"
+    apply_json(kubectl, drifting)
+    drifting["metadata"]["name"] = REPORTING
+    drifting["spec"]["driftPolicy"] = "Report"
+    apply_json(kubectl, drifting)
+    for name in (GOLDEN_PATH, DRIFTING, REPORTING):
+        kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
+    yield GOLDEN_PATH
+    for name in (GOLDEN_PATH, DRIFTING, REPORTING):
+        kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
+    kubectl("delete", "secret", secret["metadata"]["name"], "-n", OPERATOR_NS, "--ignore-not-found")
+
+
+@pytest.fixture(scope="module")
+def environment(kubectl: Kubectl, pg_catalog: str) -> Iterator[str]:
+    name = unique("pg-env")
+    apply_json(
+        kubectl,
+        {
+            "apiVersion": "platform.blacktop.dev/v1alpha1",
+            "kind": "Environment",
+            "metadata": {"name": name},
+            "spec": {"team": "payments", "tier": "dev"},
+        },
+    )
+    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+    yield name
+    kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=180s")
+
+
+def request(name: str, namespace: str, golden_path: str = GOLDEN_PATH, **parameters: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "platform.blacktop.dev/v1alpha1",
+        "kind": "ServiceRequest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"goldenPath": golden_path, "parameters": parameters},
+    }
+
+
+def db_name(environment: str, database: str) -> str:
+    name = f"{environment}_{database}".replace("-", "_")
+    return f"db_{name}" if name.startswith("pg_") else name  # pg_ names are reserved
+
+
+def patch_size(kubectl: Kubectl, name: str, namespace: str, size: str) -> None:
+    patch = json.dumps({"spec": {"parameters": {"size": size}}})
+    kubectl("patch", "servicerequest", name, "-n", namespace, "--type=merge", "-p", patch)
+
+
+def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        sr = get(kubectl, "servicerequest", name, "-n", namespace)
+        status = (sr or {}).get("status") or {}
+        current = sr is not None and status.get("observedGeneration") == sr["metadata"]["generation"]
+        return sr if current and condition(sr).get("status") == "True" else None
+
+    return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
+
+
+def wait_reason(kubectl: Kubectl, name: str, namespace: str, reason: str, timeout: float = 120) -> dict[str, Any]:
+    return wait_for(
+        lambda: (c := condition(get(kubectl, "servicerequest", name, "-n", namespace))) and c["reason"] == reason and c,
+        timeout=timeout,
+        interval=0.5,
+        what=f"ServiceRequest {name} to report {reason}",
+    )
+
+
+def delete_and_check_nothing_left(
+    kubectl: Kubectl, postgres: PostgresServer, name: str, namespace: str, uid: str, database: str
+) -> None:
+    kubectl("delete", "servicerequest", name, "-n", namespace, "--timeout=180s")
+    assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == []
+    assert postgres.query(f"SELECT 1 FROM pg_roles WHERE rolname = '{database}'") == []
+    assert get(kubectl, "secret", f"tfstate-default-{uid}", "-n", OPERATOR_NS) is None
+    assert get(kubectl, "lease", f"lock-tfstate-default-{uid}", "-n", OPERATOR_NS) is None
+
+
+def test_database_is_provisioned_usable_updated_and_dropped(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer, operator: OperatorProcess
+) -> None:
+    name = unique("orders")
+    database = db_name(environment, name.replace("-", "_"))
+    started = time.monotonic()
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_"), size="small"))
+    sr = wait_ready(kubectl, name, environment)
+    print(
+        f"postgres-database Ready in {time.monotonic() - started:.1f}s (lead time {sr['status']['leadTimeSeconds']}s)"
+    )
+    assert sr["status"]["plan"]["add"] == 3  # password, role, database
+    assert sr["status"]["monthlyCost"] == "15.00"
+    assert sr["status"]["outputs"] == ["database", "host", "password", "port", "uri", "username"]
+    values = secret_values(kubectl, f"{name}-connection", environment)
+    SEEN_SECRETS.append(values["password"])
+    assert values["database"] == database
+    assert values["username"] == database
+    assert values["host"] == "127.0.0.1"
+    assert values["port"] == str(postgres.port)
+
+    # The application's view: log in with the delivered credentials and use the database.
+    uri = values["uri"]
+    assert values["password"] in uri
+    rows = postgres.query(
+        "CREATE TABLE orders (id int); INSERT INTO orders VALUES (7); "
+        "SELECT current_user, current_database(), (SELECT sum(id) FROM orders)",
+        uri=uri,
+    )
+    assert rows == [f"{database}|{database}|7"]
+    assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["10"]
+
+    # A parameter change re-applies in place: same role and password, new limit.
+    patch_size(kubectl, name, environment, "medium")
+    wait_for(
+        lambda: postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["50"],
+        timeout=180,
+        what="the role's connection limit to follow size=medium",
+    )
+    updated = wait_ready(kubectl, name, environment)
+    assert updated["status"]["monthlyCost"] == "60.00"
+    assert updated["status"]["plan"]["change"] == 2
+    assert updated["status"]["lastRun"]["lockId"]
+    assert secret_values(kubectl, f"{name}-connection", environment)["password"] == values["password"]
+
+    # The canaries: neither the admin's password nor the generated one leaks anywhere visible.
+    visible = (
+        operator.log_text()
+        + json.dumps(updated)
+        + kubectl("get", "events", "-A", "-o", "json").stdout
+        + kubectl("get", "servicerequests", "-A", "-o", "yaml").stdout
+    )
+    for canary in (postgres.password, values["password"]):
+        assert canary not in visible
+
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+
+def test_invalid_database_name_is_refused_before_any_run(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("badname")
+    apply_json(kubectl, request(name, environment, database="Robert'); DROP TABLE students;--"))
+    ready = wait_reason(kubectl, name, environment, "InvalidParameters", timeout=60)
+    assert "parameters.database" in ready["message"]
+    assert "InvalidParameters" in event_reasons(kubectl, name, environment)
+    sr = get(kubectl, "servicerequest", name, "-n", environment)
+    assert sr is not None
+    assert get(kubectl, "secret", f"tfstate-default-{sr['metadata']['uid']}", "-n", OPERATOR_NS) is None  # no run
+    kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=60s")
+
+
+def test_server_outage_is_a_provider_error_and_recovers_by_itself(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("outage")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    postgres.stop()
+    try:
+        patch_size(kubectl, name, environment, "large")
+        ready = wait_reason(kubectl, name, environment, "ProviderError", timeout=120)
+        assert ready["status"] == "False"
+        assert "could not connect to PostgreSQL" in ready["message"]
+        assert "connection refused" in ready["message"]
+        assert postgres.password not in ready["message"]
+        assert "ProviderError" in event_reasons(kubectl, name, environment)
+        failed = get(kubectl, "servicerequest", name, "-n", environment)
+        assert condition(failed, "Reconciling").get("status") == "True"  # retrying by itself, not stalled
+    finally:
+        postgres.start()
+    wait_ready(kubectl, name, environment, timeout=120)  # the next retry (backoff <= 10 s) succeeds
+    assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["200"]
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+
+def test_drift_made_out_of_band_is_detected_and_corrected(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("drift")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, golden_path=DRIFTING, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    wait_for(
+        lambda: (
+            condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted").get("reason") == "NoChanges"
+        ),
+        timeout=60,
+        what="a first drift check that finds nothing",
+    )
+    # Someone drops the database by hand.
+    postgres.psql(f'DROP DATABASE "{database}" WITH (FORCE)')
+    wait_for(
+        lambda: {"DriftDetected", "DriftCorrected"} <= event_reasons(kubectl, name, environment),
+        timeout=90,
+        what="DriftDetected and DriftCorrected events",
+    )
+    assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == ["1"]
+    drifted = condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted")
+    assert drifted["status"] == "False"
+    assert drifted["reason"] in {"DriftCorrected", "NoChanges"}
+    values = secret_values(kubectl, f"{name}-connection", environment)
+    assert postgres.query("SELECT current_database()", uri=values["uri"]) == [database]
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+
+def test_drift_is_only_reported_when_the_policy_says_report(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("report")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, golden_path=REPORTING, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    postgres.psql(f'ALTER ROLE "{database}" CONNECTION LIMIT 99')  # changed by hand
+    drifted = wait_for(
+        lambda: (
+            (c := condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted"))
+            and c["status"] == "True"
+            and c
+        ),
+        timeout=60,
+        what="Drifted=True",
+    )
+    assert drifted["reason"] == "DriftDetected"
+    assert "postgresql_role.app" in drifted["message"]
+    assert "DriftDetected" in event_reasons(kubectl, name, environment)
+    first = get(kubectl, "servicerequest", name, "-n", environment)
+    assert first is not None
+    wait_for(
+        lambda: (
+            (get(kubectl, "servicerequest", name, "-n", environment) or {})["status"]["lastDriftCheckTime"]
+            != first["status"]["lastDriftCheckTime"]
+        ),
+        timeout=60,
+        what="another drift check",
+    )
+    assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["99"]
+    assert "DriftCorrected" not in event_reasons(kubectl, name, environment)
+    assert condition(get(kubectl, "servicerequest", name, "-n", environment))["status"] == "True"  # still Ready
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+
+def test_leftovers_of_an_interrupted_run_are_adopted_and_strangers_refused(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    # A run died after CREATE ROLE (with its mark) and CREATE DATABASE, before the state was saved.
+    name = unique("leftover")
+    database = db_name(environment, name.replace("-", "_"))
+    mark = f"managed by blacktop for {environment}/{name}"
+    postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'stale'; COMMENT ON ROLE \"{database}\" IS '{mark}'")
+    postgres.psql(f'CREATE DATABASE "{database}" OWNER "{database}"')
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{database}%'") == ["1"]
+    uri = secret_values(kubectl, f"{name}-connection", environment)["uri"]
+    assert postgres.query("SELECT current_user", uri=uri) == [database]  # the password is the new one
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+    # A role of the same name that Blacktop did not make is never taken over.
+    name = unique("stranger")
+    database = db_name(environment, name.replace("-", "_"))
+    postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'theirs'")
+    try:
+        apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+        failed = wait_reason(kubectl, name, environment, "ApplyFailed", timeout=120)
+        assert "already exists and is not managed by this configuration" in " ".join(failed["message"].split())
+        kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+        assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname = '{database}'") == ["1"]  # untouched
+    finally:
+        postgres.psql(f'DROP ROLE IF EXISTS "{database}"')
+
+
+def test_a_lock_held_by_someone_else_is_reported_and_never_broken(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("locked")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    uid = sr["metadata"]["uid"]
+    lease_name = f"lock-tfstate-default-{uid}"
+    lease = get(kubectl, "lease", lease_name, "-n", OPERATOR_NS)
+    assert lease is not None
+    assert not lease["spec"].get("holderIdentity")  # released after the run
+    # A person runs `tofu apply` against the same state by hand and holds its lock.
+    foreign = {"ID": "f0f0f0f0-0000-4000-8000-000000000001", "Who": "alice@laptop", "Operation": "OperationTypeApply"}
+    lease["metadata"].setdefault("annotations", {})["app.terraform.io/lock-info"] = json.dumps(foreign)
+    lease["spec"]["holderIdentity"] = foreign["ID"]
+    kubectl("replace", "-f", "-", input=json.dumps(lease))
+
+    patch_size(kubectl, name, environment, "medium")
+    ready = wait_reason(kubectl, name, environment, "StateLocked", timeout=60)
+    assert "alice@laptop" in ready["message"]
+    assert foreign["ID"] in ready["message"]
+    assert "StateLocked" in event_reasons(kubectl, name, environment)
+    held = get(kubectl, "lease", lease_name, "-n", OPERATOR_NS)
+    assert held is not None
+    assert held["spec"]["holderIdentity"] == foreign["ID"]  # reported, not broken
+    assert "StateLockRecovered" not in event_reasons(kubectl, name, environment)
+
+    # Alice is done: the next retry goes through.
+    held["spec"].pop("holderIdentity")
+    held["metadata"]["annotations"].pop("app.terraform.io/lock-info")
+    kubectl("replace", "-f", "-", input=json.dumps(held))
+    wait_ready(kubectl, name, environment, timeout=120)
+    assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["50"]
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, uid, database)
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (tofu runs in its own session, but it is still a child)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def command_lines(pids: list[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        try:
+            lines.append((Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " "))
+        except OSError:
+            continue
+    return lines
+
+
+def crash(proc: OperatorProcess) -> None:
+    """SIGKILL the operator and everything it started, at once: a node dying mid-run."""
+    assert proc.proc is not None
+    victims = [proc.proc.pid, *descendants(proc.proc.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    proc.proc.wait(timeout=30)
+
+
+def state_resources(kubectl: Kubectl, uid: str) -> list[str]:
+    secret = get(kubectl, "secret", f"tfstate-default-{uid}", "-n", OPERATOR_NS)
+    assert secret is not None
+    state = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
+    return sorted(f"{r['type']}.{r['name']}" for r in state["resources"] if r["mode"] == "managed")
+
+
+@pytest.mark.e2e
+def test_operator_killed_during_apply_recovers_its_own_lock(
+    kubectl: Kubectl,
+    environment: str,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+    installed: Path,
+    modules_root: Path,
+    tmp_path: Path,
+) -> None:
+    operator.stop()  # the session's operator would handle the request too: this test runs its own
+    own = OperatorProcess(installed, tmp_path / "operator.log", env={"BLACKTOP_MODULES_ROOT": str(modules_root)})
+    OPERATOR_LOGS.append(own.log_file)
+    name = unique("crash")
+    database = db_name(environment, name.replace("-", "_"))
+    try:
+        own.start()
+        # A paused server accepts connections and never answers: the apply hangs in CREATE ROLE.
+        postgres.pause()
+        try:
+            apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+
+            def applying() -> dict[str, Any] | None:
+                sr = get(kubectl, "servicerequest", name, "-n", environment)
+                status = (sr or {}).get("status") or {}
+                assert own.proc is not None
+                in_apply = any(" apply " in f" {line} " for line in command_lines(descendants(own.proc.pid)))
+                return sr if status.get("stage") == "Applying" and in_apply else None
+
+            sr = wait_for(applying, timeout=120, interval=0.2, what="the apply to be running")
+            crash(own)
+        finally:
+            postgres.resume()
+        uid = sr["metadata"]["uid"]
+        lock_id = sr["status"]["lastRun"]["lockId"]
+        lease = get(kubectl, "lease", f"lock-tfstate-default-{uid}", "-n", OPERATOR_NS)
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == lock_id  # the dead run's lock is left behind
+
+        started = time.monotonic()
+        own.start()
+        wait_ready(kubectl, name, environment, timeout=180)
+        print(f"Ready {time.monotonic() - started:.1f}s after the restart")
+        assert "StateLockRecovered" in event_reasons(kubectl, name, environment)
+        lease = get(kubectl, "lease", f"lock-tfstate-default-{uid}", "-n", OPERATOR_NS)
+        assert lease is not None
+        assert not lease["spec"].get("holderIdentity")
+        # No duplicates: one role, one database, each once in the state, and the Secret's password works.
+        assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{database}%'") == ["1"]
+        assert postgres.query(f"SELECT count(*) FROM pg_database WHERE datname LIKE '{database}%'") == ["1"]
+        assert state_resources(kubectl, uid) == [
+            "postgresql_database.app",
+            "postgresql_role.app",
+            "random_password.role",
+        ]
+        crashed = secret_values(kubectl, f"{name}-connection", environment)
+        SEEN_SECRETS.append(crashed["password"])
+        assert postgres.query("SELECT current_user", uri=crashed["uri"]) == [database]
+        delete_and_check_nothing_left(kubectl, postgres, name, environment, uid, database)
+    finally:
+        own.stop()
+        operator.start()
+
+
+def test_no_secret_value_in_the_log_events_or_status(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer, operator: OperatorProcess
+) -> None:
+    """The canaries: the admin password the provider used, and every generated password (this test's
+    own and those of the tests before it, failures included), appear in no log, Event or status."""
+    name = unique("leak")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    values = secret_values(kubectl, f"{name}-connection", environment)
+    canaries = [postgres.password, values["password"], *SEEN_SECRETS]
+    assert all(len(c) >= 16 for c in canaries)
+    assert values["password"] in values["uri"]  # the canary is real: it is where it belongs
+    visible = {
+        "operator log": operator.log_text() + "".join(p.read_text(errors="replace") for p in OPERATOR_LOGS),
+        "events": kubectl("get", "events", "-A", "-o", "json").stdout,
+        "status": kubectl("get", "servicerequests", "-A", "-o", "json").stdout,
+        "golden paths": kubectl("get", "goldenpaths", "-o", "json").stdout,
+    }
+    for where, text in visible.items():
+        for canary in canaries:
+            assert canary not in text, f"a secret value leaked into the {where}"
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)

@@ -294,6 +294,65 @@ def test_drift_made_out_of_band_is_detected_and_corrected(
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 
+def test_drift_correction_is_judged_by_the_plan_stage_guardrails(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer
+) -> None:
+    name = unique("frozen")
+    database = db_name(environment, name.replace("-", "_"))
+    apply_json(kubectl, request(name, environment, golden_path=DRIFTING, database=name.replace("-", "_")))
+    sr = wait_ready(kubectl, name, environment)
+    policy = unique("freeze")
+    apply_json(
+        kubectl,
+        {
+            "apiVersion": "platform.blacktop.dev/v1alpha1",
+            "kind": "GuardrailPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "mode": "Enforce",
+                "match": {"goldenPaths": [DRIFTING]},
+                "rules": [
+                    {
+                        "name": "no-changes-when-frozen",
+                        "stage": "Plan",
+                        "expression": "!(has(object.metadata.labels) && 'frozen' in object.metadata.labels)",
+                        "message": "{{ object.metadata.name }} is frozen",
+                    }
+                ],
+            },
+        },
+    )
+    try:
+        kubectl("wait", "--for=condition=Ready", f"guardrailpolicy/{policy}", "--timeout=60s")
+        kubectl("label", "servicerequest", name, "-n", environment, "frozen=yes")
+        postgres.psql(f'DROP DATABASE "{database}" WITH (FORCE)')
+        drifted = wait_for(
+            lambda: (
+                (c := condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted"))
+                and "not corrected" in c["message"]
+                and c
+            ),
+            timeout=90,
+            what="the drift to be reported and its correction refused",
+        )
+        assert drifted["status"] == "True"
+        assert f"denied by GuardrailPolicy {policy}/no-changes-when-frozen: {name} is frozen" in drifted["message"]
+        compliant = condition(get(kubectl, "servicerequest", name, "-n", environment), "PolicyCompliant")
+        assert (compliant["status"], compliant["reason"]) == ("False", "PolicyDenied")
+        assert "PolicyDenied" in event_reasons(kubectl, name, environment)
+        assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == []  # nothing applied
+    finally:
+        kubectl("delete", "guardrailpolicy", policy, "--ignore-not-found")
+    # Without the policy the next check corrects the drift.
+    wait_for(
+        lambda: "DriftCorrected" in event_reasons(kubectl, name, environment),
+        timeout=90,
+        what="the drift to be corrected once the policy is gone",
+    )
+    assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == ["1"]
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+
+
 def test_drift_is_only_reported_when_the_policy_says_report(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:

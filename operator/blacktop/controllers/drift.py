@@ -14,18 +14,19 @@ import asyncio
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from python_terraform import IsFlagged
 
-from blacktop.api.common import format_time, parse_duration, parse_time
+from blacktop.api.common import Condition, format_time, parse_duration, parse_time
 from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import DriftPolicy, GoldenPathSpec
 from blacktop.api.servicerequest import RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import locks
+from blacktop.controllers import guardrails, locks
 from blacktop.controllers import servicerequest as requests
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
@@ -36,7 +37,7 @@ from blacktop.terraform import workspace
 from blacktop.terraform.locks import new_lock_id
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import tail
-from blacktop.terraform.runner import RunResult, parse_outputs
+from blacktop.terraform.runner import Runner, RunResult, parse_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
     tracker.previous = status.model_copy(deep=True)
     try:
         async with locks.held(ctx, body, requests._backend(ctx, body), status.last_run, recorded):
-            result = await _plan_and_correct(ctx, body, gp_spec, variables, tracker)
+            result = await _plan_and_correct(ctx, body, env, gp_spec, variables, tracker=tracker)
     except locks.StateLockedError as held:
         result = held.result()
         _unknown(tracker, result)
@@ -97,11 +98,31 @@ def _unknown(tracker: StatusTracker[ServiceRequestStatus], result: RunResult) ->
     tracker.set(ConditionType.DRIFTED, None, reason, f"the drift check could not run: {detail}")
 
 
+async def _correction_denial(
+    ctx: Context,
+    body: JSON,
+    env: JSON,
+    gp_spec: GoldenPathSpec,
+    shown: RunResult,
+    *,
+    tracker: StatusTracker[ServiceRequestStatus],
+) -> tuple[str, str] | None:
+    """A correction is an apply like any other: the Plan-stage guardrails judge its plan first, and a
+    plan that cannot be shown is never applied blind. (reason, message) of a refusal, else None."""
+    if not shown.ok:
+        return Reason.PLAN_FAILED, "the plan could not be shown: " + (tail(shown.stderr) or "no output")
+    spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
+    golden_path = (spec.golden_path, gp_spec)
+    return await guardrails.judge_plan(ctx, body, env, golden_path, json.loads(shown.stdout), tracker=tracker)
+
+
 async def _plan_and_correct(
     ctx: Context,
     body: JSON,
+    env: JSON,
     gp_spec: GoldenPathSpec,
     variables: dict[str, Any],
+    *,
     tracker: StatusTracker[ServiceRequestStatus],
 ) -> RunResult:
     runner = await requests._runner(ctx, body, gp_spec, variables)
@@ -138,17 +159,51 @@ async def _plan_and_correct(
         await events.post_event(ctx.client, body, events.WARNING, Reason.DRIFT_DETECTED, message)
     if gp_spec.drift_policy != DriftPolicy.CORRECT:
         return plan
+    drift = _Drift(plan, shown, message, changes, before)
+    return await _correct(ctx, runner, drift, body=body, env=env, gp_spec=gp_spec, tracker=tracker)
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """What a drift check found: the plan run, its JSON rendering, and how it was described."""
+
+    plan: RunResult
+    shown: RunResult
+    message: str
+    changes: str
+    before: Condition | None  # the Drifted condition before this check (to post each Event once)
+
+
+async def _correct(
+    ctx: Context,
+    runner: Runner,
+    drift: _Drift,
+    *,
+    body: JSON,
+    env: JSON,
+    gp_spec: GoldenPathSpec,
+    tracker: StatusTracker[ServiceRequestStatus],
+) -> RunResult:
+    """Apply the drift plan (driftPolicy Correct), unless the guardrails refuse it."""
+    denial = await _correction_denial(ctx, body, env, gp_spec, drift.shown, tracker=tracker)
+    if denial is not None:
+        refused = f"{drift.message}; not corrected: {denial[1]}"
+        tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, refused)
+        if drift.before is None or drift.before.message != refused:
+            await events.post_event(ctx.client, body, events.WARNING, denial[0], f"drift not corrected: {denial[1]}")
+        return drift.plan
     apply = await runner.run("apply", workspace.PLAN_FILE, lock=False)
     if not apply.ok:
         detail = tail(apply.stderr or apply.stdout)
-        tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, f"{message}; correcting it failed: {detail}")
+        failed = f"{drift.message}; correcting it failed: {detail}"
+        tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, failed)
         return apply
     output = await runner.run("output", json=IsFlagged)
     if output.ok:  # outputs may have changed with the correction (a re-created resource)
         spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
         secret = builders.build_connection_secret(body, spec.golden_path, gp_spec, parse_outputs(output.stdout))
         await ctx.client.apply(secret)
-    corrected = f"drift corrected by applying the module again ({changes}) in {apply.seconds:.1f}s"
+    corrected = f"drift corrected by applying the module again ({drift.changes}) in {apply.seconds:.1f}s"
     tracker.set(ConditionType.DRIFTED, False, Reason.DRIFT_CORRECTED, corrected)
     await events.post_event(ctx.client, body, events.NORMAL, Reason.DRIFT_CORRECTED, corrected)
     logger.info("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], corrected)

@@ -6,7 +6,8 @@ rules of the matching GuardrailPolicies with ``plan`` in their context. A denial
 before apply: PolicyCompliant=False (reason PolicyDenied, or the built-in protection's reason) naming
 the policy, the rule and the offending resource addresses, Ready=False and Stalled (a human must
 change the request or the policy), and a Warning Event. Warn and Audit violations are recorded in
-their policies' status; Warn also posts a Warning Event.
+their policies' status; Warn also posts a Warning Event. A drift correction is an apply too: its plan
+is judged the same way, and a denied correction leaves the drift reported, uncorrected.
 """
 
 from __future__ import annotations
@@ -41,12 +42,11 @@ async def _stop(
     status.stage = Stage.FAILED
     if status.last_run is not None:
         status.last_run.result = "Failed"
-    tracker.set(ConditionType.POLICY_COMPLIANT, False, reason, message)
     tracker.not_ready(reason, message, stalled=True)
     return await tracker.write(ctx.client, SERVICEREQUESTS)
 
 
-async def check_plan(
+async def judge_plan(
     ctx: Context,
     body: JSON,
     env: JSON,
@@ -54,12 +54,14 @@ async def check_plan(
     plan: JSON,
     *,
     tracker: StatusTracker[ServiceRequestStatus],
-) -> ServiceRequestStatus | None:
-    """None when the plan may be applied; else the written status of a stopped run."""
+) -> tuple[str, str] | None:
+    """Set PolicyCompliant for ``plan``; the (reason, message) of a denial, or None when it may be applied."""
     problems = plan_problems(plan, ctx.settings.allowed_providers)
     if problems:
         reason = Reason.PROVIDER_NOT_ALLOWED if "provider" in problems[0] else Reason.FORBIDDEN_PROVISIONER
-        return await _stop(ctx, tracker, reason, "denied by built-in protection: " + "; ".join(problems))
+        message = "denied by built-in protection: " + "; ".join(problems)
+        tracker.set(ConditionType.POLICY_COMPLIANT, False, reason, message)
+        return reason, message
 
     gp_body = _golden_path_body(*golden_path)
     variables = context.request_variables(body, None, env, gp_body, None, plan=plan)
@@ -71,7 +73,9 @@ async def check_plan(
     if decision.recorded:
         await record(ctx, decision.recorded, body)
     if decision.denials:
-        return await _stop(ctx, tracker, Reason.POLICY_DENIED, decision.denial_text())
+        message = decision.denial_text()
+        tracker.set(ConditionType.POLICY_COMPLIANT, False, Reason.POLICY_DENIED, message)
+        return Reason.POLICY_DENIED, message
     if decision.warnings:
         text = "; ".join(v.text for v in decision.warnings)
         tracker.set(ConditionType.POLICY_COMPLIANT, True, Reason.POLICY_WARNED, text)
@@ -84,3 +88,17 @@ async def check_plan(
             f"the plan passes the built-in protections and {decision.evaluated} Plan-stage rule(s)",
         )
     return None
+
+
+async def check_plan(
+    ctx: Context,
+    body: JSON,
+    env: JSON,
+    golden_path: tuple[str, GoldenPathSpec],
+    plan: JSON,
+    *,
+    tracker: StatusTracker[ServiceRequestStatus],
+) -> ServiceRequestStatus | None:
+    """None when the plan may be applied; else the written status of a stopped run."""
+    denial = await judge_plan(ctx, body, env, golden_path, plan, tracker=tracker)
+    return None if denial is None else await _stop(ctx, tracker, *denial)

@@ -58,21 +58,6 @@ def dashboard_name(request: JSON) -> str:
     return f"{request['metadata']['name']}-dashboard"
 
 
-def _request_meta(request: JSON, golden_path: str, name: str, extra: dict[str, str] | None = None) -> JSON:
-    meta = request["metadata"]
-    return {
-        "name": name,
-        "namespace": meta["namespace"],
-        "labels": {
-            naming.MANAGED_BY: naming.MANAGER,
-            naming.LABEL_SERVICE_REQUEST: meta["name"],
-            naming.LABEL_GOLDEN_PATH: golden_path,
-            **(extra or {}),
-        },
-        "ownerReferences": [naming.owner_reference(request)],
-    }
-
-
 def _alert(rule: AlertRule, namespace: str, name: str, golden_path: str) -> JSON:
     annotations = {"summary": substitute(rule.summary, namespace, name)}
     if rule.description:
@@ -99,7 +84,7 @@ def build_prometheus_rule(request: JSON, golden_path: str, monitoring: Monitorin
     return {
         "apiVersion": MONITORING_API,
         "kind": "PrometheusRule",
-        "metadata": _request_meta(request, golden_path, rule_name(request)),
+        "metadata": naming.request_child_metadata(request, golden_path, rule_name(request)),
         "spec": {
             "groups": [
                 {
@@ -117,7 +102,9 @@ def build_dashboard(request: JSON, golden_path: str, dashboard: str) -> JSON:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _request_meta(request, golden_path, dashboard_name(request), {DASHBOARD_LABEL: "1"}),
+        "metadata": naming.request_child_metadata(
+            request, golden_path, dashboard_name(request), {DASHBOARD_LABEL: "1"}
+        ),
         "data": {f"{namespace}-{name}.json": substitute(dashboard, namespace, name)},
     }
 

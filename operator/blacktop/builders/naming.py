@@ -40,3 +40,22 @@ def is_owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
     """Whether ``obj`` names the object with ``owner_uid`` among its owners."""
     refs = obj.get("metadata", {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner_uid for ref in refs)
+
+
+def request_child_metadata(
+    request: dict[str, Any], golden_path: str, name: str, extra_labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Metadata of an object a ServiceRequest owns (Secret, PrometheusRule, ...): same namespace,
+    our labels, and a controller ownerReference so it goes away with the request."""
+    meta = request["metadata"]
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {
+            MANAGED_BY: MANAGER,
+            LABEL_SERVICE_REQUEST: meta["name"],
+            LABEL_GOLDEN_PATH: golden_path,
+            **(extra_labels or {}),
+        },
+        "ownerReferences": [owner_reference(request)],
+    }

@@ -29,20 +29,10 @@ def build_connection_secret(
     """The Secret with the outputs the golden path delivers (all of them if it names none)."""
     wanted = [(o.name, o.key or o.name) for o in spec.outputs] or [(name, name) for name in sorted(outputs)]
     data = {key: _encode(outputs[name][0]) for name, key in wanted if name in outputs}
-    meta = request["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": connection_secret_name(request),
-            "namespace": meta["namespace"],
-            "labels": {
-                naming.MANAGED_BY: naming.MANAGER,
-                naming.LABEL_SERVICE_REQUEST: meta["name"],
-                naming.LABEL_GOLDEN_PATH: golden_path,
-            },
-            "ownerReferences": [naming.owner_reference(request)],
-        },
+        "metadata": naming.request_child_metadata(request, golden_path, connection_secret_name(request)),
         "data": data,
     }

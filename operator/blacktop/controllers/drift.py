@@ -130,14 +130,7 @@ async def _plan_and_correct(
     if not init.ok:
         _unknown(tracker, init)
         return init
-    plan = await runner.run(
-        "plan",
-        out=workspace.PLAN_FILE,
-        var_file=workspace.VAR_FILE,
-        lock=False,
-        detailed_exitcode=IsFlagged,
-        ok_codes=(0, 2),
-    )
+    plan = await runner.plan()
     if not plan.ok:
         _unknown(tracker, plan)
         return plan

@@ -268,14 +268,7 @@ async def _plan_and_apply(
     init = await runner.run("init", lock=False)
     if not init.ok:
         raise await _fail(ctx, tracker, init, "init")
-    plan = await runner.run(
-        "plan",
-        out=workspace.PLAN_FILE,
-        var_file=workspace.VAR_FILE,
-        lock=False,
-        detailed_exitcode=IsFlagged,
-        ok_codes=(0, 2),
-    )
+    plan = await runner.plan()
     if not plan.ok:
         raise await _fail(ctx, tracker, plan, "plan")
     shown = await runner.run("show", workspace.PLAN_FILE, json=IsFlagged)

@@ -25,6 +25,7 @@ from typing import Any
 from python_terraform import IsFlagged, Terraform
 
 from blacktop.metrics.registry import Metrics
+from blacktop.terraform import workspace
 from blacktop.terraform.errors import Classification, classify
 from blacktop.terraform.redact import redact
 
@@ -95,6 +96,18 @@ class Runner:
         self.semaphore = semaphore
         self.secrets = secrets
         self.metrics = metrics
+
+    async def plan(self) -> RunResult:
+        """``plan`` into the workspace's plan file; exit 2 (changes) counts as success, so
+        ``exit_code`` tells a plan with changes (2) from one without (0). The caller holds the lock."""
+        return await self.run(
+            "plan",
+            out=workspace.PLAN_FILE,
+            var_file=workspace.VAR_FILE,
+            lock=False,
+            detailed_exitcode=IsFlagged,
+            ok_codes=(0, 2),
+        )
 
     async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
         """Run one operation; output is redacted before it leaves this method."""

@@ -284,3 +284,25 @@ def test_run_slot_counts_queued_and_in_flight() -> None:
     assert value(metrics, "blacktop_runs_queued") == 0
     assert value(metrics, "blacktop_stage_duration_seconds_count", stage="queued") == 2
     assert value(metrics, "blacktop_stage_duration_seconds_count", stage="apply") == 2
+
+
+def test_a_failed_drift_run_is_classified_by_its_drifted_condition() -> None:
+    metrics = create_metrics()
+    ready_request = {"conditions": [ready("True", "Provisioned")], "firstReadyTime": "t", "leadTimeSeconds": 5}
+    metrics.observe_object("ServiceRequest", request("d", **ready_request))
+    failed_drift = request(
+        "d",
+        lastRun={"id": "r9", "operation": "drift", "result": "Failed"},
+        **{
+            **ready_request,
+            "conditions": [
+                ready("True", "Provisioned"),
+                {"type": "Drifted", "status": "Unknown", "reason": "ProviderError"},
+            ],
+        },
+    )
+    metrics.observe_object("ServiceRequest", failed_drift)
+    # Ready still says Provisioned (the service works); the failure class comes from Drifted.
+    drift_failures = {"operation": "drift", "result": "failed", "golden_path": "tiny"}
+    assert value(metrics, "blacktop_runs_total", failure_class="ProviderError", **drift_failures) == 1
+    assert value(metrics, "blacktop_runs_total", failure_class="Provisioned", **drift_failures) is None

@@ -189,7 +189,9 @@ async def _correct(
     if not apply.ok:
         detail = tail(apply.stderr or apply.stdout)
         failed = f"{drift.message}; correcting it failed: {detail}"
-        tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, failed)
+        # The reason classifies the failed correction (ApplyFailed, ProviderError, ...), as for any run.
+        reason = apply.classification.reason if apply.classification else Reason.APPLY_FAILED
+        tracker.set(ConditionType.DRIFTED, True, reason, failed)
         return apply
     output = await runner.run("output", json=IsFlagged)
     if output.ok:  # outputs may have changed with the correction (a re-created resource)

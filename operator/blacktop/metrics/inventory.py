@@ -96,6 +96,7 @@ class RequestView:
     first_ready_time: str | None
     lead_time_seconds: float | None
     drifted: bool
+    drifted_reason: str | None  # a drift run's outcome is told by Drifted, not by Ready
 
 
 def environment_view(body: JSON) -> EnvironmentView:
@@ -142,6 +143,7 @@ def request_view(body: JSON) -> RequestView:
         first_ready_time=status.get("firstReadyTime"),
         lead_time_seconds=float(lead) if isinstance(lead, int | float) else None,
         drifted=bool(drifted and drifted.get("status") == "True"),
+        drifted_reason=str(drifted["reason"]) if drifted and drifted.get("reason") else None,
     )
 
 
@@ -176,7 +178,8 @@ def request_transitions(old: RequestView | None, new: RequestView, tier: str, *,
     run = new.run
     if run is not None and run.result and run != old.run:
         failed = run.result.lower() == "failed"
-        failure = (new.ready_reason or UNKNOWN) if failed else None
+        reason = new.drifted_reason if run.operation == "drift" else new.ready_reason
+        failure = (reason or UNKNOWN) if failed else None
         found.runs.append(FinishedRun(run.operation, new.golden_path, failure))
     # A request disappears right after its destroy succeeded: the finalizer only lets go then.
     if deleted and run is not None and run.operation == "destroy" and not run.result:

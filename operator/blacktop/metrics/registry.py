@@ -34,7 +34,7 @@ ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 # The stages a request's time is spent in (label values of blacktop_stage_duration_seconds).
 STAGES = ("queued", "init", "plan", "policy", "apply", "destroy")
 # Run operations and results (label values of blacktop_runs_total).
-OPERATIONS = ("apply", "destroy")
+OPERATIONS = ("apply", "destroy", "drift")
 SUCCEEDED, FAILED = "succeeded", "failed"
 NO_FAILURE = "none"
 # The failure classes a run can end with: the Ready reasons the ServiceRequest controller writes.

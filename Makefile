@@ -35,7 +35,7 @@ run: setup ## Start a local control plane, install Blacktop's CRDs and catalog, 
 	@$(VENV)/bin/blacktop run --local --install
 
 .PHONY: test
-test: setup ## Run the whole test suite (unit, integration, e2e) against a real local control plane
+test: setup lint ## Lint, then run the whole test suite (unit, integration, e2e) against a real local control plane
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -44,6 +44,7 @@ test-unit: venv ## Only the fast, pure unit tests
 
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the import layering contracts
+	@echo "==> lint: ruff, mypy --strict, import layering contracts"
 	@$(VENV)/bin/ruff check operator tests bench hack
 	@$(VENV)/bin/ruff format --check operator tests bench hack
 	@$(VENV)/bin/mypy

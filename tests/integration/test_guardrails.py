@@ -357,6 +357,10 @@ def test_request_over_budget_is_refused(
     )
     assert f"{denied_series} 2.0" in scrape, scrape
     assert 'blacktop_admission_review_duration_seconds_count{allowed="false",kind="ServiceRequest"}' in scrape
+    # A denial is logged (who, why) but not as an ERROR: those are for failures an SRE must act on.
+    denial_lines = [line for line in operator.log_text().splitlines() if f"{policy}/within-budget" in line]
+    assert denial_lines
+    assert not [line for line in denial_lines if "ERROR" in line], denial_lines
     # The environment's status carries what its requests cost against its budget.
     cost = wait_for(
         lambda: (

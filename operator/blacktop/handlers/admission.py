@@ -9,7 +9,6 @@ ValidatingWebhookConfiguration is applied once the server listens, and removed o
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -39,26 +38,9 @@ class _Server(kopf.WebhookServer):
             yield client_config
 
 
-class _DenialsAreNotErrors(logging.Filter):
-    """A denial is the webhook doing its job, yet Kopf logs a handler raising AdmissionError as
-    "failed permanently" at ERROR. Keep the line (who was denied and why), at INFO, so ERROR stays
-    for real failures an SRE must look at."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        if record.levelno == logging.ERROR and message.startswith(_DENIAL_PREFIXES) and _DENIAL_MARK in message:
-            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
-        return True
-
-
-# Kopf's words for a handler that raised AdmissionError (webhook handlers say "Webhook").
-_DENIAL_PREFIXES, _DENIAL_MARK = ("Webhook 'validate-", "Handler 'validate-"), "failed permanently: "
-
-
 @kopf.on.startup()
 async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings.from_env()
-    logging.getLogger("kopf.objects").addFilter(_DenialsAreNotErrors())
     host = config.webhook_host
     cert = await asyncio.to_thread(serving_cert, config.webhook_cert_dir, (host, "localhost", "127.0.0.1"))
     memo.webhook_url = None

@@ -7,7 +7,6 @@ sees: status transitions give lead times, run results and drift; the views give 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -17,17 +16,6 @@ from blacktop.metrics import server
 from blacktop.metrics.inventory import ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST
 
 GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
-_HANDLER_PREFIX = "Handler 'metrics-"
-
-
-class _QuietObservers(logging.Filter):
-    """Drop Kopf's per-event "Handler 'metrics-...' succeeded" lines: one per watch event is noise.
-
-    Failures (WARNING and above) still get through.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not str(record.msg).startswith(_HANDLER_PREFIX)
 
 
 @kopf.on.startup()
@@ -36,7 +24,6 @@ async def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
         # Start-up handlers run in registration order; the context comes from handlers.startup.
         raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
     ctx = context_of(memo)
-    logging.getLogger("kopf.objects").addFilter(_QuietObservers())
     memo.metrics_server = server.start(ctx.metrics, ctx.settings.metrics_port)
 
 

@@ -12,6 +12,7 @@ import kopf
 from blacktop.builders import naming
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
+from blacktop.handlers import logfilters
 from blacktop.kube.client import KubeClient
 
 
@@ -24,6 +25,7 @@ def context_of(memo: Any) -> Context:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings.from_env()
+    logfilters.install()
     # Kopf's own marks carry our prefix, so `kubectl get -o yaml` shows whose they are.
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.DOMAIN)

@@ -20,11 +20,20 @@ import yaml
 
 from blacktop.toolbox import cache_dir
 from chart_support import CHART, JSON, argocd_health, helm
-from helpers import Kubectl, OperatorProcess, free_port, unique, wait_for
+from helpers import (
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    condition,
+    environment_body,
+    free_port,
+    get,
+    service_request,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
-
-API = "platform.blacktop.dev/v1alpha1"
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +53,9 @@ def admin(chart_kubeconfig: Path) -> Kubectl:
     return Kubectl(chart_kubeconfig)
 
 
-def get(kubectl: Kubectl, *args: str) -> JSON | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return None
-    data: JSON = json.loads(result.stdout)
-    return data
-
-
-def ready(obj: JSON | None) -> bool:
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+def ready(obj: JSON | None, ctype: str = "Ready") -> bool:
+    """Whether ``obj`` has condition ``ctype`` True."""
+    return (condition(obj, ctype) or {}).get("status") == "True"
 
 
 def manifest_objects(release: str, namespace: str, kubeconfig: Path) -> list[JSON]:
@@ -202,19 +202,7 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
     healths: list[tuple[str, JSON, str]] = []  # (what, object, expected Argo CD health)
 
     # An Environment created before any operator runs: no status yet.
-    admin(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": API,
-                "kind": "Environment",
-                "metadata": {"name": env_name},
-                "spec": {"team": "payments", "tier": "dev"},
-            }
-        ),
-    )
+    apply_json(admin, environment_body(env_name, "payments"))
     fresh = get(admin, "environment", env_name)
     assert fresh is not None
     assert not fresh.get("status")
@@ -246,19 +234,7 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
     short_lived = unique("ttl-env")
     try:
         # An environment with a TTL: the operator deletes it when the TTL runs out.
-        admin(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps(
-                {
-                    "apiVersion": API,
-                    "kind": "Environment",
-                    "metadata": {"name": short_lived},
-                    "spec": {"team": "payments", "tier": "dev", "ttl": "10s"},
-                }
-            ),
-        )
+        apply_json(admin, environment_body(short_lived, "payments", ttl="10s"))
         env = wait_for(
             lambda: (e := get(admin, "environment", env_name)) and ready(e) and e, timeout=60, what="env Ready"
         )
@@ -282,13 +258,8 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         golden = wait_for(lambda: (g := get(admin, "goldenpath", "tiny")) and ready(g) and g, timeout=60, what="tiny")
         healths.append(("golden path Ready", golden, "Healthy"))
 
-        request = {
-            "apiVersion": API,
-            "kind": "ServiceRequest",
-            "metadata": {"name": sr_name, "namespace": env_name},
-            "spec": {"goldenPath": "tiny", "parameters": {"size": "small"}},
-        }
-        admin("apply", "-f", "-", input=json.dumps(request))
+        request = service_request(sr_name, env_name, "tiny", size="small")
+        apply_json(admin, request)
         seen: list[JSON] = []
 
         def provisioned() -> JSON | None:
@@ -315,16 +286,9 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         bad = json.loads(json.dumps(request))
         bad["metadata"]["name"] = bad_name
         bad["spec"]["parameters"] = {"size": "enormous"}
-        admin("apply", "-f", "-", input=json.dumps(bad))
+        apply_json(admin, bad)
         failed = wait_for(
-            lambda: (
-                (o := get(admin, "servicerequest", bad_name, "-n", env_name))
-                and any(
-                    c["type"] == "Stalled" and c["status"] == "True"
-                    for c in (o.get("status") or {}).get("conditions", [])
-                )
-                and o
-            ),
+            lambda: (o := get(admin, "servicerequest", bad_name, "-n", env_name)) and ready(o, "Stalled") and o,
             timeout=60,
             what="the invalid ServiceRequest to stall",
         )

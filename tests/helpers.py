@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from blacktop.toolbox import find_tool
 
 T = TypeVar("T")
@@ -213,6 +215,24 @@ def scratch_namespace(kubectl: Kubectl, prefix: str) -> Iterator[str]:
 
 
 # -- Blacktop's kinds ---------------------------------------------------------------------------------
+
+
+def tiny_golden_path(name: str = "tiny", *, failable: bool = False) -> dict[str, Any]:
+    """The example `tiny` golden path (provider-free, provisions in seconds) under ``name``; with
+    ``failable`` it also takes a boolean parameter `fail` that makes its runs fail."""
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
+    body["metadata"]["name"] = name
+    if failable:
+        body["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
+    return body
+
+
+def apply_ready(kubectl: Kubectl, body: dict[str, Any], timeout: str = "60s") -> str:
+    """Apply the cluster-scoped ``body`` and wait until it is Ready; returns its name."""
+    apply_json(kubectl, body)
+    name: str = body["metadata"]["name"]
+    kubectl("wait", "--for=condition=Ready", f"{body['kind'].lower()}/{name}", f"--timeout={timeout}")
+    return name
 
 
 def environment_body(name: str, team: str, tier: str = "dev", **spec: Any) -> dict[str, Any]:

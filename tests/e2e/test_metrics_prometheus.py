@@ -25,9 +25,11 @@ from helpers import (
     Kubectl,
     OperatorProcess,
     apply_json,
+    apply_ready,
     free_port,
     make_environment,
     service_request,
+    tiny_golden_path,
     unique,
     wait_for,
 )
@@ -120,15 +122,8 @@ def prometheus(tmp_path: Path, operator: OperatorProcess) -> Iterator[Prometheus
 @pytest.fixture
 def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
     """The example `tiny` golden path and a variant that can be made to fail, under this test's names."""
-    tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    ok_name, failing_name = unique("tiny"), unique("tiny-failing")
-    tiny["metadata"]["name"] = ok_name
-    failing = json.loads(json.dumps(tiny))
-    failing["metadata"]["name"] = failing_name
-    failing["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
-    for body in (tiny, failing):
-        apply_json(kubectl, body)
-        kubectl("wait", "--for=condition=Ready", f"goldenpath/{body['metadata']['name']}", "--timeout=60s")
+    ok_name = apply_ready(kubectl, tiny_golden_path(unique("tiny")))
+    failing_name = apply_ready(kubectl, tiny_golden_path(unique("tiny-failing"), failable=True))
     yield ok_name, failing_name
     kubectl("delete", "goldenpath", ok_name, failing_name, "--ignore-not-found", "--wait=false")
 

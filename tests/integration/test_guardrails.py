@@ -21,11 +21,13 @@ from helpers import (
     REPO,
     Kubectl,
     OperatorProcess,
+    apply_ready,
     condition,
     environment_body,
     get,
     scrape_metrics,
     service_request,
+    tiny_golden_path,
     try_apply,
     unique,
     wait_for,
@@ -39,10 +41,7 @@ DEVELOPERS = "blacktop-test-developers"
 @pytest.fixture(scope="module")
 def golden_path(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """A copy of the example `tiny` golden path (provider-free, provisions in seconds)."""
-    doc = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    doc["metadata"]["name"] = name = unique("tiny-gr")
-    assert try_apply(kubectl, doc).returncode == 0
-    kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
+    name = apply_ready(kubectl, tiny_golden_path(unique("tiny-gr")))
     yield name
     kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
 

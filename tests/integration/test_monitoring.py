@@ -11,20 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from blacktop.api.goldenpath import Monitoring
 from blacktop.builders import monitoring
 from blacktop.toolbox import cache_dir
 from helpers import (
-    REPO,
     Kubectl,
     OperatorProcess,
     apply_json,
+    apply_ready,
     condition,
     get,
     make_environment,
     service_request,
+    tiny_golden_path,
     unique,
     wait_for,
 )
@@ -75,12 +75,9 @@ def install_crds(kubectl: Kubectl) -> None:
 @pytest.fixture(scope="module")
 def golden_path(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """The example `tiny` golden path, renamed, declaring alert rules and a dashboard."""
-    body = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    name = unique("tiny-monitored")
-    body["metadata"]["name"] = name
+    body = tiny_golden_path(unique("tiny-monitored"))
     body["spec"]["monitoring"] = MONITORING
-    apply_json(kubectl, body)
-    kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
+    name = apply_ready(kubectl, body)
     yield name
     kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
 

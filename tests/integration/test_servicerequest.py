@@ -7,10 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from helpers import (
-    REPO,
     Kubectl,
     OperatorProcess,
     apply_json,
@@ -19,6 +17,7 @@ from helpers import (
     make_environment,
     secret_values,
     service_request,
+    tiny_golden_path,
     unique,
     wait_for,
     wait_reason,
@@ -32,12 +31,8 @@ TEAM = "payments"
 @pytest.fixture(scope="module")
 def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """The example `tiny` golden path plus a variant whose parameters can make the apply fail."""
-    tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    apply_json(kubectl, tiny)
-    failing = json.loads(json.dumps(tiny))
-    failing["metadata"]["name"] = "tiny-failing"
-    failing["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
-    apply_json(kubectl, failing)
+    apply_json(kubectl, tiny_golden_path())
+    apply_json(kubectl, tiny_golden_path("tiny-failing", failable=True))
     for name in ("tiny", "tiny-failing"):
         kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
     yield "tiny"

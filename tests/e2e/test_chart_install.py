@@ -58,6 +58,12 @@ def ready(obj: JSON | None, ctype: str = "Ready") -> bool:
     return (condition(obj, ctype) or {}).get("status") == "True"
 
 
+def install_chart(release: str, namespace: str, kubeconfig: Path, *settings: str) -> None:
+    """`helm install` the chart as ``release`` into a new ``namespace`` with ``--set`` each of ``settings``."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    helm("install", release, str(CHART), "--namespace", namespace, "--create-namespace", *sets, kubeconfig=kubeconfig)
+
+
 def manifest_objects(release: str, namespace: str, kubeconfig: Path) -> list[JSON]:
     out = helm("get", "manifest", release, "--namespace", namespace, kubeconfig=kubeconfig).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -90,18 +96,12 @@ def test_helm_install_creates_every_object(admin: Kubectl, chart_kubeconfig: Pat
     release, namespace = unique("bt"), unique("blacktop")
     install_monitoring_crds(admin)
     # No --wait: this control plane has no nodes, so the operator pod stays Pending by design.
-    helm(
-        "install",
+    install_chart(
         release,
-        str(CHART),
-        "--namespace",
         namespace,
-        "--create-namespace",
-        "--set",
+        chart_kubeconfig,
         "metrics.serviceMonitor.enabled=true",
-        "--set",
         "metrics.prometheusRule.enabled=true",
-        kubeconfig=chart_kubeconfig,
     )
     try:
         objects = manifest_objects(release, namespace, chart_kubeconfig)
@@ -169,20 +169,8 @@ def chart_release(admin: Kubectl, chart_kubeconfig: Path) -> Iterator[tuple[str,
     """The chart with the example catalog and no webhook (no pod runs here to serve it), and the
     operator Deployment scaled to 0: the operator under test runs as a local process instead."""
     release, namespace = unique("bt"), unique("blacktop")
-    helm(
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--create-namespace",
-        "--set",
-        "webhook.enabled=false",
-        "--set",
-        "catalog.enabled=true",
-        "--set",
-        "replicaCount=0",
-        kubeconfig=chart_kubeconfig,
+    install_chart(
+        release, namespace, chart_kubeconfig, "webhook.enabled=false", "catalog.enabled=true", "replicaCount=0"
     )
     yield release, namespace
     helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=chart_kubeconfig)

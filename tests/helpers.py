@@ -1,22 +1,30 @@
-"""Shared test helpers: polling with a deadline, kubectl, and the operator as a real process."""
+"""Shared test helpers: polling with a deadline, kubectl and the objects it reads and writes, and the
+operator as a real process. The one place for helpers more than one test module needs."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 from blacktop.toolbox import find_tool
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
+API = "platform.blacktop.dev/v1alpha1"
 
 
 def wait_for(
@@ -101,8 +109,6 @@ class OperatorProcess:
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        import urllib.request
-
         def healthy() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -144,8 +150,149 @@ def unique(prefix: str) -> str:
 
 
 def kubectl_json(kubectl: Kubectl, args: Sequence[str]) -> dict[str, object]:
-    import json
-
     out = kubectl(*args, "-o", "json").stdout
     data: dict[str, object] = json.loads(out)
     return data
+
+
+# -- objects through kubectl ------------------------------------------------------------------------
+
+
+def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
+    """`kubectl apply` ``body``; fails the test if the apply is refused."""
+    kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def try_apply(kubectl: Kubectl, body: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` ``body`` with extra ``args`` (e.g. --dry-run=server) and return the result,
+    refused or not: for tests of what admission says."""
+    return kubectl("apply", "-f", "-", *args, input=json.dumps(body), check=False)
+
+
+def get(kubectl: Kubectl, *args: str, missing: Sequence[str] = ()) -> dict[str, Any] | None:
+    """`kubectl get ARGS -o json`, or None when the object is NotFound (or the error contains one of
+    ``missing``); any other error fails the test."""
+    result = kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        assert any(words in result.stderr for words in ("NotFound", *missing)), result.stderr
+        return None
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def condition(obj: dict[str, Any] | None, ctype: str = "Ready") -> dict[str, Any] | None:
+    """The status condition of type ``ctype`` of ``obj`` (a copy), or None."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
+        if cond["type"] == ctype:
+            return dict(cond)
+    return None
+
+
+def secret_values(kubectl: Kubectl, name: str, namespace: str) -> dict[str, str]:
+    """The decoded data of Secret ``namespace/name``, which must exist."""
+    secret = get(kubectl, "secret", name, "-n", namespace)
+    assert secret is not None, f"secret {name} missing"
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def event_reasons(kubectl: Kubectl, name: str, namespace: str) -> set[str]:
+    """The reasons of the Events about the object ``name`` in ``namespace``."""
+    events = json.loads(
+        kubectl("get", "events", "-n", namespace, f"--field-selector=involvedObject.name={name}", "-o", "json").stdout
+    )
+    return {e["reason"] for e in events["items"]}
+
+
+@contextmanager
+def scratch_namespace(kubectl: Kubectl, prefix: str) -> Iterator[str]:
+    """A fresh namespace for the block, deleted (without waiting) afterwards."""
+    name = unique(prefix)
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false")
+
+
+# -- Blacktop's kinds ---------------------------------------------------------------------------------
+
+
+def tiny_golden_path(name: str = "tiny", *, failable: bool = False) -> dict[str, Any]:
+    """The example `tiny` golden path (provider-free, provisions in seconds) under ``name``; with
+    ``failable`` it also takes a boolean parameter `fail` that makes its runs fail."""
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
+    body["metadata"]["name"] = name
+    if failable:
+        body["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
+    return body
+
+
+def apply_ready(kubectl: Kubectl, body: dict[str, Any], timeout: str = "60s") -> str:
+    """Apply the cluster-scoped ``body`` and wait until it is Ready; returns its name."""
+    apply_json(kubectl, body)
+    name: str = body["metadata"]["name"]
+    kubectl("wait", "--for=condition=Ready", f"{body['kind'].lower()}/{name}", f"--timeout={timeout}")
+    return name
+
+
+def environment_body(name: str, team: str, tier: str = "dev", **spec: Any) -> dict[str, Any]:
+    """An Environment ``name`` of ``team`` and ``tier``, with any further ``spec`` fields."""
+    return {
+        "apiVersion": API,
+        "kind": "Environment",
+        "metadata": {"name": name},
+        "spec": {"team": team, "tier": tier, **spec},
+    }
+
+
+def make_environment(kubectl: Kubectl, name: str, team: str, tier: str = "dev", **spec: Any) -> str:
+    """Apply an Environment (see environment_body) and wait until it is Ready; returns its name."""
+    apply_json(kubectl, environment_body(name, team, tier, **spec))
+    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+    return name
+
+
+def service_request(name: str, namespace: str, golden_path: str, **parameters: Any) -> dict[str, Any]:
+    """A ServiceRequest ``namespace/name`` of ``golden_path`` with ``parameters``."""
+    return {
+        "apiVersion": API,
+        "kind": "ServiceRequest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"goldenPath": golden_path, "parameters": parameters},
+    }
+
+
+def wait_reason(
+    kubectl: Kubectl, name: str, namespace: str, reason: str, timeout: float = 120, interval: float = 0.2
+) -> dict[str, Any]:
+    """Wait until ServiceRequest ``namespace/name`` has a Ready condition with ``reason``; returns it."""
+    return wait_for(
+        lambda: (c := condition(get(kubectl, "servicerequest", name, "-n", namespace))) and c["reason"] == reason and c,
+        timeout=timeout,
+        interval=interval,
+        what=f"ServiceRequest {name} to report {reason}",
+    )
+
+
+def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180) -> dict[str, Any]:
+    """Wait until ServiceRequest ``namespace/name`` is Ready for its current generation; returns it."""
+
+    def ready() -> dict[str, Any] | None:
+        sr = get(kubectl, "servicerequest", name, "-n", namespace)
+        status = (sr or {}).get("status") or {}
+        current = sr is not None and status.get("observedGeneration") == sr["metadata"]["generation"]
+        return sr if current and (condition(sr) or {}).get("status") == "True" else None
+
+    return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
+
+
+# -- the operator's endpoints ---------------------------------------------------------------------------
+
+
+def scrape_metrics(operator: OperatorProcess) -> str:
+    """One scrape of the operator's /metrics, which must answer 200 with the text exposition format."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text: str = response.read().decode()
+        return text

@@ -20,11 +20,20 @@ import yaml
 
 from blacktop.toolbox import cache_dir
 from chart_support import CHART, JSON, argocd_health, helm
-from helpers import Kubectl, OperatorProcess, free_port, unique, wait_for
+from helpers import (
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    condition,
+    environment_body,
+    free_port,
+    get,
+    service_request,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
-
-API = "platform.blacktop.dev/v1alpha1"
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +53,15 @@ def admin(chart_kubeconfig: Path) -> Kubectl:
     return Kubectl(chart_kubeconfig)
 
 
-def get(kubectl: Kubectl, *args: str) -> JSON | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return None
-    data: JSON = json.loads(result.stdout)
-    return data
+def ready(obj: JSON | None, ctype: str = "Ready") -> bool:
+    """Whether ``obj`` has condition ``ctype`` True."""
+    return (condition(obj, ctype) or {}).get("status") == "True"
 
 
-def ready(obj: JSON | None) -> bool:
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+def install_chart(release: str, namespace: str, kubeconfig: Path, *settings: str) -> None:
+    """`helm install` the chart as ``release`` into a new ``namespace`` with ``--set`` each of ``settings``."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    helm("install", release, str(CHART), "--namespace", namespace, "--create-namespace", *sets, kubeconfig=kubeconfig)
 
 
 def manifest_objects(release: str, namespace: str, kubeconfig: Path) -> list[JSON]:
@@ -90,18 +96,12 @@ def test_helm_install_creates_every_object(admin: Kubectl, chart_kubeconfig: Pat
     release, namespace = unique("bt"), unique("blacktop")
     install_monitoring_crds(admin)
     # No --wait: this control plane has no nodes, so the operator pod stays Pending by design.
-    helm(
-        "install",
+    install_chart(
         release,
-        str(CHART),
-        "--namespace",
         namespace,
-        "--create-namespace",
-        "--set",
+        chart_kubeconfig,
         "metrics.serviceMonitor.enabled=true",
-        "--set",
         "metrics.prometheusRule.enabled=true",
-        kubeconfig=chart_kubeconfig,
     )
     try:
         objects = manifest_objects(release, namespace, chart_kubeconfig)
@@ -169,20 +169,8 @@ def chart_release(admin: Kubectl, chart_kubeconfig: Path) -> Iterator[tuple[str,
     """The chart with the example catalog and no webhook (no pod runs here to serve it), and the
     operator Deployment scaled to 0: the operator under test runs as a local process instead."""
     release, namespace = unique("bt"), unique("blacktop")
-    helm(
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--create-namespace",
-        "--set",
-        "webhook.enabled=false",
-        "--set",
-        "catalog.enabled=true",
-        "--set",
-        "replicaCount=0",
-        kubeconfig=chart_kubeconfig,
+    install_chart(
+        release, namespace, chart_kubeconfig, "webhook.enabled=false", "catalog.enabled=true", "replicaCount=0"
     )
     yield release, namespace
     helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=chart_kubeconfig)
@@ -202,19 +190,7 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
     healths: list[tuple[str, JSON, str]] = []  # (what, object, expected Argo CD health)
 
     # An Environment created before any operator runs: no status yet.
-    admin(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": API,
-                "kind": "Environment",
-                "metadata": {"name": env_name},
-                "spec": {"team": "payments", "tier": "dev"},
-            }
-        ),
-    )
+    apply_json(admin, environment_body(env_name, "payments"))
     fresh = get(admin, "environment", env_name)
     assert fresh is not None
     assert not fresh.get("status")
@@ -246,19 +222,7 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
     short_lived = unique("ttl-env")
     try:
         # An environment with a TTL: the operator deletes it when the TTL runs out.
-        admin(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps(
-                {
-                    "apiVersion": API,
-                    "kind": "Environment",
-                    "metadata": {"name": short_lived},
-                    "spec": {"team": "payments", "tier": "dev", "ttl": "10s"},
-                }
-            ),
-        )
+        apply_json(admin, environment_body(short_lived, "payments", ttl="10s"))
         env = wait_for(
             lambda: (e := get(admin, "environment", env_name)) and ready(e) and e, timeout=60, what="env Ready"
         )
@@ -282,13 +246,8 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         golden = wait_for(lambda: (g := get(admin, "goldenpath", "tiny")) and ready(g) and g, timeout=60, what="tiny")
         healths.append(("golden path Ready", golden, "Healthy"))
 
-        request = {
-            "apiVersion": API,
-            "kind": "ServiceRequest",
-            "metadata": {"name": sr_name, "namespace": env_name},
-            "spec": {"goldenPath": "tiny", "parameters": {"size": "small"}},
-        }
-        admin("apply", "-f", "-", input=json.dumps(request))
+        request = service_request(sr_name, env_name, "tiny", size="small")
+        apply_json(admin, request)
         seen: list[JSON] = []
 
         def provisioned() -> JSON | None:
@@ -315,16 +274,9 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         bad = json.loads(json.dumps(request))
         bad["metadata"]["name"] = bad_name
         bad["spec"]["parameters"] = {"size": "enormous"}
-        admin("apply", "-f", "-", input=json.dumps(bad))
+        apply_json(admin, bad)
         failed = wait_for(
-            lambda: (
-                (o := get(admin, "servicerequest", bad_name, "-n", env_name))
-                and any(
-                    c["type"] == "Stalled" and c["status"] == "True"
-                    for c in (o.get("status") or {}).get("conditions", [])
-                )
-                and o
-            ),
+            lambda: (o := get(admin, "servicerequest", bad_name, "-n", env_name)) and ready(o, "Stalled") and o,
             timeout=60,
             what="the invalid ServiceRequest to stall",
         )

@@ -20,7 +20,19 @@ import pytest
 import yaml
 
 from blacktop.toolbox import find_tool
-from helpers import REPO, Kubectl, OperatorProcess, free_port, unique, wait_for
+from helpers import (
+    REPO,
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    apply_ready,
+    free_port,
+    make_environment,
+    service_request,
+    tiny_golden_path,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -107,50 +119,20 @@ def prometheus(tmp_path: Path, operator: OperatorProcess) -> Iterator[Prometheus
     server.stop()
 
 
-def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
-    kubectl("apply", "-f", "-", input=json.dumps(body))
-
-
 @pytest.fixture
 def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
     """The example `tiny` golden path and a variant that can be made to fail, under this test's names."""
-    tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    ok_name, failing_name = unique("tiny"), unique("tiny-failing")
-    tiny["metadata"]["name"] = ok_name
-    failing = json.loads(json.dumps(tiny))
-    failing["metadata"]["name"] = failing_name
-    failing["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
-    for body in (tiny, failing):
-        apply_json(kubectl, body)
-        kubectl("wait", "--for=condition=Ready", f"goldenpath/{body['metadata']['name']}", "--timeout=60s")
+    ok_name = apply_ready(kubectl, tiny_golden_path(unique("tiny")))
+    failing_name = apply_ready(kubectl, tiny_golden_path(unique("tiny-failing"), failable=True))
     yield ok_name, failing_name
     kubectl("delete", "goldenpath", ok_name, failing_name, "--ignore-not-found", "--wait=false")
 
 
 @pytest.fixture
 def environment(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
-    name = unique("metrics-env")
-    apply_json(
-        kubectl,
-        {
-            "apiVersion": "platform.blacktop.dev/v1alpha1",
-            "kind": "Environment",
-            "metadata": {"name": name},
-            "spec": {"team": "measured", "tier": "dev", "budget": {"monthly": "100"}},
-        },
-    )
-    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+    name = make_environment(kubectl, unique("metrics-env"), "measured", budget={"monthly": "100"})
     yield name
     kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=180s")
-
-
-def request(name: str, namespace: str, golden_path: str, **parameters: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "platform.blacktop.dev/v1alpha1",
-        "kind": "ServiceRequest",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"goldenPath": golden_path, "parameters": parameters},
-    }
 
 
 def test_prometheus_sees_lead_time_failures_and_rules(
@@ -165,8 +147,8 @@ def test_prometheus_sees_lead_time_failures_and_rules(
     wait_for(lambda: prometheus.value(plan_failed) == 0, timeout=60, what=f"{plan_failed} == 0 in Prometheus")
 
     good, bad = unique("fast"), unique("broken")
-    apply_json(kubectl, request(good, environment, ok_path, size="medium"))
-    apply_json(kubectl, request(bad, environment, failing_path, fail=True))
+    apply_json(kubectl, service_request(good, environment, ok_path, size="medium"))
+    apply_json(kubectl, service_request(bad, environment, failing_path, fail=True))
     kubectl("wait", "--for=condition=Ready", f"servicerequest/{good}", "-n", environment, "--timeout=180s", timeout=200)
     sr = json.loads(kubectl("get", "servicerequest", good, "-n", environment, "-o", "json").stdout)
     lead_time = sr["status"]["leadTimeSeconds"]

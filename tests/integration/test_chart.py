@@ -17,7 +17,7 @@ from cryptography import x509
 from blacktop.builders.rbac import cluster_rbac
 from blacktop.kube.resources import all_resources
 from chart_support import CHART, JSON, find, helm, render
-from helpers import Kubectl, unique
+from helpers import Kubectl, scratch_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -369,10 +369,8 @@ def test_monitoring_files_are_included_when_present(tmp_path: Path) -> None:
 
 @pytest.fixture
 def release_namespace(kubectl: Kubectl) -> Iterator[str]:
-    name = unique("chart-dry")
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with scratch_namespace(kubectl, "chart-dry") as name:
+        yield name
 
 
 def _served_groups(kubectl: Kubectl) -> set[str]:

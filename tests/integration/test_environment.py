@@ -9,53 +9,30 @@ from typing import Any
 
 import pytest
 
-from helpers import Kubectl, OperatorProcess, unique, wait_for
+from helpers import Kubectl, OperatorProcess, apply_json, condition, environment_body, get, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
 TEAM = "payments"
 
 
-def env_manifest(name: str, *, team: str = TEAM, ttl: str | None = None, **spec: Any) -> str:
-    body: dict[str, Any] = {
-        "apiVersion": "platform.blacktop.dev/v1alpha1",
-        "kind": "Environment",
-        "metadata": {"name": name},
-        "spec": {
-            "team": team,
-            "tier": "dev",
-            "owners": [{"kind": "User", "name": "olivia@example.com"}],
-            "quota": {"cpu": "2", "memory": "4Gi", "pods": 10, "storage": "10Gi"},
-            **spec,
-        },
-    }
+def env_manifest(name: str, *, team: str = TEAM, ttl: str | None = None) -> dict[str, Any]:
+    body = environment_body(
+        name,
+        team,
+        owners=[{"kind": "User", "name": "olivia@example.com"}],
+        quota={"cpu": "2", "memory": "4Gi", "pods": 10, "storage": "10Gi"},
+    )
     if ttl:
         body["spec"]["ttl"] = ttl
-    return json.dumps(body)
-
-
-def get_json(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        if "NotFound" in result.stderr:
-            return None
-        raise AssertionError(result.stderr)
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == ctype:
-            return dict(cond)
-    return None
+    return body
 
 
 @pytest.fixture
 def environment(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """A fresh Ready environment, deleted (and waited for) afterwards."""
     name = unique("env")
-    kubectl("apply", "-f", "-", input=env_manifest(name))
+    apply_json(kubectl, env_manifest(name))
     kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
     yield name
     kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=60s")
@@ -70,14 +47,14 @@ def test_example_environment_becomes_ready_with_all_children(
 
     doc = yaml.safe_load(example.read_text())
     doc["metadata"]["name"] = name
-    kubectl("apply", "-f", "-", input=json.dumps(doc))
+    apply_json(kubectl, doc)
     try:
         kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
-        env = get_json(kubectl, "environment", name)
+        env = get(kubectl, "environment", name)
         assert env is not None
         assert env["status"]["namespace"] == name
         assert env["status"]["observedGeneration"] == env["metadata"]["generation"]
-        ns = get_json(kubectl, "namespace", name)
+        ns = get(kubectl, "namespace", name)
         assert ns is not None
         labels = ns["metadata"]["labels"]
         assert labels["platform.blacktop.dev/environment"] == name
@@ -90,7 +67,7 @@ def test_example_environment_becomes_ready_with_all_children(
             ("networkpolicy", "blacktop-isolation"),
             ("rolebinding", "blacktop-environment-editors"),
         ]:
-            obj = get_json(kubectl, kind, child, "-n", name)
+            obj = get(kubectl, kind, child, "-n", name)
             assert obj is not None, f"{kind}/{child} missing"
             assert obj["metadata"]["ownerReferences"][0]["uid"] == env["metadata"]["uid"]
         if ttl := doc["spec"].get("ttl"):
@@ -100,21 +77,21 @@ def test_example_environment_becomes_ready_with_all_children(
 
 
 def test_children_have_the_right_content(kubectl: Kubectl, environment: str) -> None:
-    quota = get_json(kubectl, "resourcequota", "blacktop-quota", "-n", environment)
+    quota = get(kubectl, "resourcequota", "blacktop-quota", "-n", environment)
     assert quota is not None
     assert quota["spec"]["hard"]["requests.cpu"] == "2"
     assert quota["spec"]["hard"]["limits.memory"] == "4Gi"
     assert quota["spec"]["hard"]["pods"] == "10"
-    limits = get_json(kubectl, "limitrange", "blacktop-limits", "-n", environment)
+    limits = get(kubectl, "limitrange", "blacktop-limits", "-n", environment)
     assert limits is not None
     assert limits["spec"]["limits"][0]["defaultRequest"] == {"cpu": "100m", "memory": "128Mi"}
-    policy = get_json(kubectl, "networkpolicy", "blacktop-isolation", "-n", environment)
+    policy = get(kubectl, "networkpolicy", "blacktop-isolation", "-n", environment)
     assert policy is not None
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     sources = policy["spec"]["ingress"][0]["from"]
     assert {"podSelector": {}} in sources
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
-    binding = get_json(kubectl, "rolebinding", "blacktop-environment-editors", "-n", environment)
+    binding = get(kubectl, "rolebinding", "blacktop-environment-editors", "-n", environment)
     assert binding is not None
     assert binding["roleRef"]["name"] == "blacktop-environment-editor"
     subjects = {(s["kind"], s["name"]) for s in binding["subjects"]}
@@ -182,7 +159,7 @@ def test_quota_change_converges(kubectl: Kubectl, environment: str) -> None:
     kubectl("patch", "environment", environment, "--type=merge", "-p", '{"spec":{"quota":{"cpu":"3"}}}')
     wait_for(
         lambda: (
-            (get_json(kubectl, "resourcequota", "blacktop-quota", "-n", environment) or {})
+            (get(kubectl, "resourcequota", "blacktop-quota", "-n", environment) or {})
             .get("spec", {})
             .get("hard", {})
             .get("requests.cpu")
@@ -191,11 +168,11 @@ def test_quota_change_converges(kubectl: Kubectl, environment: str) -> None:
         timeout=30,
         what="the ResourceQuota to follow the new cpu quota",
     )
-    env = get_json(kubectl, "environment", environment)
+    env = get(kubectl, "environment", environment)
     assert env is not None
     wait_for(
         lambda: (
-            (get_json(kubectl, "environment", environment) or {}).get("status", {}).get("observedGeneration")
+            (get(kubectl, "environment", environment) or {}).get("status", {}).get("observedGeneration")
             == env["metadata"]["generation"]
         ),
         timeout=30,
@@ -204,12 +181,12 @@ def test_quota_change_converges(kubectl: Kubectl, environment: str) -> None:
 
 
 def test_deleted_or_edited_child_is_restored(kubectl: Kubectl, environment: str) -> None:
-    before = get_json(kubectl, "resourcequota", "blacktop-quota", "-n", environment)
+    before = get(kubectl, "resourcequota", "blacktop-quota", "-n", environment)
     assert before is not None
     kubectl("delete", "resourcequota", "blacktop-quota", "-n", environment)
     restored = wait_for(
         lambda: (
-            (q := get_json(kubectl, "resourcequota", "blacktop-quota", "-n", environment))
+            (q := get(kubectl, "resourcequota", "blacktop-quota", "-n", environment))
             and q["metadata"]["uid"] != before["metadata"]["uid"]
             and q
         ),
@@ -231,9 +208,9 @@ def test_deleted_or_edited_child_is_restored(kubectl: Kubectl, environment: str)
     wait_for(
         lambda: (
             {"podSelector": {}}
-            in (get_json(kubectl, "networkpolicy", "blacktop-isolation", "-n", environment) or {})["spec"]["ingress"][
-                0
-            ].get("from", [])
+            in (get(kubectl, "networkpolicy", "blacktop-isolation", "-n", environment) or {})["spec"]["ingress"][0].get(
+                "from", []
+            )
         ),
         timeout=30,
         what="the edited NetworkPolicy to be restored",
@@ -245,7 +222,7 @@ def test_open_network_policy_removes_isolation(kubectl: Kubectl, environment: st
         "patch", "environment", environment, "--type=merge", "-p", '{"spec":{"networkPolicy":{"isolation":"Open"}}}'
     )
     wait_for(
-        lambda: get_json(kubectl, "networkpolicy", "blacktop-isolation", "-n", environment) is None,
+        lambda: get(kubectl, "networkpolicy", "blacktop-isolation", "-n", environment) is None,
         timeout=30,
         what="the NetworkPolicy to be removed for an Open environment",
     )
@@ -253,16 +230,14 @@ def test_open_network_policy_removes_isolation(kubectl: Kubectl, environment: st
 
 def test_short_ttl_deletes_environment_and_namespace(kubectl: Kubectl, operator: OperatorProcess) -> None:
     name = unique("ttl")
-    kubectl("apply", "-f", "-", input=env_manifest(name, ttl="15s"))
+    apply_json(kubectl, env_manifest(name, ttl="15s"))
     try:
         kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
-        env = get_json(kubectl, "environment", name)
+        env = get(kubectl, "environment", name)
         assert env is not None
         assert env["status"]["expiresAt"]
-        wait_for(
-            lambda: get_json(kubectl, "environment", name) is None, timeout=60, what="the expired environment to go"
-        )
-        wait_for(lambda: get_json(kubectl, "namespace", name) is None, timeout=90, what="its namespace to disappear")
+        wait_for(lambda: get(kubectl, "environment", name) is None, timeout=60, what="the expired environment to go")
+        wait_for(lambda: get(kubectl, "namespace", name) is None, timeout=90, what="its namespace to disappear")
         events = kubectl(
             "get",
             "events",
@@ -280,7 +255,7 @@ def test_short_ttl_deletes_environment_and_namespace(kubectl: Kubectl, operator:
 
 def test_deletion_waits_for_service_requests(kubectl: Kubectl, operator: OperatorProcess) -> None:
     name = unique("del")
-    kubectl("apply", "-f", "-", input=env_manifest(name))
+    apply_json(kubectl, env_manifest(name))
     kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
     # A ServiceRequest held by a finalizer stands in for one whose infrastructure takes time to destroy.
     request = {
@@ -289,11 +264,11 @@ def test_deletion_waits_for_service_requests(kubectl: Kubectl, operator: Operato
         "metadata": {"name": "held", "namespace": name, "finalizers": ["test.blacktop.dev/hold"]},
         "spec": {"goldenPath": "does-not-exist-" + name},
     }
-    kubectl("apply", "-f", "-", input=json.dumps(request))
+    apply_json(kubectl, request)
     kubectl("delete", "environment", name, "--wait=false")
     waiting = wait_for(
         lambda: (
-            (c := condition(get_json(kubectl, "environment", name), "Ready"))
+            (c := condition(get(kubectl, "environment", name), "Ready"))
             and c["reason"] == "WaitingForServiceRequests"
             and c
         ),
@@ -301,13 +276,13 @@ def test_deletion_waits_for_service_requests(kubectl: Kubectl, operator: Operato
         what="the environment to report it waits for its service requests",
     )
     assert "held" in waiting["message"]
-    assert get_json(kubectl, "namespace", name) is not None, "namespace deleted before its service requests"
-    sr = get_json(kubectl, "servicerequest", "held", "-n", name)
+    assert get(kubectl, "namespace", name) is not None, "namespace deleted before its service requests"
+    sr = get(kubectl, "servicerequest", "held", "-n", name)
     assert sr is not None
     assert sr["metadata"].get("deletionTimestamp"), "the service request was not deleted first"
     kubectl("patch", "servicerequest", "held", "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
-    wait_for(lambda: get_json(kubectl, "environment", name) is None, timeout=60, what="the environment to be deleted")
-    wait_for(lambda: get_json(kubectl, "namespace", name) is None, timeout=90, what="its namespace to disappear")
+    wait_for(lambda: get(kubectl, "environment", name) is None, timeout=60, what="the environment to be deleted")
+    wait_for(lambda: get(kubectl, "namespace", name) is None, timeout=90, what="its namespace to disappear")
 
 
 def test_existing_foreign_namespace_is_never_adopted(kubectl: Kubectl, operator: OperatorProcess) -> None:
@@ -315,19 +290,19 @@ def test_existing_foreign_namespace_is_never_adopted(kubectl: Kubectl, operator:
     kubectl("create", "namespace", name)
     kubectl("create", "configmap", "precious", "-n", name, "--from-literal=data=keep-me")
     try:
-        kubectl("apply", "-f", "-", input=env_manifest(name))
+        apply_json(kubectl, env_manifest(name))
         ready = wait_for(
-            lambda: (c := condition(get_json(kubectl, "environment", name), "Ready")) and c["status"] == "False" and c,
+            lambda: (c := condition(get(kubectl, "environment", name), "Ready")) and c["status"] == "False" and c,
             timeout=30,
             what="a NamespaceConflict condition",
         )
         assert ready["reason"] == "NamespaceConflict"
         assert "already exists" in ready["message"]
         kubectl("delete", "environment", name, "--wait=true", "--timeout=60s")
-        ns = get_json(kubectl, "namespace", name)
+        ns = get(kubectl, "namespace", name)
         assert ns is not None
         assert not ns["metadata"].get("deletionTimestamp")
-        assert get_json(kubectl, "configmap", "precious", "-n", name) is not None
+        assert get(kubectl, "configmap", "precious", "-n", name) is not None
     finally:
         kubectl("delete", "environment", name, "--ignore-not-found", "--wait=false")
         kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")

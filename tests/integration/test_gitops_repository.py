@@ -10,17 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, Kubectl, unique
+from helpers import REPO, Kubectl, scratch_namespace
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def namespace(kubectl: Kubectl) -> Iterator[str]:
-    name = unique("gitops")
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with scratch_namespace(kubectl, "gitops") as name:
+        yield name
 
 
 def test_team_repository_renders_and_passes_a_server_side_dry_run(

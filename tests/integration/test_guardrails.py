@@ -8,7 +8,7 @@ team (match.teams), so they never touch other tests' objects; every test deletes
 from __future__ import annotations
 
 import json
-import urllib.request
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,34 +16,32 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, Kubectl, OperatorProcess, unique, wait_for
+from helpers import (
+    API,
+    REPO,
+    Kubectl,
+    OperatorProcess,
+    apply_ready,
+    condition,
+    environment_body,
+    get,
+    scrape_metrics,
+    service_request,
+    tiny_golden_path,
+    try_apply,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
-API = "platform.blacktop.dev/v1alpha1"
 DEVELOPERS = "blacktop-test-developers"
-
-
-def apply(kubectl: Kubectl, body: dict[str, Any], *args: str) -> Any:
-    return kubectl("apply", "-f", "-", *args, input=json.dumps(body), check=False)
-
-
-def get(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def condition(obj: dict[str, Any] | None, ctype: str = "Ready") -> dict[str, Any] | None:
-    return next((c for c in ((obj or {}).get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
 
 
 @pytest.fixture(scope="module")
 def golden_path(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """A copy of the example `tiny` golden path (provider-free, provisions in seconds)."""
-    doc = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    doc["metadata"]["name"] = name = unique("tiny-gr")
-    assert apply(kubectl, doc).returncode == 0
-    kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
+    name = apply_ready(kubectl, tiny_golden_path(unique("tiny-gr")))
     yield name
     kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
 
@@ -65,15 +63,8 @@ def team_environment(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[
     def make(tier: str = "dev", **spec: Any) -> str:
         team = unique("team")
         name = f"{team}-{tier}"
-        body = {
-            "apiVersion": API,
-            "kind": "Environment",
-            "metadata": {"name": name},
-            "spec": {"team": team, "tier": tier, "ttl": "2h", **spec},
-        }
-        result = apply(kubectl, body)
-        assert result.returncode == 0, result.stderr
-        cleanup.append(("environment", name))
+        body = environment_body(name, team, tier, ttl="2h", **spec)
+        admit(kubectl, cleanup, body)
         kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
         return name
 
@@ -90,9 +81,7 @@ def example_policy(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[tu
         doc["spec"]["match"]["teams"] = [team]
         if mode:
             doc["spec"]["mode"] = mode
-        result = apply(kubectl, doc)
-        assert result.returncode == 0, result.stderr
-        cleanup.append(("guardrailpolicy", name))
+        admit(kubectl, cleanup, doc)
         wait_for(
             lambda: (c := condition(get(kubectl, "guardrailpolicy", name))) and c["reason"] == "Active" and c,
             timeout=30,
@@ -103,23 +92,26 @@ def example_policy(kubectl: Kubectl, operator: OperatorProcess, cleanup: list[tu
     return make
 
 
-def service_request(name: str, namespace: str, golden_path: str, **parameters: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "ServiceRequest",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"goldenPath": golden_path, "parameters": parameters},
-    }
-
-
-def scrape_metrics(operator: OperatorProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-        return text
-
-
 def team_of(environment: str) -> str:
     return environment.rsplit("-", 1)[0]
+
+
+def admit(kubectl: Kubectl, cleanup: list[tuple[str, ...]], body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Apply ``body``, which admission must accept, and have the test's cleanup delete it."""
+    result = try_apply(kubectl, body)
+    assert result.returncode == 0, result.stderr
+    meta = body["metadata"]
+    cleanup.append((body["kind"].lower(), meta["name"], *([meta["namespace"]] if "namespace" in meta else [])))
+    return result
+
+
+def assert_refused(kubectl: Kubectl, body: dict[str, Any], *phrases: str) -> None:
+    """Admission refuses ``body`` both in a server-side dry run and for real, saying every phrase."""
+    for args in (("--dry-run=server",), ()):
+        denied = try_apply(kubectl, body, *args)
+        assert denied.returncode != 0
+        for phrase in phrases:
+            assert phrase in denied.stderr
 
 
 # -- webhook configuration -------------------------------------------------------------------------
@@ -174,16 +166,16 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
             "metadata": {"name": unique("broken")},
             "spec": {"rules": [{"name": "r", "expression": "nope ==", "message": "m"}]},
         }
-        refused = apply(kubectl, body, "--dry-run=server")
+        refused = try_apply(kubectl, body, "--dry-run=server")
         assert refused.returncode != 0
         assert "does not compile" in refused.stderr
         own.stop()
         assert "admission webhook configuration blacktop removed" in own.log_text()
         assert get(kubectl, "validatingwebhookconfiguration", "blacktop") is None
         # With no webhook, applies of Blacktop's kinds are not wedged.
-        assert apply(kubectl, body, "--dry-run=server").returncode == 0
+        assert try_apply(kubectl, body, "--dry-run=server").returncode == 0
         # A broken policy that gets in while no webhook runs is reported, not enforced.
-        assert apply(kubectl, body).returncode == 0
+        assert try_apply(kubectl, body).returncode == 0
         try:
             ready = wait_for(
                 lambda: condition(get(kubectl, "guardrailpolicy", body["metadata"]["name"])),
@@ -199,7 +191,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
         own.stop()
         meta = saved["metadata"]
         saved["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
-        assert apply(kubectl, saved).returncode == 0
+        assert try_apply(kubectl, saved).returncode == 0
     assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
 
 
@@ -223,11 +215,7 @@ def test_golden_path_with_a_forbidden_module_is_refused(
         "metadata": {"name": name},
         "spec": {"description": "x", "module": module},
     }
-    for args in (("--dry-run=server",), ()):
-        result = apply(kubectl, body, *args)
-        assert result.returncode != 0
-        assert f"denied by built-in protection: GoldenPath {name}, module '{module}'" in result.stderr
-        assert words in result.stderr
+    assert_refused(kubectl, body, f"denied by built-in protection: GoldenPath {name}, module '{module}'", words)
     assert get(kubectl, "goldenpath", name) is None
 
 
@@ -250,7 +238,7 @@ def test_policy_with_a_broken_expression_is_refused(
         "metadata": {"name": name},
         "spec": {"rules": [{"name": "r", "expression": expression, "message": message}]},
     }
-    result = apply(kubectl, body)
+    result = try_apply(kubectl, body)
     assert result.returncode != 0
     assert f"GuardrailPolicy {name} does not compile: rule r:" in result.stderr
     assert words in result.stderr
@@ -278,7 +266,7 @@ def developers_may_create_environments(kubectl: Kubectl, installed: Path) -> Ite
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": DEVELOPERS}],
     }
     for obj in (role, binding):
-        assert apply(kubectl, obj).returncode == 0
+        assert try_apply(kubectl, obj).returncode == 0
     yield DEVELOPERS
     kubectl("delete", "clusterrolebinding", name, "--ignore-not-found")
     kubectl("delete", "clusterrole", name, "--ignore-not-found")
@@ -288,16 +276,15 @@ def test_cross_team_environment_is_refused(
     kubectl: Kubectl, operator: OperatorProcess, developers_may_create_environments: str
 ) -> None:
     team = unique("team")
-    body = {
-        "apiVersion": API,
-        "kind": "Environment",
-        "metadata": {"name": f"{team}-dev"},
-        "spec": {"team": team, "tier": "dev"},
-    }
-    outsider = apply(kubectl, body, "--dry-run=server", "--as=mallory", f"--as-group={DEVELOPERS}", "--as-group=other")
+    body = environment_body(f"{team}-dev", team)
+    outsider = try_apply(
+        kubectl, body, "--dry-run=server", "--as=mallory", f"--as-group={DEVELOPERS}", "--as-group=other"
+    )
     assert outsider.returncode != 0
     assert f"denied by team boundary: user mallory is not in group '{team}' of team '{team}'" in outsider.stderr
-    member = apply(kubectl, body, "--dry-run=server", "--as=alice", f"--as-group={DEVELOPERS}", f"--as-group={team}")
+    member = try_apply(
+        kubectl, body, "--dry-run=server", "--as=alice", f"--as-group={DEVELOPERS}", f"--as-group={team}"
+    )
     assert member.returncode == 0, member.stderr
 
 
@@ -309,19 +296,15 @@ def test_dev_max_ttl_denies_an_environment_without_ttl(
 ) -> None:
     team = unique("team")
     policy = example_policy("dev-max-ttl", team)
-    body = {
-        "apiVersion": API,
-        "kind": "Environment",
-        "metadata": {"name": f"{team}-dev"},
-        "spec": {"team": team, "tier": "dev"},
-    }
-    for args in (("--dry-run=server",), ()):
-        denied = apply(kubectl, body, *args)
-        assert denied.returncode != 0
-        assert f"denied by GuardrailPolicy {policy}/ttl-at-most-a-week: dev environments need a ttl" in denied.stderr
-        assert "(got: none)" in denied.stderr
+    body = environment_body(f"{team}-dev", team)
+    assert_refused(
+        kubectl,
+        body,
+        f"denied by GuardrailPolicy {policy}/ttl-at-most-a-week: dev environments need a ttl",
+        "(got: none)",
+    )
     body["spec"]["ttl"] = "72h"
-    assert apply(kubectl, body, "--dry-run=server").returncode == 0
+    assert try_apply(kubectl, body, "--dry-run=server").returncode == 0
 
 
 def test_request_over_budget_is_refused(
@@ -335,20 +318,17 @@ def test_request_over_budget_is_refused(
     env = team_environment(budget={"monthly": "21"})
     policy = example_policy("team-budget", team_of(env))
     first = unique("large")
-    result = apply(kubectl, service_request(first, env, golden_path, size="large"))  # 20 of 21
-    assert result.returncode == 0, result.stderr
-    cleanup.append(("servicerequest", first, env))
+    admit(kubectl, cleanup, service_request(first, env, golden_path, size="large"))  # 20 of 21
     # The existing request counts: 20 + 1 fits, 20 + 5 does not.
-    fits = apply(kubectl, service_request(unique("small"), env, golden_path, size="small"), "--dry-run=server")
+    fits = try_apply(kubectl, service_request(unique("small"), env, golden_path, size="small"), "--dry-run=server")
     assert fits.returncode == 0, fits.stderr
     over = service_request(unique("medium"), env, golden_path, size="medium")
-    for args in (("--dry-run=server",), ()):
-        denied = apply(kubectl, over, *args)
-        assert denied.returncode != 0
-        assert f"denied by GuardrailPolicy {policy}/within-budget: " in denied.stderr
-        assert f"costs 5 USD/month, which would take environment {env} to 25 USD/month, over its budget of 21" in (
-            denied.stderr
-        )
+    assert_refused(
+        kubectl,
+        over,
+        f"denied by GuardrailPolicy {policy}/within-budget: ",
+        f"costs 5 USD/month, which would take environment {env} to 25 USD/month, over its budget of 21",
+    )
     assert get(kubectl, "servicerequest", over["metadata"]["name"], "-n", env) is None
     # Both denials (dry run and real) are counted, and admission reviews are timed.
     scrape = scrape_metrics(operator)
@@ -386,12 +366,10 @@ def test_warn_mode_admits_with_a_warning_and_records_it(
     name = unique("medium")
     body = service_request(name, env, golden_path, size="medium")
     line = f"Warning: GuardrailPolicy {policy}/small-only (Warn): size medium is not small"
-    dry = apply(kubectl, body, "--dry-run=server")
+    dry = try_apply(kubectl, body, "--dry-run=server")
     assert dry.returncode == 0, dry.stderr
     assert line in dry.stderr
-    result = apply(kubectl, body)
-    assert result.returncode == 0, result.stderr
-    cleanup.append(("servicerequest", name, env))
+    result = admit(kubectl, cleanup, body)
     assert line in result.stderr
     status = wait_for(
         lambda: (s := (get(kubectl, "guardrailpolicy", policy) or {}).get("status")) and s.get("violations") and s,
@@ -414,10 +392,8 @@ def test_audit_mode_admits_and_records(
     policy = example_policy("audit-large-requests", team_of(env))
     names = [unique("large"), unique("large")]
     for name in names:
-        result = apply(kubectl, service_request(name, env, golden_path, size="large"))
-        assert result.returncode == 0, result.stderr
+        result = admit(kubectl, cleanup, service_request(name, env, golden_path, size="large"))
         assert "Warning" not in result.stderr
-        cleanup.append(("servicerequest", name, env))
     status = wait_for(
         lambda: (
             (s := (get(kubectl, "guardrailpolicy", policy) or {}).get("status")) and s.get("violationCount") == 2 and s
@@ -447,9 +423,7 @@ def test_plan_stage_rule_stops_a_forbidden_plan_before_apply(
     policy = example_policy("staging-no-placeholders", team_of(env))
     name = unique("placeholder")
     # Admitted: the rule is a Plan-stage rule, so it only looks at the plan.
-    result = apply(kubectl, service_request(name, env, golden_path))
-    assert result.returncode == 0, result.stderr
-    cleanup.append(("servicerequest", name, env))
+    admit(kubectl, cleanup, service_request(name, env, golden_path))
     compliant = wait_for(
         lambda: condition(get(kubectl, "servicerequest", name, "-n", env), "PolicyCompliant"),
         timeout=180,
@@ -483,9 +457,7 @@ def test_plan_stage_warning_lets_the_apply_go_on_and_is_recorded(
     env = team_environment("staging")
     policy = example_policy("staging-no-placeholders", team_of(env), mode="Warn")
     name = unique("placeholder")
-    result = apply(kubectl, service_request(name, env, golden_path))
-    assert result.returncode == 0, result.stderr
-    cleanup.append(("servicerequest", name, env))
+    admit(kubectl, cleanup, service_request(name, env, golden_path))
     kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", env, "--timeout=180s")
     compliant = condition(get(kubectl, "servicerequest", name, "-n", env), "PolicyCompliant")
     assert compliant is not None

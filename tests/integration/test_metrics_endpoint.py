@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import urllib.request
 
 import pytest
 
 from blacktop.toolbox import find_tool
-from helpers import OperatorProcess, wait_for
+from helpers import OperatorProcess, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(operator: OperatorProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text: str = response.read().decode()
-        return text
 
 
 def test_scrape_passes_promtool(operator: OperatorProcess) -> None:
     # The lag probe runs on the event loop from start-up; its gauge proves the loop-side wiring too.
     text = wait_for(
-        lambda: (t := scrape(operator)) and "blacktop_resources{" in t and t,
+        lambda: (t := scrape_metrics(operator)) and "blacktop_resources{" in t and t,
         timeout=30,
         what="the inventory gauges on /metrics",
     )

@@ -9,15 +9,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from blacktop.api.goldenpath import Monitoring
 from blacktop.builders import monitoring
 from blacktop.toolbox import cache_dir
-from helpers import REPO, Kubectl, OperatorProcess, unique, wait_for
+from helpers import (
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    apply_ready,
+    condition,
+    get,
+    make_environment,
+    service_request,
+    tiny_golden_path,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,24 +56,8 @@ def crd_files() -> list[Path]:
     return files
 
 
-def get(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr or "the server doesn't have a resource type" in result.stderr, result.stderr
-        return None
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == ctype:
-            return dict(cond)
-    return None
-
-
-def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
-    kubectl("apply", "-f", "-", input=json.dumps(body))
+# What `kubectl get` says about a kind whose CRD is not installed (the "CRDs absent" test removes them).
+NO_CRD = "the server doesn't have a resource type"
 
 
 def remove_crds(kubectl: Kubectl) -> None:
@@ -81,49 +75,23 @@ def install_crds(kubectl: Kubectl) -> None:
 @pytest.fixture(scope="module")
 def golden_path(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """The example `tiny` golden path, renamed, declaring alert rules and a dashboard."""
-    body = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    name = unique("tiny-monitored")
-    body["metadata"]["name"] = name
+    body = tiny_golden_path(unique("tiny-monitored"))
     body["spec"]["monitoring"] = MONITORING
-    apply_json(kubectl, body)
-    kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
+    name = apply_ready(kubectl, body)
     yield name
     kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
 
 
-def make_environment(kubectl: Kubectl) -> str:
-    name = unique("mon-env")
-    apply_json(
-        kubectl,
-        {
-            "apiVersion": "platform.blacktop.dev/v1alpha1",
-            "kind": "Environment",
-            "metadata": {"name": name},
-            "spec": {"team": "observers", "tier": "dev"},
-        },
-    )
-    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
-    return name
-
-
 def make_request(kubectl: Kubectl, namespace: str, golden_path: str) -> str:
     name = unique("svc")
-    apply_json(
-        kubectl,
-        {
-            "apiVersion": "platform.blacktop.dev/v1alpha1",
-            "kind": "ServiceRequest",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"goldenPath": golden_path, "parameters": {}},
-        },
-    )
+    apply_json(kubectl, service_request(name, namespace, golden_path))
     kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", namespace, "--timeout=180s")
     return name
 
 
 def test_without_the_crds_monitoring_is_unavailable_and_nothing_fails(kubectl: Kubectl, golden_path: str) -> None:
     remove_crds(kubectl)
-    env = make_environment(kubectl)
+    env = make_environment(kubectl, unique("mon-env"), "observers")
     try:
         env_monitoring = wait_for(
             lambda: condition(get(kubectl, "environment", env), "MonitoringConfigured"),
@@ -155,11 +123,11 @@ def test_without_the_crds_monitoring_is_unavailable_and_nothing_fails(kubectl: K
 
 def test_monitoring_objects_follow_their_request(kubectl: Kubectl, golden_path: str, tmp_path: Path) -> None:
     install_crds(kubectl)
-    env = make_environment(kubectl)
+    env = make_environment(kubectl, unique("mon-env"), "observers")
     try:
         # The environment converges on its next reconcile (the tests' resync is 10 s).
         monitor = wait_for(
-            lambda: get(kubectl, "podmonitor", monitoring.POD_MONITOR, "-n", env),
+            lambda: get(kubectl, "podmonitor", monitoring.POD_MONITOR, "-n", env, missing=[NO_CRD]),
             timeout=60,
             what="the environment's PodMonitor",
         )
@@ -182,7 +150,7 @@ def test_monitoring_objects_follow_their_request(kubectl: Kubectl, golden_path: 
         assert cond is not None
         assert (cond["status"], cond["reason"]) == ("True", "MonitoringConfigured")
 
-        rule = get(kubectl, "prometheusrule", f"{name}-alerts", "-n", env)
+        rule = get(kubectl, "prometheusrule", f"{name}-alerts", "-n", env, missing=[NO_CRD])
         assert rule is not None
         (alert,) = rule["spec"]["groups"][0]["rules"]
         assert alert["expr"] == f'up{{namespace="{env}", service="{name}"}} == 0'
@@ -207,7 +175,7 @@ def test_monitoring_objects_follow_their_request(kubectl: Kubectl, golden_path: 
         kubectl("delete", "servicerequest", name, "-n", env, "--timeout=180s")
         wait_for(
             lambda: (
-                get(kubectl, "prometheusrule", f"{name}-alerts", "-n", env) is None
+                get(kubectl, "prometheusrule", f"{name}-alerts", "-n", env, missing=[NO_CRD]) is None
                 and get(kubectl, "configmap", f"{name}-dashboard", "-n", env) is None
             ),
             timeout=60,

@@ -22,7 +22,22 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, Kubectl, OperatorProcess, unique, wait_for
+from helpers import (
+    REPO,
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    condition,
+    event_reasons,
+    get,
+    make_environment,
+    secret_values,
+    service_request,
+    unique,
+    wait_for,
+    wait_ready,
+    wait_reason,
+)
 from pgserver import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -34,39 +49,6 @@ OPERATOR_LOGS: list[Path] = []
 GOLDEN_PATH = "postgres-database"
 DRIFTING = "postgres-database-drift"
 REPORTING = "postgres-database-report"
-
-
-def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
-    kubectl("apply", "-f", "-", input=json.dumps(body))
-
-
-def get(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return None
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def condition(obj: dict[str, Any] | None, ctype: str = "Ready") -> dict[str, Any]:
-    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == ctype:
-            return dict(cond)
-    return {}
-
-
-def event_reasons(kubectl: Kubectl, name: str, namespace: str) -> set[str]:
-    events = json.loads(
-        kubectl("get", "events", "-n", namespace, f"--field-selector=involvedObject.name={name}", "-o", "json").stdout
-    )
-    return {e["reason"] for e in events["items"]}
-
-
-def secret_values(kubectl: Kubectl, name: str, namespace: str) -> dict[str, str]:
-    secret = get(kubectl, "secret", name, "-n", namespace)
-    assert secret is not None, f"secret {name} missing"
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -104,28 +86,9 @@ def pg_catalog(kubectl: Kubectl, operator: OperatorProcess, postgres: PostgresSe
 
 @pytest.fixture(scope="module")
 def environment(kubectl: Kubectl, pg_catalog: str) -> Iterator[str]:
-    name = unique("pg-env")
-    apply_json(
-        kubectl,
-        {
-            "apiVersion": "platform.blacktop.dev/v1alpha1",
-            "kind": "Environment",
-            "metadata": {"name": name},
-            "spec": {"team": "payments", "tier": "dev"},
-        },
-    )
-    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+    name = make_environment(kubectl, unique("pg-env"), "payments")
     yield name
     kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=180s")
-
-
-def request(name: str, namespace: str, golden_path: str = GOLDEN_PATH, **parameters: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "platform.blacktop.dev/v1alpha1",
-        "kind": "ServiceRequest",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"goldenPath": golden_path, "parameters": parameters},
-    }
 
 
 def db_name(environment: str, database: str) -> str:
@@ -138,23 +101,18 @@ def patch_size(kubectl: Kubectl, name: str, namespace: str, size: str) -> None:
     kubectl("patch", "servicerequest", name, "-n", namespace, "--type=merge", "-p", patch)
 
 
-def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        sr = get(kubectl, "servicerequest", name, "-n", namespace)
-        status = (sr or {}).get("status") or {}
-        current = sr is not None and status.get("observedGeneration") == sr["metadata"]["generation"]
-        return sr if current and condition(sr).get("status") == "True" else None
-
-    return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
+def sr_condition(kubectl: Kubectl, name: str, namespace: str, ctype: str = "Ready") -> dict[str, Any]:
+    """The condition ``ctype`` of ServiceRequest ``namespace/name``, or {} while it has none."""
+    return condition(get(kubectl, "servicerequest", name, "-n", namespace), ctype) or {}
 
 
-def wait_reason(kubectl: Kubectl, name: str, namespace: str, reason: str, timeout: float = 120) -> dict[str, Any]:
-    return wait_for(
-        lambda: (c := condition(get(kubectl, "servicerequest", name, "-n", namespace))) and c["reason"] == reason and c,
-        timeout=timeout,
-        interval=0.5,
-        what=f"ServiceRequest {name} to report {reason}",
-    )
+def provision(
+    kubectl: Kubectl, environment: str, prefix: str, golden_path: str = GOLDEN_PATH
+) -> tuple[str, str, dict[str, Any]]:
+    """Request a database under a fresh name and wait until it is Ready: (name, database, request)."""
+    name = unique(prefix)
+    apply_json(kubectl, service_request(name, environment, golden_path, database=name.replace("-", "_")))
+    return name, db_name(environment, name.replace("-", "_")), wait_ready(kubectl, name, environment)
 
 
 def delete_and_check_nothing_left(
@@ -173,7 +131,7 @@ def test_database_is_provisioned_usable_updated_and_dropped(
     name = unique("orders")
     database = db_name(environment, name.replace("-", "_"))
     started = time.monotonic()
-    apply_json(kubectl, request(name, environment, database=name.replace("-", "_"), size="small"))
+    apply_json(kubectl, service_request(name, environment, GOLDEN_PATH, database=name.replace("-", "_"), size="small"))
     sr = wait_ready(kubectl, name, environment)
     print(
         f"postgres-database Ready in {time.monotonic() - started:.1f}s (lead time {sr['status']['leadTimeSeconds']}s)"
@@ -229,8 +187,8 @@ def test_invalid_database_name_is_refused_before_any_run(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
     name = unique("badname")
-    apply_json(kubectl, request(name, environment, database="Robert'); DROP TABLE students;--"))
-    ready = wait_reason(kubectl, name, environment, "InvalidParameters", timeout=60)
+    apply_json(kubectl, service_request(name, environment, GOLDEN_PATH, database="Robert'); DROP TABLE students;--"))
+    ready = wait_reason(kubectl, name, environment, "InvalidParameters", timeout=60, interval=0.5)
     assert "parameters.database" in ready["message"]
     assert "InvalidParameters" in event_reasons(kubectl, name, environment)
     sr = get(kubectl, "servicerequest", name, "-n", environment)
@@ -242,21 +200,18 @@ def test_invalid_database_name_is_refused_before_any_run(
 def test_server_outage_is_a_provider_error_and_recovers_by_itself(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
-    name = unique("outage")
-    database = db_name(environment, name.replace("-", "_"))
-    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    name, database, sr = provision(kubectl, environment, "outage")
     postgres.stop()
     try:
         patch_size(kubectl, name, environment, "large")
-        ready = wait_reason(kubectl, name, environment, "ProviderError", timeout=120)
+        ready = wait_reason(kubectl, name, environment, "ProviderError", timeout=120, interval=0.5)
         assert ready["status"] == "False"
         assert "could not connect to PostgreSQL" in ready["message"]
         assert "connection refused" in ready["message"]
         assert postgres.password not in ready["message"]
         assert "ProviderError" in event_reasons(kubectl, name, environment)
         failed = get(kubectl, "servicerequest", name, "-n", environment)
-        assert condition(failed, "Reconciling").get("status") == "True"  # retrying by itself, not stalled
+        assert (condition(failed, "Reconciling") or {}).get("status") == "True"  # retrying by itself, not stalled
     finally:
         postgres.start()
     wait_ready(kubectl, name, environment, timeout=120)  # the next retry (backoff <= 10 s) succeeds
@@ -267,14 +222,9 @@ def test_server_outage_is_a_provider_error_and_recovers_by_itself(
 def test_drift_made_out_of_band_is_detected_and_corrected(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
-    name = unique("drift")
-    database = db_name(environment, name.replace("-", "_"))
-    apply_json(kubectl, request(name, environment, golden_path=DRIFTING, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    name, database, sr = provision(kubectl, environment, "drift", DRIFTING)
     wait_for(
-        lambda: (
-            condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted").get("reason") == "NoChanges"
-        ),
+        lambda: sr_condition(kubectl, name, environment, "Drifted").get("reason") == "NoChanges",
         timeout=60,
         what="a first drift check that finds nothing",
     )
@@ -286,7 +236,7 @@ def test_drift_made_out_of_band_is_detected_and_corrected(
         what="DriftDetected and DriftCorrected events",
     )
     assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == ["1"]
-    drifted = condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted")
+    drifted = sr_condition(kubectl, name, environment, "Drifted")
     assert drifted["status"] == "False"
     assert drifted["reason"] in {"DriftCorrected", "NoChanges"}
     values = secret_values(kubectl, f"{name}-connection", environment)
@@ -297,10 +247,7 @@ def test_drift_made_out_of_band_is_detected_and_corrected(
 def test_drift_correction_is_judged_by_the_plan_stage_guardrails(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
-    name = unique("frozen")
-    database = db_name(environment, name.replace("-", "_"))
-    apply_json(kubectl, request(name, environment, golden_path=DRIFTING, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    name, database, sr = provision(kubectl, environment, "frozen", DRIFTING)
     policy = unique("freeze")
     apply_json(
         kubectl,
@@ -328,16 +275,14 @@ def test_drift_correction_is_judged_by_the_plan_stage_guardrails(
         postgres.psql(f'DROP DATABASE "{database}" WITH (FORCE)')
         drifted = wait_for(
             lambda: (
-                (c := condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted"))
-                and "not corrected" in c["message"]
-                and c
+                (c := sr_condition(kubectl, name, environment, "Drifted")) and "not corrected" in c["message"] and c
             ),
             timeout=90,
             what="the drift to be reported and its correction refused",
         )
         assert drifted["status"] == "True"
         assert f"denied by GuardrailPolicy {policy}/no-changes-when-frozen: {name} is frozen" in drifted["message"]
-        compliant = condition(get(kubectl, "servicerequest", name, "-n", environment), "PolicyCompliant")
+        compliant = sr_condition(kubectl, name, environment, "PolicyCompliant")
         assert (compliant["status"], compliant["reason"]) == ("False", "PolicyDenied")
         assert "PolicyDenied" in event_reasons(kubectl, name, environment)
         assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == []  # nothing applied
@@ -356,17 +301,10 @@ def test_drift_correction_is_judged_by_the_plan_stage_guardrails(
 def test_drift_is_only_reported_when_the_policy_says_report(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
-    name = unique("report")
-    database = db_name(environment, name.replace("-", "_"))
-    apply_json(kubectl, request(name, environment, golden_path=REPORTING, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    name, database, sr = provision(kubectl, environment, "report", REPORTING)
     postgres.psql(f'ALTER ROLE "{database}" CONNECTION LIMIT 99')  # changed by hand
     drifted = wait_for(
-        lambda: (
-            (c := condition(get(kubectl, "servicerequest", name, "-n", environment), "Drifted"))
-            and c["status"] == "True"
-            and c
-        ),
+        lambda: (c := sr_condition(kubectl, name, environment, "Drifted")) and c["status"] == "True" and c,
         timeout=60,
         what="Drifted=True",
     )
@@ -385,7 +323,7 @@ def test_drift_is_only_reported_when_the_policy_says_report(
     )
     assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["99"]
     assert "DriftCorrected" not in event_reasons(kubectl, name, environment)
-    assert condition(get(kubectl, "servicerequest", name, "-n", environment))["status"] == "True"  # still Ready
+    assert sr_condition(kubectl, name, environment)["status"] == "True"  # still Ready
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 
@@ -398,7 +336,7 @@ def test_leftovers_of_an_interrupted_run_are_adopted_and_strangers_refused(
     mark = f"managed by blacktop for {environment}/{name}"
     postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'stale'; COMMENT ON ROLE \"{database}\" IS '{mark}'")
     postgres.psql(f'CREATE DATABASE "{database}" OWNER "{database}"')
-    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+    apply_json(kubectl, service_request(name, environment, GOLDEN_PATH, database=name.replace("-", "_")))
     sr = wait_ready(kubectl, name, environment)
     assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{database}%'") == ["1"]
     uri = secret_values(kubectl, f"{name}-connection", environment)["uri"]
@@ -410,8 +348,8 @@ def test_leftovers_of_an_interrupted_run_are_adopted_and_strangers_refused(
     database = db_name(environment, name.replace("-", "_"))
     postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'theirs'")
     try:
-        apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
-        failed = wait_reason(kubectl, name, environment, "ApplyFailed", timeout=120)
+        apply_json(kubectl, service_request(name, environment, GOLDEN_PATH, database=name.replace("-", "_")))
+        failed = wait_reason(kubectl, name, environment, "ApplyFailed", timeout=120, interval=0.5)
         assert "already exists and is not managed by this configuration" in " ".join(failed["message"].split())
         kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
         assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname = '{database}'") == ["1"]  # untouched
@@ -422,10 +360,7 @@ def test_leftovers_of_an_interrupted_run_are_adopted_and_strangers_refused(
 def test_a_lock_held_by_someone_else_is_reported_and_never_broken(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
-    name = unique("locked")
-    database = db_name(environment, name.replace("-", "_"))
-    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    name, database, sr = provision(kubectl, environment, "locked")
     uid = sr["metadata"]["uid"]
     lease_name = f"lock-tfstate-default-{uid}"
     lease = get(kubectl, "lease", lease_name, "-n", OPERATOR_NS)
@@ -438,7 +373,7 @@ def test_a_lock_held_by_someone_else_is_reported_and_never_broken(
     kubectl("replace", "-f", "-", input=json.dumps(lease))
 
     patch_size(kubectl, name, environment, "medium")
-    ready = wait_reason(kubectl, name, environment, "StateLocked", timeout=60)
+    ready = wait_reason(kubectl, name, environment, "StateLocked", timeout=60, interval=0.5)
     assert "alice@laptop" in ready["message"]
     assert foreign["ID"] in ready["message"]
     assert "StateLocked" in event_reasons(kubectl, name, environment)
@@ -523,7 +458,7 @@ def test_operator_killed_during_apply_recovers_its_own_lock(
         # A paused server accepts connections and never answers: the apply hangs in CREATE ROLE.
         postgres.pause()
         try:
-            apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
+            apply_json(kubectl, service_request(name, environment, GOLDEN_PATH, database=name.replace("-", "_")))
 
             def applying() -> dict[str, Any] | None:
                 sr = get(kubectl, "servicerequest", name, "-n", environment)
@@ -572,10 +507,7 @@ def test_no_secret_value_in_the_log_events_or_status(
 ) -> None:
     """The canaries: the admin password the provider used, and every generated password (this test's
     own and those of the tests before it, failures included), appear in no log, Event or status."""
-    name = unique("leak")
-    database = db_name(environment, name.replace("-", "_"))
-    apply_json(kubectl, request(name, environment, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    name, database, sr = provision(kubectl, environment, "leak")
     values = secret_values(kubectl, f"{name}-connection", environment)
     canaries = [postgres.password, values["password"], *SEEN_SECRETS]
     assert all(len(c) >= 16 for c in canaries)

@@ -2,51 +2,37 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from helpers import REPO, Kubectl, OperatorProcess, unique, wait_for
+from helpers import (
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    condition,
+    get,
+    make_environment,
+    secret_values,
+    service_request,
+    tiny_golden_path,
+    unique,
+    wait_for,
+    wait_reason,
+)
 
 pytestmark = pytest.mark.integration
 
 TEAM = "payments"
 
 
-def apply_json(kubectl: Kubectl, body: dict[str, Any]) -> None:
-    kubectl("apply", "-f", "-", input=json.dumps(body))
-
-
-def get(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
-    result = kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return None
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def condition(obj: dict[str, Any] | None, ctype: str = "Ready") -> dict[str, Any] | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == ctype:
-            return dict(cond)
-    return None
-
-
 @pytest.fixture(scope="module")
 def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
     """The example `tiny` golden path plus a variant whose parameters can make the apply fail."""
-    tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-    apply_json(kubectl, tiny)
-    failing = json.loads(json.dumps(tiny))
-    failing["metadata"]["name"] = "tiny-failing"
-    failing["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
-    apply_json(kubectl, failing)
+    apply_json(kubectl, tiny_golden_path())
+    apply_json(kubectl, tiny_golden_path("tiny-failing", failable=True))
     for name in ("tiny", "tiny-failing"):
         kubectl("wait", "--for=condition=Ready", f"goldenpath/{name}", "--timeout=60s")
     yield "tiny"
@@ -56,49 +42,16 @@ def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def environment(kubectl: Kubectl, catalog: str) -> Iterator[str]:
-    name = unique("sr-env")
-    apply_json(
-        kubectl,
-        {
-            "apiVersion": "platform.blacktop.dev/v1alpha1",
-            "kind": "Environment",
-            "metadata": {"name": name},
-            "spec": {"team": TEAM, "tier": "dev"},
-        },
-    )
-    kubectl("wait", "--for=condition=Ready", f"environment/{name}", "--timeout=60s")
+    name = make_environment(kubectl, unique("sr-env"), TEAM)
     yield name
     kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=180s")
-
-
-def request(name: str, namespace: str, golden_path: str = "tiny", **parameters: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "platform.blacktop.dev/v1alpha1",
-        "kind": "ServiceRequest",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"goldenPath": golden_path, "parameters": parameters},
-    }
-
-
-def wait_reason(kubectl: Kubectl, name: str, namespace: str, reason: str, timeout: float = 120) -> dict[str, Any]:
-    return wait_for(
-        lambda: (c := condition(get(kubectl, "servicerequest", name, "-n", namespace))) and c["reason"] == reason and c,
-        timeout=timeout,
-        what=f"ServiceRequest {name} to report {reason}",
-    )
-
-
-def secret_values(kubectl: Kubectl, name: str, namespace: str) -> dict[str, str]:
-    secret = get(kubectl, "secret", name, "-n", namespace)
-    assert secret is not None, f"secret {name} missing"
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
 def test_request_is_provisioned_updated_and_destroyed(
     kubectl: Kubectl, environment: str, operator: OperatorProcess
 ) -> None:
     name = unique("svc")
-    apply_json(kubectl, request(name, environment, size="small"))
+    apply_json(kubectl, service_request(name, environment, "tiny", size="small"))
     kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
     sr = get(kubectl, "servicerequest", name, "-n", environment)
     assert sr is not None
@@ -157,7 +110,7 @@ def test_request_is_provisioned_updated_and_destroyed(
 
 def test_invalid_parameters_are_reported_and_fixable(kubectl: Kubectl, environment: str) -> None:
     name = unique("bad")
-    apply_json(kubectl, request(name, environment, size="gigantic"))
+    apply_json(kubectl, service_request(name, environment, "tiny", size="gigantic"))
     ready = wait_reason(kubectl, name, environment, "InvalidParameters")
     assert ready["status"] == "False"
     assert "parameters.size" in ready["message"]
@@ -178,7 +131,7 @@ def test_invalid_parameters_are_reported_and_fixable(kubectl: Kubectl, environme
 
 def test_unknown_golden_path(kubectl: Kubectl, environment: str) -> None:
     name = unique("ghost")
-    apply_json(kubectl, request(name, environment, golden_path="no-such-path"))
+    apply_json(kubectl, service_request(name, environment, "no-such-path"))
     ready = wait_reason(kubectl, name, environment, "GoldenPathNotFound", timeout=60)
     assert "kubectl get goldenpaths" in ready["message"]
     kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=60s")
@@ -186,7 +139,7 @@ def test_unknown_golden_path(kubectl: Kubectl, environment: str) -> None:
 
 def test_module_failure_is_classified_and_retried(kubectl: Kubectl, environment: str) -> None:
     name = unique("fails")
-    apply_json(kubectl, request(name, environment, golden_path="tiny-failing", fail=True))
+    apply_json(kubectl, service_request(name, environment, "tiny-failing", fail=True))
     ready = wait_reason(kubectl, name, environment, "PlanFailed", timeout=180)
     assert "failed to start" in ready["message"]
     sr = get(kubectl, "servicerequest", name, "-n", environment)
@@ -216,7 +169,7 @@ def test_request_outside_an_environment(kubectl: Kubectl, catalog: str, installe
     kubectl("create", "namespace", ns)
     try:
         name = unique("lost")
-        apply_json(kubectl, request(name, ns))
+        apply_json(kubectl, service_request(name, ns, "tiny"))
         ready = wait_reason(kubectl, name, ns, "EnvironmentNotFound", timeout=60)
         assert "does not belong to an Environment" in ready["message"]
         kubectl("delete", "servicerequest", name, "-n", ns, "--timeout=60s")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from blacktop.toolbox import cache_dir, find_tool
+from helpers import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +26,30 @@ output "length" { value = nonsensitive(length(random_password.p.result)) }
 """
 
 
-def test_tofu_init_and_apply_use_only_the_offline_mirror(tmp_path: Path) -> None:
-    (tmp_path / "main.tf").write_text(CONFIG)
-    env = {
+def pinned_versions() -> dict[str, str]:
+    """The pins of hack/tools/versions.env (NAME=value lines, comments dropped)."""
+    return dict(
+        line.split("#")[0].strip().split("=", 1)
+        for line in (REPO / "hack" / "tools" / "versions.env").read_text().splitlines()
+        if "=" in line.split("#")[0]
+    )
+
+
+def offline_tofu_env(**extra: str) -> dict[str, str]:
+    """OpenTofu's environment with the offline mirror's CLI config and no way to reach a registry."""
+    return {
         **os.environ,
         "TF_CLI_CONFIG_FILE": str(cache_dir() / "tofu.tfrc"),
         "TF_IN_AUTOMATION": "1",
-        "TF_INPUT": "0",
+        **extra,
         # Any attempt to reach a registry would fail loudly instead of hanging.
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
+
+
+def test_tofu_init_and_apply_use_only_the_offline_mirror(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(CONFIG)
+    env = offline_tofu_env(TF_INPUT="0")
     tofu = str(find_tool("tofu"))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -54,11 +69,7 @@ def test_tofu_init_and_apply_use_only_the_offline_mirror(tmp_path: Path) -> None
 
 
 def test_versions_are_the_pinned_ones() -> None:
-    pins = dict(
-        line.split("#")[0].strip().split("=", 1)
-        for line in (Path(__file__).resolve().parents[2] / "hack" / "tools" / "versions.env").read_text().splitlines()
-        if "=" in line.split("#")[0]
-    )
+    pins = pinned_versions()
     tofu = subprocess.run([str(find_tool("tofu")), "version", "-json"], capture_output=True, text=True, check=True)
     assert "v" + json.loads(tofu.stdout)["terraform_version"] == pins["OPENTOFU_VERSION"]
     kubectl = subprocess.run(
@@ -72,24 +83,15 @@ def test_versions_are_the_pinned_ones() -> None:
 
 
 def test_postgres_module_initialises_offline_with_the_built_provider(tmp_path: Path) -> None:
-    pins = dict(
-        line.split("#")[0].strip().split("=", 1)
-        for line in (Path(__file__).resolve().parents[2] / "hack" / "tools" / "versions.env").read_text().splitlines()
-        if "=" in line.split("#")[0]
-    )
+    pins = pinned_versions()
     version = pins["POSTGRESQL_PROVIDER_VERSION"]
     for host in ("registry.opentofu.org", "registry.terraform.io"):
         binary = cache_dir() / "terraform-mirror" / host / "blacktop/postgresql" / version / "linux_amd64"
         assert (binary / f"terraform-provider-postgresql_v{version}").is_file(), f"missing in the mirror: {binary}"
-    module = Path(__file__).resolve().parents[2] / "terraform-modules" / "postgres-database"
+    module = REPO / "terraform-modules" / "postgres-database"
     for source in module.iterdir():
         (tmp_path / source.name).write_text(source.read_text())
-    env = {
-        **os.environ,
-        "TF_CLI_CONFIG_FILE": str(cache_dir() / "tofu.tfrc"),
-        "TF_IN_AUTOMATION": "1",
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-    }
+    env = offline_tofu_env()
     for args in (["init", "-no-color", "-backend=false"], ["validate", "-no-color"]):
         result = subprocess.run(
             [str(find_tool("tofu")), *args],

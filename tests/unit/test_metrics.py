@@ -22,6 +22,18 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
+def runs(metrics: Metrics, operation: str, result: str, failure_class: str, golden_path: str = "tiny") -> float | None:
+    """The blacktop_runs_total sample of one operation, result and failure class."""
+    return value(
+        metrics,
+        "blacktop_runs_total",
+        operation=operation,
+        result=result,
+        failure_class=failure_class,
+        golden_path=golden_path,
+    )
+
+
 def ready(status: str, reason: str = "Reconciled") -> dict[str, str]:
     return {"type": "Ready", "status": status, "reason": reason}
 
@@ -128,17 +140,7 @@ def test_lead_time_runs_and_drift_from_status_transitions() -> None:
         "GoldenPath", {"metadata": {"name": "tiny", "uid": "g"}, "spec": {"tiers": ["dev", "staging"]}}
     )
     # Series exist at zero before the first run, so rate() sees the first increase.
-    assert (
-        value(
-            metrics,
-            "blacktop_runs_total",
-            operation="apply",
-            result="failed",
-            failure_class="PlanFailed",
-            golden_path="tiny",
-        )
-        == 0
-    )
+    assert runs(metrics, "apply", "failed", "PlanFailed") == 0
     assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="staging") == 0
 
     metrics.observe_object("ServiceRequest", request("a"))  # first sighting: a baseline
@@ -147,17 +149,7 @@ def test_lead_time_runs_and_drift_from_status_transitions() -> None:
     failed = request("a", lastRun={**run, "result": "Failed"}, conditions=[ready("False", "PlanFailed")])
     metrics.observe_object("ServiceRequest", failed)
     metrics.observe_object("ServiceRequest", failed)  # the same status again (e.g. a resync) counts once
-    assert (
-        value(
-            metrics,
-            "blacktop_runs_total",
-            operation="apply",
-            result="failed",
-            failure_class="PlanFailed",
-            golden_path="tiny",
-        )
-        == 1
-    )
+    assert runs(metrics, "apply", "failed", "PlanFailed") == 1
 
     done = request(
         "a",
@@ -167,17 +159,7 @@ def test_lead_time_runs_and_drift_from_status_transitions() -> None:
         leadTimeSeconds=42,
     )
     metrics.observe_object("ServiceRequest", done)
-    assert (
-        value(
-            metrics,
-            "blacktop_runs_total",
-            operation="apply",
-            result="succeeded",
-            failure_class="none",
-            golden_path="tiny",
-        )
-        == 1
-    )
+    assert runs(metrics, "apply", "succeeded", "none") == 1
     assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="staging") == 1
     assert value(metrics, "blacktop_provisioning_lead_time_seconds_sum", golden_path="tiny", tier="staging") == 42
 
@@ -194,17 +176,7 @@ def test_lead_time_runs_and_drift_from_status_transitions() -> None:
     destroying = request("a", lastRun={"id": "r3", "operation": "destroy"}, firstReadyTime="x", leadTimeSeconds=42)
     metrics.observe_object("ServiceRequest", destroying)
     metrics.observe_object("ServiceRequest", destroying, deleted=True)
-    assert (
-        value(
-            metrics,
-            "blacktop_runs_total",
-            operation="destroy",
-            result="succeeded",
-            failure_class="none",
-            golden_path="tiny",
-        )
-        == 1
-    )
+    assert runs(metrics, "destroy", "succeeded", "none") == 1
     assert value(metrics, "blacktop_provisioning_lead_time_seconds_count", golden_path="tiny", tier="staging") == 1
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from blacktop.api.environment import EnvironmentSpec
 from blacktop.api.guardrailpolicy import RuleStage
+from blacktop.builders import cost as cost_model
 from blacktop.builders import webhook
 from blacktop.controllers import budget
 from blacktop.guardrails import boundaries, context, engine
@@ -266,7 +267,7 @@ def test_webhook_configuration_service_mode() -> None:
 def test_environment_cost_sums_the_requests() -> None:
     spec = EnvironmentSpec.model_validate({"team": "t", "tier": "dev", "budget": {"monthly": "50", "currency": "EUR"}})
     requests = [{"status": {"monthlyCost": "20.00"}}, {"status": {"monthlyCost": "1.5"}}, {"status": {}}, {}]
-    cost = budget.environment_cost(spec, requests)
+    cost = cost_model.environment_cost(spec, requests)
     assert (cost.monthly, cost.budget, cost.currency, cost.service_requests) == ("21.50", "50", "EUR", 4)
 
 

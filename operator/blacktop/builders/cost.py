@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from blacktop.api.common import money_to_cents
+from blacktop.api.common import cents_to_money, money_to_cents
+from blacktop.api.environment import EnvironmentCost, EnvironmentSpec
 from blacktop.api.goldenpath import CostModel
 
 
@@ -17,3 +18,21 @@ def monthly_cost_cents(model: CostModel | None, parameters: dict[str, Any]) -> i
         if value is not None and str(value) in model.table:
             return money_to_cents(model.table[str(value)])
     return money_to_cents(model.monthly)
+
+
+def environment_cost(spec: EnvironmentSpec, requests: list[dict[str, Any]]) -> EnvironmentCost:
+    """The sum of the requests' ``status.monthlyCost`` against the environment's budget (an
+    unreadable amount counts as zero: it never blocks the rest)."""
+    total = 0
+    for request in requests:
+        cost = (request.get("status") or {}).get("monthlyCost")
+        try:
+            total += money_to_cents(str(cost)) if cost else 0
+        except ValueError:
+            continue
+    return EnvironmentCost(
+        monthly=cents_to_money(total),
+        budget=spec.budget.monthly if spec.budget else None,
+        currency=spec.budget.currency if spec.budget else "USD",
+        service_requests=len(requests),
+    )

@@ -18,16 +18,15 @@ from pydantic import ValidationError
 
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
-from blacktop.builders import naming
+from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
 from blacktop.guardrails import boundaries, context, engine
-from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, SERVICEREQUESTS, resource_for
+from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
 from blacktop.terraform import module as modules
 from blacktop.terraform.findings import disallowed_providers
 
 JSON = dict[str, Any]
-NAMESPACE = resource_for("v1", "Namespace")
 
 
 @dataclass
@@ -76,12 +75,6 @@ async def review_environment(
     return _answer(decision, ctx, body, dryrun)
 
 
-async def _environment_of_namespace(ctx: Context, namespace: str) -> JSON | None:
-    ns = await ctx.client.get(NAMESPACE, namespace)
-    env_name = ((ns or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_ENVIRONMENT)
-    return await ctx.client.get(ENVIRONMENTS, env_name) if env_name else None
-
-
 async def review_service_request(
     ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None, *, dryrun: bool
 ) -> Review:
@@ -90,7 +83,7 @@ async def review_service_request(
         return Review()
     namespace = str(body.get("metadata", {}).get("namespace") or "")
     env, golden_paths, siblings, policies = await asyncio.gather(
-        _environment_of_namespace(ctx, namespace),
+        lookup.environment_of(ctx, namespace),
         ctx.client.list(GOLDENPATHS),
         ctx.client.list(SERVICEREQUESTS, namespace),
         active_policies(ctx),

@@ -12,33 +12,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from blacktop.api.common import cents_to_money, money_to_cents
 from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, EnvironmentStatus
-from blacktop.builders import naming
+from blacktop.builders import cost as cost_model
+from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
-from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS, resource_for
+from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS
 
 JSON = dict[str, Any]
-NAMESPACE = resource_for("v1", "Namespace")
 # The last monthlyCost seen per request uid: most request events (progress in status) change no price.
 _SEEN: dict[str, str | None] = {}
-
-
-def environment_cost(spec: EnvironmentSpec, requests: list[JSON]) -> EnvironmentCost:
-    """The sum of the requests' monthly cost against the spec's budget. Pure."""
-    total = 0
-    for request in requests:
-        cost = (request.get("status") or {}).get("monthlyCost")
-        try:
-            total += money_to_cents(str(cost)) if cost else 0
-        except ValueError:
-            continue
-    return EnvironmentCost(
-        monthly=cents_to_money(total),
-        budget=spec.budget.monthly if spec.budget else None,
-        currency=spec.budget.currency if spec.budget else "USD",
-        service_requests=len(requests),
-    )
 
 
 def price_changed(request: JSON, *, deleted: bool) -> bool:
@@ -56,8 +38,7 @@ def price_changed(request: JSON, *, deleted: bool) -> bool:
 
 async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentCost | None:
     """Recompute the cost of the Environment owning ``namespace`` and write it if it changed."""
-    ns = await ctx.client.get(NAMESPACE, namespace)
-    env_name = ((ns or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_ENVIRONMENT)
+    env_name = await lookup.environment_name_of(ctx, namespace)
     if not env_name:
         return None
     async with ctx.lock(f"Environment/{env_name}"):
@@ -68,7 +49,7 @@ async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentC
             spec = EnvironmentSpec.model_validate(env.get("spec") or {})
         except ValidationError:
             return None
-        cost = environment_cost(spec, await ctx.client.list(SERVICEREQUESTS, namespace))
+        cost = cost_model.environment_cost(spec, await ctx.client.list(SERVICEREQUESTS, namespace))
         if EnvironmentStatus.model_validate(env.get("status") or {}).cost != cost:
             payload = {"status": {"cost": cost.model_dump(by_alias=True, mode="json")}}
             await ctx.client.merge_patch(ENVIRONMENTS, env_name, payload, subresource="status")

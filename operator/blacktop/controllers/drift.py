@@ -10,7 +10,6 @@ Drifted condition (Unknown) and never touches Ready: the provisioning path owns 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -26,13 +25,12 @@ from blacktop.api.goldenpath import DriftPolicy, GoldenPathSpec
 from blacktop.api.servicerequest import RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import guardrails, locks
+from blacktop.controllers import guardrails, locks, lookup
 from blacktop.controllers import servicerequest as requests
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
-from blacktop.terraform import module as modules
 from blacktop.terraform import workspace
 from blacktop.terraform.locks import new_lock_id
 from blacktop.terraform.plan import summarise
@@ -61,7 +59,7 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
         return None  # provisioning owns the request until it is Ready for its current spec
     spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
     golden = await ctx.client.get(GOLDENPATHS, spec.golden_path)
-    env = await requests._environment_of(ctx, namespace)
+    env = await lookup.environment_of(ctx, namespace)
     if golden is None or env is None:
         return None
     gp_spec = GoldenPathSpec.model_validate(golden["spec"])
@@ -70,9 +68,7 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
     params, errors = parameters.validate(gp_spec.parameters, spec.parameters)
     if errors:
         return None
-    info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, gp_spec.module)
-    candidates = {**requests._standard_variables(body, env), **params}
-    variables = {k: v for k, v in candidates.items() if k in info.findings.variables}
+    variables = await requests.module_variables(ctx, body, env, gp_spec, params)
 
     recorded = locks.recorded_lock_ids(status.last_run)
     status.last_run = RunInfo(
@@ -81,7 +77,7 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
     await tracker.write(ctx.client, SERVICEREQUESTS)  # the lock ID is on record before the lock is taken
     tracker.previous = status.model_copy(deep=True)
     try:
-        async with locks.held(ctx, body, requests._backend(ctx, body), status.last_run, recorded):
+        async with locks.held(ctx, body, requests.backend_for(ctx, body), status.last_run, recorded):
             result = await _plan_and_correct(ctx, body, env, gp_spec, variables, tracker=tracker)
     except locks.StateLockedError as held:
         result = held.result()
@@ -125,7 +121,7 @@ async def _plan_and_correct(
     *,
     tracker: StatusTracker[ServiceRequestStatus],
 ) -> RunResult:
-    runner = await requests._runner(ctx, body, gp_spec, variables)
+    runner = await requests.runner_for(ctx, body, gp_spec, variables)
     init = await runner.run("init", lock=False)
     if not init.ok:
         _unknown(tracker, init)

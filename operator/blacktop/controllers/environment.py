@@ -14,9 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from blacktop.api.common import cents_to_money, format_time, money_to_cents, parse_time
+from blacktop.api.common import format_time, parse_time
 from blacktop.api.conditions import ConditionType, Reason
-from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, EnvironmentStatus, parse_duration
+from blacktop.api.environment import EnvironmentSpec, EnvironmentStatus, parse_duration
+from blacktop.builders import cost as cost_model
 from blacktop.builders import environment as builders
 from blacktop.builders import naming
 from blacktop.controllers import monitoring
@@ -59,20 +60,6 @@ async def _namespace_conflict(ctx: Context, env: JSON) -> str | None:
         f"namespace {ns_name!r} already exists and is not managed by this Environment; "
         "choose another Environment name or delete that namespace"
     )
-
-
-async def _monthly_cost(ctx: Context, namespace: str) -> tuple[int, int]:
-    """Sum of the monthly cost of the namespace's ServiceRequests (in cents) and how many there are."""
-    try:
-        requests = await ctx.client.list(SERVICEREQUESTS, namespace)
-    except KubeApiError:
-        return 0, 0
-    total = 0
-    for request in requests:
-        cost = (request.get("status") or {}).get("monthlyCost")
-        if cost:
-            total += money_to_cents(cost)
-    return total, len(requests)
 
 
 async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
@@ -121,13 +108,11 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         await ctx.client.delete(resource_for(ref.api_version, ref.kind), ref.name, ref.namespace)
     await monitoring.configure_environment(ctx, env, tracker)
 
-    cost_cents, request_count = await _monthly_cost(ctx, tracker.status.namespace)
-    tracker.status.cost = EnvironmentCost(
-        monthly=cents_to_money(cost_cents),
-        budget=spec.budget.monthly if spec.budget else None,
-        currency=spec.budget.currency if spec.budget else "USD",
-        service_requests=request_count,
-    )
+    try:
+        requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
+    except KubeApiError:
+        requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
+    tracker.status.cost = cost_model.environment_cost(spec, requests)
 
     ns = tracker.status.namespace
     tracker.set(ConditionType.NAMESPACE_READY, True, Reason.RECONCILED, f"namespace {ns} exists")

@@ -25,13 +25,13 @@ from blacktop.api.common import cents_to_money, format_time, parse_time
 from blacktop.api.conditions import ConditionType, Reason, is_true
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.servicerequest import PlanSummary, RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
-from blacktop.builders import cost, naming, parameters
+from blacktop.builders import cost, parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import guardrails, locks, monitoring
+from blacktop.controllers import guardrails, locks, lookup, monitoring
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
-from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, SERVICEREQUESTS, resource_for
+from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform import workspace
 from blacktop.terraform.locks import new_lock_id
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 SECRET = resource_for("v1", "Secret")
-NAMESPACE = resource_for("v1", "Namespace")
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 300.0
 STALLED_RETRY = 600.0
 
@@ -73,20 +72,12 @@ def _key(body: JSON) -> str:
     return f"{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}"
 
 
-def _backend(ctx: Context, body: JSON) -> workspace.Backend:
+def backend_for(ctx: Context, body: JSON) -> workspace.Backend:
     import os
 
     return workspace.Backend(
         namespace=ctx.settings.namespace, suffix=body["metadata"]["uid"], kubeconfig=os.environ.get("KUBECONFIG")
     )
-
-
-async def _environment_of(ctx: Context, namespace: str) -> JSON | None:
-    ns = await ctx.client.get(NAMESPACE, namespace)
-    env_name = ((ns or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_ENVIRONMENT)
-    if not env_name:
-        return None
-    return await ctx.client.get(ENVIRONMENTS, env_name)
 
 
 async def _credentials(ctx: Context, spec: GoldenPathSpec) -> dict[str, str]:
@@ -152,7 +143,7 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, SERVICEREQUESTS)
 
-    env = await _environment_of(ctx, meta["namespace"])
+    env = await lookup.environment_of(ctx, meta["namespace"])
     if env is None:
         tracker.not_ready(
             Reason.ENVIRONMENT_NOT_FOUND,
@@ -206,11 +197,20 @@ def _conditions(obj: JSON) -> list[Any]:
     return [Condition.model_validate(c) for c in (obj.get("status") or {}).get("conditions", [])]
 
 
-async def _runner(ctx: Context, body: JSON, gp_spec: GoldenPathSpec, variables: dict[str, Any]) -> Runner:
+async def module_variables(
+    ctx: Context, body: JSON, env: JSON, gp_spec: GoldenPathSpec, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The standard variables and the parameters, limited to those the module declares."""
+    info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, gp_spec.module)
+    candidates = {**_standard_variables(body, env), **params}
+    return {k: v for k, v in candidates.items() if k in info.findings.variables}
+
+
+async def runner_for(ctx: Context, body: JSON, gp_spec: GoldenPathSpec, variables: dict[str, Any]) -> Runner:
     credentials = await _credentials(ctx, gp_spec)
     module_dir = modules.resolve(ctx.settings.modules_root, gp_spec.module)
     workdir = await asyncio.to_thread(
-        workspace.prepare, ctx.settings.workspace_root, _key(body), module_dir, variables, _backend(ctx, body)
+        workspace.prepare, ctx.settings.workspace_root, _key(body), module_dir, variables, backend_for(ctx, body)
     )
     env = workspace.environment(cache_dir() / "tofu.tfrc", credentials)
     return Runner(
@@ -240,9 +240,7 @@ async def _provision(
 ) -> ServiceRequestStatus:
     body, env, spec, gp_spec, params = request.body, request.env, request.spec, request.golden_path, request.parameters
     status = tracker.status
-    info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, gp_spec.module)
-    candidates = {**_standard_variables(body, env), **params}
-    variables = {k: v for k, v in candidates.items() if k in info.findings.variables}
+    variables = await module_variables(ctx, body, env, gp_spec, params)
     status.stage = Stage.PLANNING
     recorded = locks.recorded_lock_ids(status.last_run)
     status.last_run = RunInfo(
@@ -252,7 +250,7 @@ async def _provision(
     await tracker.write(ctx.client, SERVICEREQUESTS)
     tracker.previous = status.model_copy(deep=True)
     try:
-        async with locks.held(ctx, body, _backend(ctx, body), status.last_run, recorded):
+        async with locks.held(ctx, body, backend_for(ctx, body), status.last_run, recorded):
             return await _plan_and_apply(ctx, request, tracker, variables)
     except locks.StateLockedError as held:
         raise await _fail(ctx, tracker, held.result(), "locking the state") from None
@@ -264,7 +262,7 @@ async def _plan_and_apply(
     """init, plan, apply, deliver; the caller holds the state lock (so every run passes -lock=false)."""
     body, spec, gp_spec, status = request.body, request.spec, request.golden_path, tracker.status
     assert status.last_run is not None
-    runner = await _runner(ctx, body, gp_spec, variables)
+    runner = await runner_for(ctx, body, gp_spec, variables)
     init = await runner.run("init", lock=False)
     if not init.ok:
         raise await _fail(ctx, tracker, init, "init")
@@ -338,7 +336,7 @@ async def _deliver(
 async def finalize_service_request(ctx: Context, body: JSON) -> None:
     """Destroy what the request made, then its state; raises RetryLater while that fails."""
     tracker = _tracker(body)
-    backend = _backend(ctx, body)
+    backend = backend_for(ctx, body)
     state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
     if state is None:
         recorded = locks.recorded_lock_ids(tracker.status.last_run)
@@ -355,11 +353,9 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise RetryLater(60, message)
     gp_spec = GoldenPathSpec.model_validate(golden["spec"])
-    env = await _environment_of(ctx, body["metadata"]["namespace"]) or {"metadata": {"name": ""}, "spec": {}}
+    env = await lookup.environment_of(ctx, body["metadata"]["namespace"]) or {"metadata": {"name": ""}, "spec": {}}
     params, _ = parameters.validate(gp_spec.parameters, spec.parameters)
-    info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, gp_spec.module)
-    candidates = {**_standard_variables(body, env), **params}
-    variables = {k: v for k, v in candidates.items() if k in info.findings.variables}
+    variables = await module_variables(ctx, body, env, gp_spec, params)
 
     tracker.status.stage = Stage.DELETING
     recorded = locks.recorded_lock_ids(tracker.status.last_run)
@@ -373,7 +369,7 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
 
     try:
         async with locks.held(ctx, body, backend, tracker.status.last_run, recorded):
-            runner = await _runner(ctx, body, gp_spec, variables)
+            runner = await runner_for(ctx, body, gp_spec, variables)
             init = await runner.run("init", lock=False)
             destroy = init if not init.ok else await runner.run("destroy", var_file=workspace.VAR_FILE, lock=False)
     except locks.StateLockedError as held:

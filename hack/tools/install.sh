@@ -2,7 +2,7 @@
 # Build or install every external tool Blacktop needs, at the versions pinned in versions.env, into
 # ${BLACKTOP_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/blacktop}. Idempotent: a tool whose stamp matches
 # its pin is skipped, so the second run takes a second.
-# Usage: install.sh [kubernetes|tofu|providers|provider-postgresql|helm|packages|prometheus-operator-crds]...
+# Usage: install.sh [kubernetes|tofu|providers|provider-kubernetes|provider-postgresql|helm|packages|prometheus-operator-crds]...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -106,6 +106,29 @@ provider_installation {
 TFRC
 }
 
+# hashicorp/kubernetes (the service golden path): its own Go module, so its Kubernetes client
+# libraries never meet the random provider's dependencies. Its releases are tagged v2.x/v3.x on a v1
+# module path, so the module proxy has them only as pseudo-versions (see the module's go.mod).
+build_provider_kubernetes() {
+  local stamp; stamp="$(stamp_of "$KUBERNETES_PROVIDER_VERSION" provider-kubernetes)"
+  local name="terraform-provider-kubernetes_v$KUBERNETES_PROVIDER_VERSION"
+  local rel="hashicorp/kubernetes/$KUBERNETES_PROVIDER_VERSION/linux_amd64/$name"
+  if up_to_date provider-kubernetes "$stamp" && [[ -x "$MIRROR/registry.opentofu.org/$rel" && -x "$MIRROR/registry.terraform.io/$rel" ]]; then
+    note "provider hashicorp/kubernetes $KUBERNETES_PROVIDER_VERSION: cached"
+  else
+    check_pin provider-kubernetes github.com/hashicorp/terraform-provider-kubernetes "$KUBERNETES_PROVIDER_MODULE"
+    say "building provider hashicorp/kubernetes $KUBERNETES_PROVIDER_VERSION (cold: ~3-6 min on 2 cores)"
+    local out; out="$(mktemp -d)"
+    (cd "$HERE/provider-kubernetes" && go build -trimpath -ldflags "-s -w" -o "$out/$name" github.com/hashicorp/terraform-provider-kubernetes)
+    for host in registry.opentofu.org registry.terraform.io; do
+      mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$out/$name" "$MIRROR/$host/$rel"
+    done
+    rm -rf "$out"
+    echo "$stamp" > "$STAMPS/provider-kubernetes"
+  fi
+  write_cli_config
+}
+
 # Blacktop's own PostgreSQL provider (blacktop/postgresql): its source is the Go module in
 # hack/tools/provider-postgresql, so the stamp covers the sources as well as go.sum.
 build_provider_postgresql() {
@@ -188,18 +211,19 @@ install_packages() {
 main() {
   local start=$SECONDS
   local wanted=("$@")
-  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers provider-postgresql helm prometheus-operator-crds)
+  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers provider-kubernetes provider-postgresql helm prometheus-operator-crds)
   say "tools for blacktop in $CACHE"
   for tool in "${wanted[@]}"; do
     case $tool in
       kubernetes) timed "kubernetes" build_kubernetes ;;
       tofu) timed "tofu" build_tofu ;;
       providers) timed "providers" build_providers ;;
+      provider-kubernetes) timed "provider-kubernetes" build_provider_kubernetes ;;
       provider-postgresql) timed "provider-postgresql" build_provider_postgresql ;;
       helm) timed "helm" build_helm ;;
       packages) timed "packages" install_packages ;;
       prometheus-operator-crds) timed "prometheus-operator-crds" install_prometheus_operator_crds ;;
-      *) die "unknown tool $tool (kubernetes, tofu, providers, provider-postgresql, helm, packages, prometheus-operator-crds)" ;;
+      *) die "unknown tool $tool (kubernetes, tofu, providers, provider-kubernetes, provider-postgresql, helm, packages, prometheus-operator-crds)" ;;
     esac
   done
   say "all tools ready in $((SECONDS - start))s; binaries in $BIN"

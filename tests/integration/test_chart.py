@@ -132,7 +132,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
         # The dashboard ConfigMap appears once the metrics work ships files/dashboard.json.
         | ({"ConfigMap"} if (CHART / "files" / "dashboard.json").exists() else set())
     )
-    assert len(find(objects, "CustomResourceDefinition")) == 4
+    assert len(find(objects, "CustomResourceDefinition")) == 5
     # Nothing but the cluster-scoped kinds escapes the release namespace.
     for obj in objects:
         if obj["kind"] not in {

@@ -196,6 +196,7 @@ class RolloutHalt(StatusModel):
     """Why an Automatic rollout stopped: the request whose upgrade failed or was denied."""
 
     request: str = Field(description="namespace/name of the request.")
+    revision: int = Field(description="The revision it failed to move to.")
     tier: str = Field(description="Its environment's tier; later tiers wait.")
     reason: str = Field(description="PlanFailed, PolicyDenied, ApplyFailed, ...")
     message: str = Field(description="What went wrong (redacted tool output).")

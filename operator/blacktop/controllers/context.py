@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from blacktop.config import Settings
 from blacktop.kube.client import KubeClient
 from blacktop.metrics.registry import Metrics, create_metrics
+from blacktop.terraform.sources import ModuleSources
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Context:
     # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     _runs: asyncio.Semaphore | None = None
+    _sources: ModuleSources | None = None
 
     @property
     def runs(self) -> asyncio.Semaphore:
@@ -29,6 +31,20 @@ class Context:
         if self._runs is None:
             self._runs = asyncio.Semaphore(self.settings.max_concurrent_runs)
         return self._runs
+
+    @property
+    def sources(self) -> ModuleSources:
+        """The module cache: git commits and copies of folder modules that revisions name."""
+        if self._sources is None:
+            settings = self.settings
+            self._sources = ModuleSources(
+                settings.module_cache_root,
+                settings.modules_root,
+                max_entries=settings.module_cache_entries,
+                max_bytes=settings.module_max_bytes,
+                timeout=settings.git_timeout_seconds,
+            )
+        return self._sources
 
     def lock(self, key: str) -> asyncio.Lock:
         """The lock serialising work on one object (key: its uid or kind/namespace/name)."""

@@ -14,6 +14,10 @@ token) reach git as an ``Authorization`` header in ``GIT_CONFIG_*`` environment 
 the repository URL: never on a command line, never in a URL, and redacted from every message.
 The cache is bounded: at most ``max_trees`` trees and as many bare repositories, least recently used
 first out, and a commit whose tree is larger than ``max_bytes`` is refused.
+
+Folder modules have no history of their own, so :class:`ModuleSources` keeps a copy of each version
+it published as a revision (by the digest of its files, same bound): a request on an older revision
+runs that copy while the operator runs, and is refused with an explanation once it is gone.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from blacktop.terraform import module as modules
 from blacktop.terraform.module import ModuleError
 from blacktop.terraform.redact import redact, tail
 
@@ -301,3 +306,69 @@ class GitCache:
             )
             for stale in entries[self.max_trees :]:
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+class ModuleSources:
+    """Every module a revision may name: git commits (:class:`GitCache`) and copies of folder modules."""
+
+    def __init__(
+        self,
+        root: Path,
+        modules_root: Path,
+        *,
+        max_entries: int = 32,
+        max_bytes: int = 64 * 1024 * 1024,
+        timeout: float = 120.0,
+    ) -> None:
+        self.modules_root = modules_root
+        self.git = GitCache(root / "git", max_trees=max_entries, max_bytes=max_bytes, timeout=timeout)
+        self.copies = root / "folders"
+        self.max_entries = max_entries
+        self._guard = threading.Lock()
+
+    def keep(self, module: str, digest: str) -> Path:
+        """Copy the folder module as it is now, if its files still have ``digest``; returns the copy."""
+        copy = self.copies / digest
+        with self._guard:
+            if (copy / _COMPLETE).exists():
+                os.utime(copy)
+                return copy / "module"
+            folder = modules.resolve(self.modules_root, module)
+            if modules.digest(folder) != digest:
+                raise ModuleError(f"module {module!r} changed on disk before its files could be kept")
+            self.copies.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.copies))
+            try:
+                shutil.copytree(
+                    folder, staging / "module", symlinks=False, ignore=shutil.ignore_patterns(".terraform*")
+                )
+                (staging / _COMPLETE).write_text(f"{module} {digest}\n")
+                shutil.rmtree(copy, ignore_errors=True)
+                staging.rename(copy)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            entries = sorted(
+                (p for p in self.copies.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                key=lambda p: p.stat().st_mtime,
+                reverse=True,
+            )
+            for stale in entries[self.max_entries :]:
+                shutil.rmtree(stale, ignore_errors=True)
+        return copy / "module"
+
+    def folder(self, module: str, digest: str | None) -> Path:
+        """The files of folder ``module`` at ``digest`` (None: as they are now)."""
+        if digest is None:
+            return modules.resolve(self.modules_root, module)
+        copy = self.copies / digest
+        if (copy / _COMPLETE).exists():
+            os.utime(copy)
+            return copy / "module"
+        try:
+            return self.keep(module, digest)
+        except ModuleError:
+            raise ModuleError(
+                f"the files of module {module!r} at this revision (digest {digest[:12]}) are no longer on disk: "
+                "a folder module keeps only its current files (and copies while the operator runs); "
+                "move the request to a newer revision, or publish modules from git to keep every version"
+            ) from None

@@ -12,8 +12,8 @@ ARG PYTHON_IMAGE=docker.io/library/python:3.11.7-slim-bookworm
 
 # -- 1. tofu and the providers, laid out like the tool cache (~/.cache/blacktop) ---------------------
 FROM ${GO_IMAGE} AS tools
-# install.sh tool names: OpenTofu, hashicorp/random, the PostgreSQL provider.
-ARG TOOLS="tofu providers provider-postgresql"
+# install.sh tool names: OpenTofu, hashicorp/random, hashicorp/kubernetes, the PostgreSQL provider.
+ARG TOOLS="tofu providers provider-kubernetes provider-postgresql"
 ENV BLACKTOP_CACHE_DIR=/opt/blacktop/cache CGO_ENABLED=0
 WORKDIR /src
 COPY hack/tools/ hack/tools/
@@ -34,6 +34,10 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="blacktop" \
       org.opencontainers.image.description="Blacktop: self-service environments and infrastructure on Kubernetes" \
       org.opencontainers.image.licenses="Apache-2.0"
+# git: golden paths may take their modules from git repositories (fetched into /tmp's module cache).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 65532 blacktop \
  && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin blacktop \
  && mkdir -p /var/lib/blacktop && chown 65532:65532 /var/lib/blacktop

@@ -132,10 +132,21 @@ class AlertRule(SpecModel):
     description: str | None = Field(None, max_length=4096, description="Longer description annotation.")
 
 
+class PodMetrics(SpecModel):
+    """Scrape the pods a request's module runs: those labelled ``platform.blacktop.dev/service-request: <name>``."""
+
+    port: str = Field(
+        max_length=15, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Name of the container port to scrape."
+    )
+    path: str = Field("/metrics", max_length=1024, pattern=r"^/[^\s]*$", description="HTTP path of the metrics.")
+    interval: str = Field("30s", pattern=DURATION, max_length=32, description="How often to scrape.")
+
+
 class Monitoring(SpecModel):
     """Monitoring wired for every request of this golden path."""
 
     rules: list[AlertRule] = Field(default_factory=list, max_length=64, description="Alert rules (a PrometheusRule).")
+    pod_monitor: PodMetrics | None = Field(None, description="A PodMonitor for the pods each request runs.")
     dashboard: str | None = Field(
         None, max_length=262144, description="Grafana dashboard JSON (a ConfigMap for the sidecar)."
     )

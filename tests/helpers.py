@@ -94,6 +94,7 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            "BLACKTOP_ROLLOUT_CHECK_SECONDS": "2",
             **self.extra_env,
         }
         log = self.log_file.open("ab")

@@ -42,6 +42,7 @@ class KindInfo:
     short_names: list[str] = field(default_factory=list)
     columns: list[dict[str, Any]] = field(default_factory=list)
     root_validations: list[dict[str, Any]] = field(default_factory=list)
+    selectable_fields: list[str] = field(default_factory=list)  # for kubectl --field-selector
 
     @property
     def singular(self) -> str:
@@ -108,6 +109,7 @@ GOLDEN_PATH_REVISION = KindInfo(
         _AGE,
     ],
     root_validations=REVISION_RULES,
+    selectable_fields=[".spec.goldenPath"],
 )
 
 SERVICE_REQUEST = KindInfo(
@@ -127,6 +129,7 @@ SERVICE_REQUEST = KindInfo(
         {"name": "LeadTime(s)", "type": "integer", "jsonPath": ".status.leadTimeSeconds"},
         _AGE,
     ],
+    selectable_fields=[".spec.goldenPath"],
 )
 
 GUARDRAIL_POLICY = KindInfo(

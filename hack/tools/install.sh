@@ -71,6 +71,16 @@ build_tofu() {
   echo "$stamp" > "$STAMPS/tofu"
 }
 
+# Put a provider binary into the mirror under both registry hosts: `tofu` asks for
+# registry.opentofu.org, `terraform` for registry.terraform.io, and neither is reachable here.
+# $1: the built binary, $2: <namespace>/<type>/<version>/linux_amd64/<binary name>.
+to_mirror() {
+  local built=$1 rel=$2
+  for host in registry.opentofu.org registry.terraform.io; do
+    mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$built" "$MIRROR/$host/$rel"
+  done
+}
+
 build_providers() {
   local stamp; stamp="$(stamp_of "$RANDOM_PROVIDER_VERSION" providers)"
   local name="terraform-provider-random_v$RANDOM_PROVIDER_VERSION"
@@ -81,12 +91,7 @@ build_providers() {
     say "building provider hashicorp/random $RANDOM_PROVIDER_VERSION (cold: ~1-3 min)"
     local out; out="$(mktemp -d)"
     (cd "$HERE/providers" && go build -trimpath -ldflags "-s -w" -o "$out/$name" github.com/terraform-providers/terraform-provider-random)
-    # The same binary under both registry hosts: `tofu` asks for registry.opentofu.org, `terraform`
-    # for registry.terraform.io, and neither is reachable here.
-    for host in registry.opentofu.org registry.terraform.io; do
-      local dir="$MIRROR/$host/hashicorp/random/$RANDOM_PROVIDER_VERSION/linux_amd64"
-      mkdir -p "$dir" && cp "$out/$name" "$dir/$name"
-    done
+    to_mirror "$out/$name" "hashicorp/random/$RANDOM_PROVIDER_VERSION/linux_amd64/$name"
     rm -rf "$out"
     echo "$stamp" > "$STAMPS/providers"
   fi
@@ -120,9 +125,7 @@ build_provider_kubernetes() {
     say "building provider hashicorp/kubernetes $KUBERNETES_PROVIDER_VERSION (cold: ~3-6 min on 2 cores)"
     local out; out="$(mktemp -d)"
     (cd "$HERE/provider-kubernetes" && go build -trimpath -ldflags "-s -w" -o "$out/$name" github.com/hashicorp/terraform-provider-kubernetes)
-    for host in registry.opentofu.org registry.terraform.io; do
-      mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$out/$name" "$MIRROR/$host/$rel"
-    done
+    to_mirror "$out/$name" "$rel"
     rm -rf "$out"
     echo "$stamp" > "$STAMPS/provider-kubernetes"
   fi
@@ -142,9 +145,7 @@ build_provider_postgresql() {
     say "building provider blacktop/postgresql $POSTGRESQL_PROVIDER_VERSION (cold: ~1-2 min)"
     local out; out="$(mktemp -d)"
     (cd "$dir" && go build -trimpath -ldflags "-s -w -X main.version=$POSTGRESQL_PROVIDER_VERSION" -o "$out/$name" .)
-    for host in registry.opentofu.org registry.terraform.io; do
-      mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$out/$name" "$MIRROR/$host/$rel"
-    done
+    to_mirror "$out/$name" "$rel"
     rm -rf "$out"
     echo "$stamp" > "$STAMPS/provider-postgresql"
   fi

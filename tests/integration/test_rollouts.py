@@ -66,6 +66,15 @@ def rollout_of(kubectl: Kubectl, golden: str) -> dict[str, Any]:
     return ((get(kubectl, "goldenpath", golden) or {}).get("status") or {}).get("rollout") or {}
 
 
+def wait_rollout(kubectl: Kubectl, golden: str, phase: str, revision: int, what: str) -> dict[str, Any]:
+    """Wait until the golden path's rollout of ``revision`` is in ``phase``; returns the rollout status."""
+    return wait_for(
+        lambda: (r := rollout_of(kubectl, golden)).get("phase") == phase and r.get("revision") == revision and r,
+        timeout=240,
+        what=what,
+    )
+
+
 def show(kubectl: Kubectl, golden: str) -> str:
     """What a platform engineer watching the rollout sees (printed: `pytest -s` shows it)."""
     text = "\n".join(
@@ -127,15 +136,11 @@ def test_automatic_rollout_dev_first_halted_in_staging_then_finished_and_rolled_
         for name, (tier, _) in requests.items():
             wait_ready(kubectl, name, envs[tier])
             assert revision_of(kubectl, name, envs[tier]) == 1
-        wait_for(lambda: rollout_of(kubectl, golden).get("phase") == "Complete", what="revision 1 to be complete")
+        wait_rollout(kubectl, golden, "Complete", 1, "revision 1 to be complete")
 
         # Publish version 2: a tag bump in the repository, named by the golden path.
         apply_json(kubectl, golden_path(golden, url, "v2.0.0", "Automatic"))
-        halted = wait_for(
-            lambda: (r := rollout_of(kubectl, golden)).get("phase") == "Halted" and r.get("revision") == 2 and r,
-            timeout=240,
-            what="the rollout of revision 2 to halt in staging",
-        )
+        halted = wait_rollout(kubectl, golden, "Halted", 2, "the rollout of revision 2 to halt in staging")
         print("\n--- halted in staging ---")
         show(kubectl, golden)
         assert halted["halted"]["request"] == f"{envs['staging']}/search"

@@ -1,11 +1,13 @@
-"""Running OpenTofu/Terraform for one workspace: bounded, cancellable, never blocking the event loop.
+"""The subprocess runner: OpenTofu/Terraform as a child process of the operator, one workspace per request.
 
 Command lines come from python-terraform (the wrapper the platform team chose) through
 :func:`command`, which also fixes what it gets wrong on modern binaries: its ``destroy`` adds
 ``-force`` (rejected since Terraform 0.15 and by OpenTofu) and its ``output()`` cannot read the
-current JSON. The processes themselves run as ``asyncio`` subprocesses in their own process group,
-so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM first,
-letting the tool release its state lock, SIGKILL after a grace period.
+current JSON. Each request's workspace (:mod:`blacktop.terraform.workspace`) is refreshed from the
+module when a runner is opened. The processes run as ``asyncio`` subprocesses in their own process
+group, so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM
+first, letting the tool release what it holds, SIGKILL after a grace period. Bounded, cancellable,
+never blocking the event loop.
 """
 
 from __future__ import annotations
@@ -18,21 +20,24 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from python_terraform import IsFlagged, Terraform
 
-from blacktop.metrics.registry import Metrics
+from blacktop.config import Settings
 from blacktop.terraform import workspace
-from blacktop.terraform.errors import Classification, classify
+from blacktop.terraform.errors import classify
+from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import redact
+from blacktop.terraform.runner import Outputs, PlanResult, RunResult, RunTarget, ShownPlan, Slot
+from blacktop.toolbox import cache_dir, find_tool
 
-GRACE_SECONDS = 15.0
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 # Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+R = TypeVar("R", bound=RunResult)
 
 
 def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
@@ -56,27 +61,13 @@ def parse_outputs(stdout: str) -> dict[str, tuple[Any, bool]]:
     return {name: (item.get("value"), bool(item.get("sensitive"))) for name, item in data.items()}
 
 
-@dataclass
-class RunResult:
-    """What one invocation did."""
-
-    operation: str
-    exit_code: int
-    stdout: str
-    stderr: str
-    seconds: float
-    timed_out: bool = False
-    ok_codes: tuple[int, ...] = (0,)
-    classification: Classification | None = field(default=None)
-
-    @property
-    def ok(self) -> bool:
-        """Whether the run succeeded (``plan -detailed-exitcode`` also succeeds with 2: changes)."""
-        return self.exit_code in self.ok_codes and not self.timed_out
+def _as(kind: type[R], result: RunResult, **extra: Any) -> R:
+    """``result`` as the typed result ``kind`` with ``extra`` fields."""
+    return kind(**{f.name: getattr(result, f.name) for f in fields(RunResult)}, **extra)
 
 
-class Runner:
-    """Runs tool invocations in one workspace directory with an environment and a timeout."""
+class SubprocessRunner:
+    """Runs the operations of one workspace; every one passes ``-lock=false`` (the caller holds the lock)."""
 
     def __init__(
         self,
@@ -85,22 +76,24 @@ class Runner:
         env: dict[str, str],
         *,
         timeout: float,
-        semaphore: asyncio.Semaphore,
+        grace: float,
+        slot: Slot,
         secrets: tuple[str, ...] = (),
-        metrics: Metrics | None = None,
     ) -> None:
         self.binary = binary
         self.workdir = workdir
         self.env = env
         self.timeout = timeout
-        self.semaphore = semaphore
+        self.grace = grace
+        self.slot = slot
         self.secrets = secrets
-        self.metrics = metrics
 
-    async def plan(self) -> RunResult:
-        """``plan`` into the workspace's plan file; exit 2 (changes) counts as success, so
-        ``exit_code`` tells a plan with changes (2) from one without (0). The caller holds the lock."""
-        return await self.run(
+    async def init(self) -> RunResult:
+        return await self.run("init", lock=False)
+
+    async def plan(self) -> PlanResult:
+        # -detailed-exitcode: exit 2 (changes) is a success too, and tells changes from none.
+        result = await self.run(
             "plan",
             out=workspace.PLAN_FILE,
             var_file=workspace.VAR_FILE,
@@ -108,12 +101,29 @@ class Runner:
             detailed_exitcode=IsFlagged,
             ok_codes=(0, 2),
         )
+        return _as(PlanResult, result)
+
+    async def show_plan(self) -> ShownPlan:
+        result = await self.run("show", workspace.PLAN_FILE, json=IsFlagged)
+        if not result.ok:
+            return _as(ShownPlan, result)
+        plan = json.loads(result.stdout)
+        return _as(ShownPlan, result, plan=plan, summary=summarise(plan))
+
+    async def apply_plan(self) -> RunResult:
+        return await self.run("apply", workspace.PLAN_FILE, lock=False)
+
+    async def outputs(self) -> Outputs:
+        result = await self.run("output", json=IsFlagged)
+        return _as(Outputs, result, values=parse_outputs(result.stdout) if result.ok else {})
+
+    async def destroy(self) -> RunResult:
+        return await self.run("destroy", var_file=workspace.VAR_FILE, lock=False)
 
     async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
         """Run one operation; output is redacted before it leaves this method."""
         argv = command(self.binary, self.workdir, operation, *args, **options)
-        # With metrics, the wait for a slot and the run itself are timed as stages (queued, init, plan...).
-        async with self.metrics.run_slot(self.semaphore, operation) if self.metrics else self.semaphore:
+        async with self.slot(operation):
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -130,11 +140,11 @@ class Runner:
                 out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
             except TimeoutError:
                 timed_out = True
-                await _terminate(proc)
+                await _terminate(proc, self.grace)
                 out, err = b"", b""
             except asyncio.CancelledError:
-                # Operator shutdown: let the tool release its lock, then go.
-                await asyncio.shield(_terminate(proc))
+                # Operator shutdown: let the tool stop cleanly, then go.
+                await asyncio.shield(_terminate(proc, self.grace))
                 raise
             seconds = time.monotonic() - started
         code = proc.returncode if proc.returncode is not None else -1
@@ -153,6 +163,58 @@ class Runner:
         return result
 
 
+class SubprocessRunners:
+    """Opens subprocess runners: a workspace per request under ``workspace_root``, the pinned binary."""
+
+    def __init__(
+        self,
+        *,
+        binary: str,
+        workspace_root: Path,
+        timeout: float,
+        grace: float,
+        kubeconfig: str | None,
+        cli_config: Path | None,
+    ) -> None:
+        self.binary = binary
+        self.workspace_root = workspace_root
+        self.timeout = timeout
+        self.grace = grace
+        self.kubeconfig = kubeconfig
+        self.cli_config = cli_config
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubprocessRunners:
+        """Runners for the operator process: the backend reaches the cluster with the operator's own
+        kubeconfig (in-cluster config without one), providers come from the tool cache's mirror."""
+        return cls(
+            binary=settings.terraform_binary,
+            workspace_root=settings.workspace_root,
+            timeout=settings.run_timeout_seconds,
+            grace=settings.run_grace_seconds,
+            kubeconfig=os.environ.get("KUBECONFIG"),
+            cli_config=cache_dir() / "tofu.tfrc",
+        )
+
+    async def open(self, target: RunTarget, slot: Slot) -> SubprocessRunner:
+        backend = workspace.Backend(target.state, self.kubeconfig)
+        workdir = await asyncio.to_thread(
+            workspace.prepare, self.workspace_root, target.name, target.module, dict(target.variables), backend
+        )
+        return SubprocessRunner(
+            str(find_tool(self.binary)),
+            workdir,
+            workspace.environment(self.cli_config, dict(target.credentials)),
+            timeout=self.timeout,
+            grace=self.grace,
+            slot=slot,
+            secrets=tuple(target.credentials.values()),
+        )
+
+    async def discard(self, name: str) -> None:
+        await asyncio.to_thread(workspace.remove, self.workspace_root, name)
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the operator dies, even by SIGKILL. The tool then stops like on
     shutdown (persisting what it finished) instead of running on unlocked beside the next run."""
@@ -160,14 +222,14 @@ def _die_with_parent() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the process group, SIGKILL it after the grace period."""
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
     if proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), timeout=GRACE_SECONDS)
+        await asyncio.wait_for(proc.wait(), timeout=grace)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

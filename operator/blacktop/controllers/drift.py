@@ -17,28 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from blacktop.api.common import Condition, format_time, parse_duration, parse_time
 from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import DriftPolicy
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import parameters
-from blacktop.controllers import delivery, guardrails, lookup, runs
+from blacktop.controllers import delivery, guardrails, lookup, runs, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
 from blacktop.controllers.tracker import StatusTracker
-from blacktop.controllers.views import (
-    EnvironmentRef,
-    GoldenPathView,
-    RequestView,
-    environment_ref,
-    golden_path_view,
-    request_view,
-)
+from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube import events
-from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
+from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.terraform.runner import PlanResult, ShownPlan
 
 logger = logging.getLogger(__name__)
@@ -72,19 +63,15 @@ async def _due(ctx: Context, namespace: str, name: str) -> _Due | None:
     status = tracker.status
     if status.stage != Stage.READY or status.observed_generation != tracker.generation:
         return None  # provisioning owns the request until it is Ready for its current spec
-    request = request_view(body)
-    golden_body = await ctx.client.get(GOLDENPATHS, request.spec.golden_path)
-    env_body = await lookup.environment_of(ctx, namespace)
-    try:
-        golden = golden_path_view(golden_body) if golden_body is not None else None
-    except ValidationError:
-        golden = None
-    if golden is None or env_body is None:
+    request = views.request_view(body)
+    _, golden = await lookup.golden_path(ctx, request.spec.golden_path)
+    env = await lookup.environment_ref(ctx, namespace)
+    if golden is None or env is None:
         return None
     if not is_due(status, parse_duration(golden.spec.drift_check_interval), tracker.now):
         return None
     params, errors = parameters.validate(golden.spec.parameters, request.spec.parameters)
-    return None if errors else _Due(tracker, request, environment_ref(env_body), golden, params)
+    return None if errors else _Due(tracker, request, env, golden, params)
 
 
 async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequestStatus | None:

@@ -20,22 +20,14 @@ from blacktop.api.common import cents_to_money, format_time
 from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import cost, parameters
-from blacktop.controllers import delivery, guardrails, lookup, monitoring, runs, statelock
+from blacktop.controllers import delivery, guardrails, lookup, monitoring, runs, statelock, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
 from blacktop.controllers.tracker import StatusTracker
-from blacktop.controllers.views import (
-    NO_ENVIRONMENT,
-    EnvironmentRef,
-    GoldenPathView,
-    RequestView,
-    environment_ref,
-    golden_path_view,
-    request_view,
-)
+from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube import events
-from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
+from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.terraform.runner import Outputs, RunResult
 from blacktop.terraform.state import state_of
 
@@ -95,22 +87,6 @@ def check(
     return Decision(parameters=params)
 
 
-async def _golden_path(ctx: Context, name: str) -> tuple[bool, GoldenPathView | None]:
-    """(whether it exists, its view; None when missing or its spec does not decode)."""
-    body = await ctx.client.get(GOLDENPATHS, name)
-    if body is None:
-        return False, None
-    try:
-        return True, golden_path_view(body)
-    except ValidationError:
-        return True, None  # its own status says what is wrong with it
-
-
-async def _environment(ctx: Context, namespace: str) -> EnvironmentRef | None:
-    env = await lookup.environment_of(ctx, namespace)
-    return environment_ref(env) if env is not None else None
-
-
 async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestStatus:
     """Converge one ServiceRequest; raises Failure when it must be tried again."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
@@ -118,12 +94,12 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         return tracker.status
     # Decode.
     try:
-        request = request_view(body)
+        request = views.request_view(body)
     except ValidationError as exc:
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, SERVICEREQUESTS)
-    env = await _environment(ctx, request.namespace)
-    exists, golden = await _golden_path(ctx, request.spec.golden_path)
+    env = await lookup.environment_ref(ctx, request.namespace)
+    exists, golden = await lookup.golden_path(ctx, request.spec.golden_path)
     # Decide.
     decision = check(request, env, golden, golden_exists=exists)
     if env is not None:
@@ -228,14 +204,14 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     """Destroy what the request made, then its state; raises Failure while that fails."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
     # Decode.
-    request = request_view(body)
+    request = views.request_view(body)
     state = state_of(ctx.settings.namespace, request.uid)
     recorded = statelock.recorded_lock_ids(tracker.status.last_run)
     if not await statelock.state_exists(ctx, state):
         await statelock.forget(ctx, request, state, recorded)  # a run that failed early still made the Lease
         await ctx.runners.discard(request.key)
         return  # nothing was ever applied (or it is already destroyed)
-    _, golden = await _golden_path(ctx, request.spec.golden_path)
+    _, golden = await lookup.golden_path(ctx, request.spec.golden_path)
     # Decide.
     if golden is None:
         name = request.spec.golden_path
@@ -243,7 +219,7 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         tracker.not_ready(Reason.DESTROY_FAILED, message, stalled=True)
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise Failure(Reason.DESTROY_FAILED, message, delay=ctx.settings.blocked_retry_seconds)
-    env = await _environment(ctx, request.namespace) or NO_ENVIRONMENT
+    env = await lookup.environment_ref(ctx, request.namespace) or views.NO_ENVIRONMENT
     params, _ = parameters.validate(golden.spec.parameters, request.spec.parameters)
     # Act.
     inputs = await _resolve(

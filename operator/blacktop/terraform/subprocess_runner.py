@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,27 +66,17 @@ def _as(kind: type[R], result: RunResult, **extra: Any) -> R:
     return kind(**{f.name: getattr(result, f.name) for f in fields(RunResult)}, **extra)
 
 
+@dataclass(frozen=True)
 class SubprocessRunner:
     """Runs the operations of one workspace; every one passes ``-lock=false`` (the caller holds the lock)."""
 
-    def __init__(
-        self,
-        binary: str,
-        workdir: Path,
-        env: dict[str, str],
-        *,
-        timeout: float,
-        grace: float,
-        slot: Slot,
-        secrets: tuple[str, ...] = (),
-    ) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.env = env
-        self.timeout = timeout
-        self.grace = grace
-        self.slot = slot
-        self.secrets = secrets
+    binary: str
+    workdir: Path
+    env: dict[str, str]  # the whole process environment: minimal, credentials included
+    timeout: float
+    grace: float  # SIGTERM to SIGKILL
+    slot: Slot
+    secrets: tuple[str, ...] = ()  # values redacted from the output
 
     async def init(self) -> RunResult:
         return await self.run("init", lock=False)
@@ -163,25 +153,16 @@ class SubprocessRunner:
         return result
 
 
+@dataclass(frozen=True)
 class SubprocessRunners:
     """Opens subprocess runners: a workspace per request under ``workspace_root``, the pinned binary."""
 
-    def __init__(
-        self,
-        *,
-        binary: str,
-        workspace_root: Path,
-        timeout: float,
-        grace: float,
-        kubeconfig: str | None,
-        cli_config: Path | None,
-    ) -> None:
-        self.binary = binary
-        self.workspace_root = workspace_root
-        self.timeout = timeout
-        self.grace = grace
-        self.kubeconfig = kubeconfig
-        self.cli_config = cli_config
+    binary: str  # tofu or terraform: found in the tool cache, else on PATH
+    workspace_root: Path
+    timeout: float
+    grace: float
+    kubeconfig: str | None  # how the state backend reaches the cluster (None: in-cluster config)
+    cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubprocessRunners:
@@ -202,9 +183,9 @@ class SubprocessRunners:
             workspace.prepare, self.workspace_root, target.name, target.module, dict(target.variables), backend
         )
         return SubprocessRunner(
-            str(find_tool(self.binary)),
-            workdir,
-            workspace.environment(self.cli_config, dict(target.credentials)),
+            binary=str(find_tool(self.binary)),
+            workdir=workdir,
+            env=workspace.environment(self.cli_config, dict(target.credentials)),
             timeout=self.timeout,
             grace=self.grace,
             slot=slot,

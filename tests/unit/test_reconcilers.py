@@ -706,6 +706,27 @@ async def test_a_drift_check_that_cannot_run_says_so_and_never_touches_ready(h: 
     assert lease_holder(h, "db", namespace) == "f0f0-2"
 
 
+@reaches(Reason.CREDENTIALS_NOT_FOUND)
+async def test_a_drift_check_without_its_credentials_says_so(h: Harness) -> None:
+    namespace = await h.environment()
+    golden = tiny_golden_path()
+    golden["spec"]["credentialsSecretRef"] = {"name": "pg-admin", "namespace": "blacktop-system"}
+    await h.golden_path(golden)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-admin", "namespace": "blacktop-system"}}
+    h.client.put(secret)
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    await h.ctx.client.delete(SECRET, "pg-admin", "blacktop-system")
+    h.clock.advance(11 * 60)
+    h.runners.calls.clear()
+    assert await drift.check_drift(h.ctx, namespace, "db") is not None
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("Unknown", Reason.CREDENTIALS_NOT_FOUND)
+    assert h.runners.operations == []  # no run began
+    assert h.status("db", namespace)["lastDriftCheckTime"] == format_time(h.clock.now)  # next check after the interval
+
+
 # -- Environment ----------------------------------------------------------------------------------
 
 

@@ -211,11 +211,12 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         await statelock.forget(ctx, request, state, recorded)  # a run that failed early still made the Lease
         await ctx.runners.discard(request.key)
         return  # nothing was ever applied (or it is already destroyed)
-    _, golden = await lookup.golden_path(ctx, request.spec.golden_path)
+    exists, golden = await lookup.golden_path(ctx, request.spec.golden_path)
     # Decide.
     if golden is None:
         name = request.spec.golden_path
-        message = f"cannot destroy: golden path {name!r} no longer exists; re-create it so its module can run"
+        words = f"cannot be read (kubectl describe goldenpath {name})" if exists else "no longer exists"
+        message = f"cannot destroy: golden path {name!r} {words}; re-create it so its module can run"
         tracker.not_ready(Reason.DESTROY_FAILED, message, stalled=True)
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise Failure(Reason.DESTROY_FAILED, message, delay=ctx.settings.blocked_retry_seconds)

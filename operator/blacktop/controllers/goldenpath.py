@@ -76,7 +76,7 @@ async def reconcile_golden_path(ctx: Context, body: JSON) -> GoldenPathStatus:
     """Validate one GoldenPath, publish a revision when what runs changed, write its status."""
     # Fresh, not Kopf's copy: the rollout writes this status too (status.rollout), under the same lock.
     body = await ctx.client.get(GOLDENPATHS, body["metadata"]["name"]) or body
-    tracker = StatusTracker(body, GoldenPathStatus)
+    tracker = StatusTracker(body, GoldenPathStatus, now=ctx.now())
     name = body["metadata"]["name"]
     try:
         spec = GoldenPathSpec.model_validate(body.get("spec") or {})

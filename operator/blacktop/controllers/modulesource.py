@@ -54,8 +54,8 @@ async def _tree(ctx: Context, git: GitSource) -> tuple[Path, str]:
 
 async def inspect(ctx: Context, spec: GoldenPathSpec) -> Found:
     """Find, parse and analyse the module ``spec`` names; ModuleError (SourceError for git) says why not."""
-    if spec.git is None:
-        return Found(await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module), None)
+    if spec.git is None:  # hashed every time, parsed only when the files changed
+        return Found(await asyncio.to_thread(ctx.modules.inspect, spec.module), None)
     tree, commit = await _tree(ctx, spec.git)
     return Found(await asyncio.to_thread(modules.inspect, tree, spec.module), commit)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from blacktop.api.common import Condition, format_time
@@ -148,8 +147,9 @@ async def advance(ctx: Context, name: str, upgrader: Upgrader) -> RolloutStatus 
     golden = await ctx.client.get(GOLDENPATHS, name)
     if golden is None or golden["metadata"].get("deletionTimestamp"):
         return None
-    tracker = StatusTracker(golden, GoldenPathStatus)
+    tracker = StatusTracker(golden, GoldenPathStatus, now=ctx.now())
     status = tracker.status
+    before = get_condition(status.conditions, ConditionType.ROLLED_OUT)
     # Only a golden path the reconciler has checked in its current form rolls anything out.
     if status.observed_generation != tracker.generation or not is_true(status.conditions, ConditionType.READY):
         return None
@@ -171,14 +171,12 @@ async def advance(ctx: Context, name: str, upgrader: Upgrader) -> RolloutStatus 
         status.rollout = _rollout_status(target, step, halt, step.batch)
         _rolled_out(tracker, target, step, halt)
         await tracker.write(ctx.client, GOLDENPATHS)
-        tracker.previous = status.model_copy(deep=True)
         by_key = {m.key: m for m in members}
         halt = await _move(ctx, golden, upgrader, [by_key[k] for k in step.batch], target)
         requests, members = await _members(ctx, name)
         step = rollout.next_step(members, target, strategy, size, halted=halt is not None)
 
     status.rollout = _rollout_status(target, step, halt)
-    before = get_condition(tracker.previous.conditions, ConditionType.ROLLED_OUT)
     _rolled_out(tracker, target, step, halt)
     await tracker.write(ctx.client, GOLDENPATHS)
     after = get_condition(status.conditions, ConditionType.ROLLED_OUT)
@@ -222,7 +220,7 @@ async def _halt(ctx: Context, member: Member, target: int, stage: str, outcome: 
         # What every catalog reader may see: the class of failure and where its details are.
         message=f"the upgrade {stage} failed; details: kubectl describe servicerequest {name} -n {namespace}",
         generation=member.generation,
-        time=format_time(datetime.now(UTC)),
+        time=format_time(ctx.now()),
     )
     detail = f"the {stage} at revision {target} failed ({outcome.reason}), so the rollout is halted: {outcome.message}"
     await _set_upgrade_condition(ctx, member.key, True, Reason.ROLLOUT_HALTED, detail[:2048])
@@ -286,7 +284,7 @@ async def _set_upgrade_condition(ctx: Context, key: str, ok: bool, reason: str, 
             reason=reason,
             message=message,
             observed_generation=status.observed_generation,
-            last_transition_time=format_time(datetime.now(UTC)),
+            last_transition_time=format_time(ctx.now()),
         )
         status.conditions = set_condition(status.conditions, condition)
         await write_status(ctx.client, SERVICEREQUESTS, name, status, namespace)

@@ -269,7 +269,11 @@ def test_non_default_values_reach_the_deployment(values_files: dict[str, Path]) 
     assert {"/opt/blacktop/modules/hello", "/opt/blacktop/modules/shared"} <= mounts
     (module,) = [o for o in find(objects, "ConfigMap") if "hello" in o["metadata"]["name"]]
     assert "greeting" in module["data"]["main.tf"]
-    assert sorted(g["metadata"]["name"] for g in find(objects, "GoldenPath")) == ["postgres-database", "tiny", "web-service"]
+    assert sorted(g["metadata"]["name"] for g in find(objects, "GoldenPath")) == [
+        "postgres-database",
+        "tiny",
+        "web-service",
+    ]
 
 
 def test_webhook_configuration_and_generated_certificate(values_files: dict[str, Path]) -> None:

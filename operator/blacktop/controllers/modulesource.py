@@ -1,7 +1,7 @@
 """Where a golden path's module files are, for the controllers: a folder or a git commit, analysed.
 
 The GoldenPath reconciler calls :func:`inspect` to find and check the module as the spec names it now
-(resolving a git ref to its commit); provisioning calls :func:`module_dir` for the files of the
+(resolving a git ref to its commit); provisioning calls :func:`module_info` for the files of the
 revision a request runs. Git work and file hashing are blocking, so they run in threads. The git
 credentials Secret is read here and never leaves: it reaches git as an environment variable only.
 """
@@ -60,13 +60,18 @@ async def inspect(ctx: Context, spec: GoldenPathSpec) -> Found:
     return Found(await asyncio.to_thread(modules.inspect, tree, spec.module), commit)
 
 
-async def module_dir(ctx: Context, spec: GoldenPathSpec, digest: str | None = None) -> Path:
-    """The folder to run for ``spec`` (a revision's, see builders.revisions.spec_at): its git commit,
-    or the folder module's files with ``digest`` (None: as they are now)."""
-    if spec.git is None:
-        return await asyncio.to_thread(ctx.sources.folder, spec.module, digest)
-    tree, _ = await _tree(ctx, spec.git)
-    return modules.resolve(tree, spec.module)
+async def module_info(ctx: Context, spec: GoldenPathSpec, digest: str | None) -> modules.ModuleInfo:
+    """The module a run executes, parsed: the git commit ``spec`` names (a revision's spec names its
+    commit), or the folder module with ``digest`` — the files on disk when they still have it (parsed
+    once per digest), else the copy kept when that revision was published."""
+    if spec.git is not None:
+        tree, _ = await _tree(ctx, spec.git)
+        return await asyncio.to_thread(ctx.sources.inspect_tree, tree, spec.module)
+    info = await asyncio.to_thread(ctx.modules.known, spec.module, digest)
+    if digest is None or info.digest == digest:
+        return info
+    copy = await asyncio.to_thread(ctx.sources.folder, spec.module, digest)
+    return await asyncio.to_thread(ctx.sources.inspect_tree, copy.parent, copy.name)
 
 
 async def keep_folder(ctx: Context, spec: GoldenPathSpec, digest: str) -> None:

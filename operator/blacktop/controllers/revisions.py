@@ -4,25 +4,28 @@
 passed every check: when its content (builders.revisions) differs from the latest revision, it writes
 revision N+1, posts a ``RevisionCreated`` Event and prunes revisions beyond the golden path's
 ``revisionHistoryLimit`` that no request runs or pins and the rollout does not target. Revisions are
-owned by their golden path, so deleting it deletes them. :func:`for_request` is what provisioning
+owned by their golden path, so deleting it deletes them. :func:`at_revision` is what provisioning
 asks: which revision does this request run, and what does the golden path look like at it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from blacktop.api.conditions import Reason
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.goldenpathrevision import GoldenPathRevisionSpec
 from blacktop.builders import naming, rollout
 from blacktop.builders import revisions as builders
 from blacktop.controllers.context import Context
+from blacktop.controllers.failures import Failure
 from blacktop.controllers.modulesource import Found, keep_folder
+from blacktop.controllers.views import GoldenPathView
 from blacktop.kube import events
 from blacktop.kube.errors import ConflictError
 from blacktop.kube.resources import GOLDENPATHREVISIONS
@@ -111,51 +114,29 @@ def target_of(spec: GoldenPathSpec, known: list[GoldenPathRevisionSpec]) -> int 
     return known[-1].revision if known else None
 
 
-class RevisionNotFoundError(Exception):
-    """A request pins (or the rollout targets) a revision that does not exist (any more)."""
-
-
-@dataclass(frozen=True)
-class AtRevision:
-    """The golden path as a request at ``revision`` sees it (None: the golden path has no revisions yet)."""
-
-    spec: GoldenPathSpec
-    revision: GoldenPathRevisionSpec | None
-
-    @property
-    def number(self) -> int | None:
-        return self.revision.revision if self.revision else None
-
-    @property
-    def commit(self) -> str | None:
-        return self.revision.git.commit if self.revision and self.revision.git else None
-
-    @property
-    def digest(self) -> str | None:
-        """The folder module's digest to run (git revisions are pinned by their commit instead)."""
-        return self.revision.module_digest if self.revision and self.revision.git is None else None
-
-
-async def for_request(ctx: Context, request: JSON, golden_path: JSON, *, revision: int | None = None) -> AtRevision:
-    """What ``request`` runs: ``revision`` if given (a rollout moving it), else its pin, else what it
-    last applied, else the rollout's target. RevisionNotFoundError when that revision is gone."""
-    spec = GoldenPathSpec.model_validate(golden_path.get("spec") or {})
-    known = await history(ctx, golden_path)
-    target = target_of(spec, known)
+async def at_revision(
+    ctx: Context, request: JSON, golden: GoldenPathView, *, revision: int | None = None
+) -> GoldenPathView:
+    """The golden path as ``request`` runs it: at ``revision`` if given (a rollout moving it), else its
+    pin, else the revision it last applied, else — never applied — the rollout's target. A golden path
+    without revisions (not reconciled since revisions came) is returned as it is. Failure
+    (RevisionNotFound) when the revision wanted does not exist."""
+    known = await history(ctx, golden.body)
+    target = target_of(golden.spec, known)
     if target is None:
-        return AtRevision(spec, None)  # not published yet (an operator from before revisions)
+        return golden
     pinned = (request.get("spec") or {}).get("revision")
     applied = (request.get("status") or {}).get("revision")
     wanted = revision or rollout.revision_for(pinned, applied, target)
     chosen = next((r for r in known if r.revision == wanted), None)
     if chosen is None:
         numbers = ", ".join(str(r.revision) for r in known) or "none"
-        raise RevisionNotFoundError(
-            f"golden path {spec_name(golden_path)} has no revision {wanted} (kept: {numbers}); "
-            "set spec.revision to one of them, or remove it to follow the golden path's rollouts"
+        raise Failure(
+            Reason.REVISION_NOT_FOUND,
+            f"golden path {golden.name} has no revision {wanted} (kept: {numbers}); set spec.revision to one of "
+            "them, or remove it to follow the golden path's rollouts",
+            delay=ctx.settings.blocked_retry_seconds,
         )
-    return AtRevision(builders.spec_at(spec, chosen), chosen)
-
-
-def spec_name(golden_path: JSON) -> str:
-    return str(golden_path["metadata"]["name"])
+    return dataclasses.replace(
+        golden, spec=builders.spec_at(golden.spec, chosen), module_digest=chosen.module_digest, revision=chosen
+    )

@@ -325,6 +325,21 @@ class ModuleSources:
         self.copies = root / "folders"
         self.max_entries = max_entries
         self._guard = threading.Lock()
+        self._parsed: dict[Path, modules.ModuleInfo] = {}  # trees never change: parse each once
+
+    def inspect_tree(self, root: Path, module: str) -> modules.ModuleInfo:
+        """Parse ``module`` in an immutable tree of this cache (a commit, a folder copy) once."""
+        path = modules.resolve(root, module)
+        with self._guard:
+            cached = self._parsed.get(path)
+        if cached is not None and path.exists():
+            return cached
+        info = modules.inspect(root, module)
+        with self._guard:
+            if len(self._parsed) >= 4 * self.max_entries:  # bounded like the trees themselves
+                self._parsed.clear()
+            self._parsed[path] = info
+        return info
 
     def keep(self, module: str, digest: str) -> Path:
         """Copy the folder module as it is now, if its files still have ``digest``; returns the copy."""

@@ -85,7 +85,7 @@ def test_a_web_service_request_makes_a_deployment_and_a_service(
         assert deployment is not None
         labels = deployment["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "blacktop"
-        assert labels["platform.blacktop.dev/golden-path"] == "web-service"
+        assert labels["platform.blacktop.dev/golden-path"] == golden
         assert labels["platform.blacktop.dev/service-request"] == name
         assert labels["platform.blacktop.dev/team"] == "shop"
         pod = deployment["spec"]["template"]

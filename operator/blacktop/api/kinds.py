@@ -85,6 +85,7 @@ GOLDEN_PATH = KindInfo(
         {"name": "Module", "type": "string", "jsonPath": ".spec.module", "priority": 1},
         *_ready(),
         {"name": "Revision", "type": "integer", "jsonPath": ".status.latestRevision"},
+        {"name": "Target", "type": "integer", "jsonPath": ".status.rollout.revision"},
         {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.rollout.progress", "priority": 1},
         {"name": "Requests", "type": "integer", "jsonPath": ".status.requests"},

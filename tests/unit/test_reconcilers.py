@@ -1052,6 +1052,47 @@ async def test_an_automatic_rollout_goes_tier_by_tier_halts_on_a_failed_plan_and
     assert Reason.ROLLOUT_HALTED in h.client.event_reasons("tiny")
 
 
+@reaches(Reason.APPLY_FAILED, Reason.ROLLOUT_HALTED)
+async def test_a_failed_upgrade_apply_halts_and_puts_the_request_back(h: Harness) -> None:
+    fleet = await _fleet(h)
+    await _publish_revision_2(h)
+    h.runners.fail("apply", "Error: Resource postcondition failed")
+    step = await _advance(h)
+    assert (step.phase, step.halted.reason) == ("Halted", Reason.APPLY_FAILED)
+    assert step.halted.request == f"{fleet['api']}/api"
+    assert "put back on revision 1" in _upgrade(h, "api", fleet["api"])["message"]
+    assert h.status("api", fleet["api"])["revision"] == 1
+    assert h.condition("api", fleet["api"])["status"] == "True"
+    assert h.status("cart", fleet["cart"])["revision"] == 1  # later tiers never moved
+
+    # Both the upgrade and the way back fail: status no longer claims a revision, so a move (here a
+    # rollback of the target to 1) takes it to the target like a request never applied.
+    other = await _fleet_second_request(h, fleet)
+    for _ in range(2):
+        h.runners.fail("apply", "Error: connection refused")
+    body = h.body(other, fleet["api"])
+    outcome = await ProvisioningUpgrader().apply(h.ctx, fleet["api"], other, 2)
+    assert not outcome.ok
+    assert "putting it back on revision 1 failed too" in outcome.message
+    assert h.status(other, fleet["api"]).get("revision") is None
+    assert body["metadata"]["generation"] == h.body(other, fleet["api"])["metadata"]["generation"]
+    golden = h.client.stored(GOLDENPATHS, "tiny") or {}
+    await h.client.apply({**golden, "spec": {**golden["spec"], "rollout": {"strategy": "Automatic", "revision": 1}}})
+    await goldenpath.reconcile_golden_path(h.ctx, h.client.stored(GOLDENPATHS, "tiny") or {})
+    for _ in range(3):
+        step = await _advance(h)
+    assert h.status(other, fleet["api"])["revision"] == 1
+
+
+async def _fleet_second_request(h: Harness, fleet: dict[str, str]) -> str:
+    h.request("web", fleet["api"], size="small")
+    assert await h.reconcile("web", fleet["api"]) is None
+    assert h.status("web", fleet["api"])["revision"] == 2  # new requests start on the target
+    body = h.body("web", fleet["api"])
+    h.client.put({**body, "status": {**body["status"], "revision": 1}})  # as if it had run revision 1
+    return "web"
+
+
 @reaches(Reason.ROLLOUT_WAITING, Reason.MANUAL_UPGRADE)
 async def test_a_manual_rollout_waits_for_owners_and_a_pin_moves_a_request(h: Harness) -> None:
     fleet = await _fleet(h, strategy="Manual")

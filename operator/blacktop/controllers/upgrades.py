@@ -8,13 +8,17 @@ interleave with its own reconciles or drift checks.
   plan and show at the revision, and the Plan-stage guardrails on that plan; nothing is applied, and
   the request's conditions are left as they are (its PolicyCompliant is about what it runs now).
 - ``apply``: the ordinary reconcile of the request, at the revision: plan, guardrails, apply,
-  deliver, exactly as a spec change would.
+  deliver, exactly as a spec change would. If that fails, the request is put back on the revision it
+  ran (the same reconcile, in reverse); if that fails too, its status no longer names a revision
+  (which one its infrastructure is at is unknown), so the next move takes it to the target.
 
 A request its own reconcile has not caught up with (a spec change not yet provisioned) is *busy*:
 the rollout tries it again at its next look instead of planning something its owner is changing.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.servicerequest import ServiceRequestStatus
@@ -26,6 +30,9 @@ from blacktop.controllers.inputs import resolve
 from blacktop.controllers.rollout import Outcome
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import SERVICEREQUESTS
+from blacktop.kube.status import write_status
+
+JSON = dict[str, Any]
 
 BUSY = Outcome(ok=False, busy=True)
 
@@ -58,15 +65,49 @@ class ProvisioningUpgrader:
             body = await ctx.client.get(SERVICEREQUESTS, name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return BUSY
-            try:
-                status = await servicerequest.reconcile_service_request(ctx, body, revision=revision)
-            except Failure as failure:
-                return Outcome(ok=False, reason=failure.reason, message=failure.message)
-        ready = get_condition(status.conditions, ConditionType.READY)
-        if status.revision == revision and ready is not None and ready.status == "True":
-            return Outcome(ok=True)
-        reason = ready.reason if ready is not None else Reason.APPLY_FAILED
-        return Outcome(ok=False, reason=reason, message=ready.message if ready is not None else "not applied")
+            previous = (body.get("status") or {}).get("revision")
+            moved = await _reconcile_at(ctx, body, revision)
+            if moved.ok or previous is None:
+                return moved
+            # Health gate: an apply that failed half-way leaves the request neither here nor there;
+            # put it back on the revision it ran, the same operation in reverse.
+            body = await ctx.client.get(SERVICEREQUESTS, name, namespace) or body
+            back = await _reconcile_at(ctx, body, previous)
+            if back.ok:
+                return Outcome(
+                    ok=False, reason=moved.reason, message=f"{moved.message}; put back on revision {previous}"
+                )
+            await _forget_revision(ctx, namespace, name)
+            return Outcome(
+                ok=False,
+                reason=moved.reason,
+                message=f"{moved.message}; putting it back on revision {previous} failed too: {back.message}",
+            )
+
+
+async def _reconcile_at(ctx: Context, body: JSON, revision: int) -> Outcome:
+    """The ordinary reconcile of the request, at ``revision``; whether it ended Ready there."""
+    try:
+        status = await servicerequest.reconcile_service_request(ctx, body, revision=revision)
+    except Failure as failure:
+        return Outcome(ok=False, reason=failure.reason, message=failure.message)
+    ready = get_condition(status.conditions, ConditionType.READY)
+    if status.revision == revision and ready is not None and ready.status == "True":
+        return Outcome(ok=True)
+    reason = ready.reason if ready is not None else Reason.APPLY_FAILED
+    return Outcome(ok=False, reason=reason, message=ready.message if ready is not None else "not applied")
+
+
+async def _forget_revision(ctx: Context, namespace: str, name: str) -> None:
+    """Neither revision applied: which one its infrastructure is at is unknown, so status says none,
+    and the rollout (or its next reconcile) takes it to the target like a request never applied."""
+    body = await ctx.client.get(SERVICEREQUESTS, name, namespace)
+    if body is None:
+        return
+    status = ServiceRequestStatus.model_validate(body.get("status") or {})
+    status.revision = None
+    status.commit = None
+    await write_status(ctx.client, SERVICEREQUESTS, name, status, namespace)
 
 
 async def _plan_at(

@@ -173,13 +173,7 @@ def test_automatic_rollout_dev_first_halted_in_staging_then_finished_and_rolled_
         # The owner fixes the request: the halt lifts, staging and then prod move; the pin stays.
         kubectl("patch", "servicerequest", "search", "-n", envs["staging"], "--type=merge", "-p",
                 '{"spec":{"parameters":{"size":"medium"}}}')  # fmt: skip
-        wait_for(
-            lambda: (
-                rollout_of(kubectl, golden).get("phase") == "Complete" and rollout_of(kubectl, golden)["revision"] == 2
-            ),
-            timeout=240,
-            what="the rollout of revision 2 to complete",
-        )
+        wait_rollout(kubectl, golden, "Complete", 2, "the rollout of revision 2 to complete")
         print("\n--- complete ---")
         show(kubectl, golden)
         for name, (tier, _) in requests.items():
@@ -190,13 +184,7 @@ def test_automatic_rollout_dev_first_halted_in_staging_then_finished_and_rolled_
 
         # Rollback: the same walk to revision 1, dev first.
         kubectl("patch", "goldenpath", golden, "--type=merge", "-p", '{"spec":{"rollout":{"revision":1}}}')
-        wait_for(
-            lambda: (
-                rollout_of(kubectl, golden).get("phase") == "Complete" and rollout_of(kubectl, golden)["revision"] == 1
-            ),
-            timeout=240,
-            what="the rollback to revision 1 to complete",
-        )
+        wait_rollout(kubectl, golden, "Complete", 1, "the rollback to revision 1 to complete")
         print("\n--- rolled back ---")
         show(kubectl, golden)
         for name, (tier, _) in requests.items():

@@ -16,7 +16,7 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -115,25 +115,42 @@ def layer_from_files(out: Path, entries: Sequence[FileEntry], *, epoch: int | No
     return Layer(out, digest, size)
 
 
-def layer_from_tree(out: Path, root: Path, *, prefix: str = "", epoch: int | None = None) -> Layer:
+def layer_from_tree(
+    out: Path,
+    root: Path,
+    *,
+    prefix: str = "",
+    epoch: int | None = None,
+    include: Collection[str] | None = None,
+    owner: tuple[int, int] | None = None,
+    canonical_modes: bool = False,
+) -> Layer:
     """A layer of everything under ``root`` (placed under ``prefix`` in the image), owners and modes kept.
 
-    Walks in sorted order and never follows symlinks, so the tar is the same for the same tree.
+    Walks in sorted order and never follows symlinks, so the tar is the same for the same tree; files
+    that share an inode become hard links. ``include`` (paths relative to ``root``) keeps only those
+    entries and the folders above them, which is how a layer holds just what a step added to a tree.
+    ``owner`` replaces every uid/gid and ``canonical_modes`` every mode (0755 for folders and
+    executables, 0644 otherwise), for trees copied from a checkout whose owner and umask vary.
     """
     epoch = source_date_epoch() if epoch is None else epoch
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = prefix.strip("/")
+    wanted = None if include is None else {*include, *_parents(include)}
     with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
         if prefix:
             for folder in [*_parents([prefix]), prefix]:
                 info = tarfile.TarInfo(folder)
                 info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, epoch
                 tar.addfile(_normalise(info, epoch))
-        for path in _walk(root):
+        for path in _walk(root, root, wanted):
             rel = path.relative_to(root).as_posix()
             arcname = f"{prefix}/{rel}" if prefix else rel
-            info = tar.gettarinfo(str(path), arcname)
-            info = _normalise(info, epoch)
+            info = _normalise(tar.gettarinfo(str(path), arcname), epoch)
+            if owner is not None:
+                info.uid, info.gid = owner
+            if canonical_modes and not info.issym():
+                info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
             if info.isreg():
                 with path.open("rb") as handle:
                     tar.addfile(info, handle)
@@ -143,35 +160,37 @@ def layer_from_tree(out: Path, root: Path, *, prefix: str = "", epoch: int | Non
     return Layer(out, digest, size)
 
 
-def _walk(root: Path) -> Iterable[Path]:
-    """Every entry under ``root`` (not ``root`` itself), folders before their contents, sorted."""
+def _walk(root: Path, top: Path, wanted: set[str] | None) -> Iterable[Path]:
+    """Every entry under ``root`` (not ``root`` itself), folders before their contents, sorted.
+
+    With ``wanted`` (paths relative to ``top``), only those entries, and only wanted folders are entered.
+    """
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     for entry in entries:
         path = Path(entry.path)
+        if wanted is not None and path.relative_to(top).as_posix() not in wanted:
+            continue
         yield path
         if entry.is_dir(follow_symlinks=False) and not stat.S_ISLNK(entry.stat(follow_symlinks=False).st_mode):
-            yield from _walk(path)
+            yield from _walk(path, top, wanted)
 
 
 def _config_json(config: ImageConfig, layers: Sequence[Layer], epoch: int) -> bytes:
     created = _rfc3339(epoch)
+    fields: dict[str, object] = {
+        "Entrypoint": list(config.entrypoint) or None,
+        "Cmd": list(config.cmd) or None,
+        "Env": [f"{k}={v}" for k, v in config.env.items()] or None,
+        "User": config.user or None,
+        "WorkingDir": config.workdir or None,
+        "Labels": dict(config.labels) or None,
+        "ExposedPorts": {port: {} for port in config.exposed_ports} or None,
+    }
     body: dict[str, object] = {
         "created": created,
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            key: value
-            for key, value in {
-                "Entrypoint": list(config.entrypoint) or None,
-                "Cmd": list(config.cmd) or None,
-                "Env": [f"{k}={v}" for k, v in config.env.items()] or None,
-                "User": config.user or None,
-                "WorkingDir": config.workdir or None,
-                "Labels": dict(config.labels) or None,
-                "ExposedPorts": {port: {} for port in config.exposed_ports} or None,
-            }.items()
-            if value is not None
-        },
+        "config": {key: value for key, value in fields.items() if value is not None},
         "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
         "history": [{"created": created, "created_by": "blacktop image build"} for _ in layers],
     }
@@ -194,21 +213,64 @@ class ImageArchive:
     size: int
 
 
-def write_archive(
-    out: Path, name: str, layers: Sequence[Layer], config: ImageConfig, *, epoch: int | None = None
-) -> ImageArchive:
-    """An OCI image layout tar of ``layers`` named ``name`` (``registry/repo:tag``), written atomically."""
-    epoch = source_date_epoch() if epoch is None else epoch
+def _image_blobs(config: ImageConfig, layers: Sequence[Layer], epoch: int) -> tuple[bytes, bytes]:
+    """The config and manifest blobs of an image: what its digest (the manifest's) is computed from."""
     config_blob = _config_json(config, layers, epoch)
-    config_digest = "sha256:" + hashlib.sha256(config_blob).hexdigest()
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config_blob)},
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": _sha256(config_blob), "size": len(config_blob)},
         "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": la.digest, "size": la.size} for la in layers],
     }
-    manifest_blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    manifest_digest = "sha256:" + hashlib.sha256(manifest_blob).hexdigest()
+    return config_blob, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sha256(blob: bytes) -> str:
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def read_archive(path: Path) -> ImageArchive | None:
+    """The image an OCI layout tar written by :func:`write_archive` holds, or None if unreadable."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:  # index.json comes before the (large) layer blobs
+                if member.name == "index.json":
+                    handle = tar.extractfile(member)
+                    index = json.loads(handle.read()) if handle else {}
+                    break
+            else:
+                return None
+        entry = index["manifests"][0]
+        return ImageArchive(
+            path, entry["annotations"]["io.containerd.image.name"], entry["digest"], path.stat().st_size
+        )
+    except (OSError, tarfile.TarError, ValueError, KeyError, IndexError):
+        return None
+
+
+def write_archive(
+    out: Path,
+    name: str,
+    layers: Sequence[Layer],
+    config: ImageConfig,
+    *,
+    epoch: int | None = None,
+    reuse: bool = False,
+) -> ImageArchive:
+    """An OCI image layout tar of ``layers`` named ``name`` (``registry/repo:tag``), written atomically.
+
+    ``reuse``: keep ``out`` as it is when it already holds this very image (same name, same manifest
+    digest), which saves copying every layer again.
+    """
+    epoch = source_date_epoch() if epoch is None else epoch
+    config_blob, manifest_blob = _image_blobs(config, layers, epoch)
+    config_digest, manifest_digest = _sha256(config_blob), _sha256(manifest_blob)
+    if (
+        reuse
+        and (existing := read_archive(out))
+        and (existing.name, existing.manifest_digest) == (name, manifest_digest)
+    ):
+        return existing
     tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else "latest"
     index = {
         "schemaVersion": 2,
@@ -248,6 +310,7 @@ def write_archive(
                 info.size, info.mode, info.mtime = layer.size, 0o644, epoch
                 with layer.path.open("rb") as handle:
                     tar.addfile(info, handle)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 blacktop run [--local] [--install]      the operator in the foreground (Ctrl-C stops everything)
 blacktop install [--catalog]            CRDs, cluster RBAC, operator namespace, example catalog
 blacktop cluster up|down|status|kubeconfig
+blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
 """
 
 from __future__ import annotations
@@ -90,6 +91,25 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from blacktop.localcluster import images
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    out = Path(args.out) if args.out else None
+    try:
+        if args.action == "build":
+            archive = images.build_operator_image(out=out, refresh_base=args.refresh_base, progress=say)
+        else:
+            archive = images.pause_image(out=out, progress=say)
+    except images.ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{archive.name} {archive.manifest_digest}\n    import with: ctr -n k8s.io images import {archive.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blacktop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=["up", "down", "status", "kubeconfig"])
     cluster.add_argument("--state-dir", help="where its data and state live (default: the tool cache)")
     cluster.set_defaults(func=cmd_cluster)
+
+    image = sub.add_parser("image", help="build the operator image or the node's pause image (no Docker needed)")
+    image.add_argument("action", choices=["build", "pause"], help="build: the operator image; pause: the pause image")
+    image.add_argument("--out", help="where to write the OCI archive (default: the tool cache's images/)")
+    image.add_argument(
+        "--refresh-base", action="store_true", help="rebuild the Debian base to pick up Debian's updates"
+    )
+    image.set_defaults(func=cmd_image)
     return parser
 
 

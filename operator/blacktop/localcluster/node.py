@@ -195,10 +195,8 @@ class LocalNode:
         """Component name → its log file."""
         return {name: self.workdir / "logs" / f"{name}.log" for name in ("sandbox", *COMPONENTS)}
 
-    @property
-    def containerd_socket(self) -> Path:
-        """containerd's socket (on the host's file system, so host tools like ctr reach it)."""
-        return self.workdir / "containerd" / "containerd.sock"
+    # Paths inside the sandbox (see sandbox_init.py): unix sockets must be short.
+    CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 
     @property
     def pids(self) -> dict[str, int]:
@@ -214,7 +212,7 @@ class LocalNode:
         """Start the sandbox and wire it to the host; returns the node's addresses."""
         if os.geteuid() != 0:
             raise NodeError("a local node needs root (network, mount and pid namespaces); use --no-node")
-        for name in ("logs", "containerd", "kubelet", "cni/net.d", "cni/ipam", "pki"):
+        for name in ("logs", "cni/net.d", "cni/ipam"):
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
         for line in sweep_leftovers():
             logger.info("removed leftover of an earlier node: %s", line)
@@ -232,7 +230,7 @@ class LocalNode:
             sys.executable,
             "-I",
             str(SANDBOX_INIT),
-            str(ready),
+            str(self.workdir),
         ]
         self._sandbox = processes.start(argv, self.log_files["sandbox"], die_with_parent=not self.detached)
         self._wait(ready.exists, "the node sandbox", timeout=20)
@@ -256,7 +254,7 @@ class LocalNode:
                 str(find_tool("kubelet")),
                 f"--config={self._kubelet_config(net, access, kubelet_pki)}",
                 f"--kubeconfig={self.workdir / 'kubelet.kubeconfig'}",
-                f"--root-dir={self.workdir / 'kubelet'}",
+                "--root-dir=/var/lib/kubelet",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={net.node_ip}",
                 "--v=1",
@@ -272,7 +270,7 @@ class LocalNode:
         """Import an OCI archive into the node's containerd (the namespace kubelet uses)."""
         started = time.monotonic()
         result = subprocess.run(
-            [*self._ctr(), "images", "import", "--no-unpack=false", str(image.path)],
+            [*self._ctr(), "images", "import", str(image.path)],
             capture_output=True,
             text=True,
             check=False,
@@ -332,11 +330,13 @@ class LocalNode:
         self.procs[name] = processes.start(self._nsenter(argv), self.log_files[name], die_with_parent=not self.detached)
 
     def _ctr(self) -> list[str]:
-        return [str(find_tool("ctr")), f"--address={self.containerd_socket}", "--namespace=k8s.io"]
+        """ctr inside the sandbox's mount namespace, where the socket is (the images it imports are
+        on the host's file system, which the sandbox sees)."""
+        assert self._init_pid is not None
+        ctr = [str(find_tool("ctr")), f"--address={self.CONTAINERD_SOCKET}", "--namespace=k8s.io"]
+        return ["nsenter", f"--target={self._init_pid}", "--mount", "--", *ctr]
 
     def _containerd_up(self) -> bool:
-        if not self.containerd_socket.exists():
-            return False
         result = subprocess.run(
             [*self._ctr(), "version"], capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=10
         )
@@ -461,22 +461,19 @@ class LocalNode:
         (self.workdir / "cni" / "net.d" / "10-blacktop.conflist").write_text(json.dumps(config, indent=2))
 
     def _containerd_config(self, net: NodeNetwork) -> Path:
-        root = self.workdir / "containerd"
         cni_bin, cni_conf = Path("/usr/lib/cni"), self.workdir / "cni" / "net.d"
-        state, ttrpc, opt = root / "state", root / "containerd.sock.ttrpc", root / "opt"
         config = f"""\
-# Written by blacktop (localcluster/node.py): a containerd of this node only.
+# Written by blacktop (localcluster/node.py): a containerd of this node only. /var/lib/containerd is
+# the node's state folder and /run a tmpfs, both inside the node's sandbox (sandbox_init.py).
 version = 2
-root = "{root}/root"
-state = "{state}"
+root = "/var/lib/containerd"
+state = "/run/containerd"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.tracing"]
 [grpc]
-  address = "{self.containerd_socket}"
-[ttrpc]
-  address = "{ttrpc}"
+  address = "{self.CONTAINERD_SOCKET}"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
+  path = "/var/lib/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   # Without CAP_SYS_RESOURCE containerd cannot lower an oom_score_adj below its own: every sandbox
@@ -495,7 +492,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
 """
-        path = root / "config.toml"
+        path = self.workdir / "containerd.toml"
         path.write_text(config)
         return path
 
@@ -522,7 +519,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 "x509": {"clientCAFile": str(access.ca.cert_path)},
             },
             "authorization": {"mode": "Webhook"},
-            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "containerRuntimeEndpoint": f"unix://{self.CONTAINERD_SOCKET}",
             "cgroupDriver": "cgroupfs",
             "cgroupRoot": f"/{net.cgroup_root}",
             # This machine kind has cgroup v1 and swap may be on: both are fine for a test node.

@@ -9,9 +9,14 @@ and drops the namespaces with their mounts, iptables chains, bridge and veth.
 
 Inside the new mount namespace (propagation private, so nothing leaks to the host):
 - ``/`` becomes rshared within the sandbox, as kubelet and container runtimes expect for volume mounts;
-- fresh tmpfs on /run (containerd's shim sockets and runc state are fixed under /run/containerd),
-  /var/log (kubelet's /var/log/pods and /var/log/containers) and /var/lib (CNI's result cache under
-  /var/lib/cni is not configurable in containerd 1.6), so nothing the node writes there reaches the host;
+- fresh tmpfs on /run (containerd's sockets; its shim sockets and runc state are fixed under
+  /run/containerd), /var/log (kubelet's /var/log/pods and /var/log/containers) and /var/lib (CNI's
+  result cache under /var/lib/cni is not configurable in containerd 1.6), so nothing the node writes
+  there reaches the host;
+- the node's disk state folders (``STATE/kubelet``, ``STATE/containerd``) bound at the usual
+  /var/lib/kubelet and /var/lib/containerd: the usual paths are short, and unix sockets (kubelet's
+  plugin and pod-resources sockets live under its root dir) must stay under 108 bytes, which a test's
+  temporary folder easily is not;
 - the kernel settings kubelet insists on (vm.overcommit_memory, kernel.panic, ...) are read-only
   bind mounts of files holding the values it expects, so kubelet checks them (protectKernelDefaults)
   without changing the host kernel's.
@@ -36,6 +41,7 @@ KERNEL_DEFAULTS = {
     "kernel/keys/root_maxbytes": "25000000",
 }
 PRIVATE_TMPFS = ("/run", "/var/log", "/var/lib")
+DISK_STATE = ("kubelet", "containerd")  # STATE/<name> -> /var/lib/<name>
 
 
 def _run(*argv: str) -> None:
@@ -60,11 +66,16 @@ def _kill_all(*_: object) -> None:
 
 
 def main() -> int:
-    ready = Path(sys.argv[1])
+    state = Path(sys.argv[1])
+    ready = state / "sandbox.ready"
     _run("mount", "--make-rshared", "/")
     for target in PRIVATE_TMPFS:
-        _run("mount", "-t", "tmpfs", "-o", "mode=0755,size=1g", "blacktop-node", target)
-    _fake_kernel_defaults(ready.parent / "kernel-defaults")
+        _run("mount", "-t", "tmpfs", "-o", "mode=0755,size=4g", "blacktop-node", target)
+    for name in DISK_STATE:
+        (state / name).mkdir(parents=True, exist_ok=True)
+        Path("/var/lib", name).mkdir()
+        _run("mount", "--bind", str(state / name), f"/var/lib/{name}")
+    _fake_kernel_defaults(state / "kernel-defaults")
     _run("ip", "link", "set", "lo", "up")
     # As pid 1 of its namespace this process ignores signals it has no handler for: say what TERM does.
     signal.signal(signal.SIGTERM, _kill_all)

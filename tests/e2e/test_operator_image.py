@@ -246,6 +246,7 @@ def test_rebuilding_gives_the_same_layers(archive: oci.ImageArchive, work: Path)
     real, other = cache_dir(), work / "cache"
     (other / "bin").mkdir(parents=True)
     os.symlink(real / "bin/tofu", other / "bin/tofu")
+    os.symlink(real / "bin/pause", other / "bin/pause")
     os.symlink(real / "terraform-mirror", other / "terraform-mirror")
     tfrc = (real / "tofu.tfrc").read_text().replace(str(real / "terraform-mirror"), str(other / "terraform-mirror"))
     (other / "tofu.tfrc").write_text(tfrc)

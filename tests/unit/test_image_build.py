@@ -181,7 +181,7 @@ def test_tools_layer_points_tofu_at_the_images_mirror_and_stores_each_provider_o
     cache = tmp_path / "cache"
     _fake_tool_cache(cache, provider=b"\x7fELF" + b"p" * 200_000)
     lines: list[str] = []
-    with images._Build.open(cache, REPO, lines.append) as build:
+    with images._Build.open(cache, REPO, lines.append, "operator") as build:
         layer = build.layer("tools", build.tools_inputs(), build.make_tools, "tools")
         again = build.layer("tools", build.tools_inputs(), build.make_tools, "tools")
     assert again == layer
@@ -199,13 +199,16 @@ def test_tools_layer_points_tofu_at_the_images_mirror_and_stores_each_provider_o
         cache
         / "terraform-mirror/registry.opentofu.org/hashicorp/random/3.9.0/linux_amd64/terraform-provider-random_v3.9.0"
     ).write_bytes(b"new")
-    with images._Build.open(cache, REPO, lines.append) as build:
+    with images._Build.open(cache, REPO, lines.append, "operator") as build:
         assert build.layer("tools", build.tools_inputs(), build.make_tools, "tools").digest != layer.digest
-    assert not list((cache / "images/tmp").iterdir()), "the work folder is removed"
+    assert not list((cache / "images/tmp/operator").iterdir()), "the work folder is removed"
 
 
 def test_tools_layer_refuses_a_tool_cache_without_tofu(tmp_path: Path) -> None:
-    with images._Build.open(tmp_path, REPO, print) as build, pytest.raises(images.ImageBuildError, match="make tools"):
+    with (
+        images._Build.open(tmp_path, REPO, print, "operator") as build,
+        pytest.raises(images.ImageBuildError, match="make tools"),
+    ):
         build.tools_inputs()
 
 

@@ -1,8 +1,9 @@
-"""The operator image and the node's pause image, built on this machine without Docker or a registry.
+"""The images the local node runs, built on this machine without Docker or a registry.
 
 ``build_operator_image`` writes ``ghcr.io/blacktop-dev/blacktop:<chart appVersion>`` as an OCI layout
-tar that ``ctr -n k8s.io images import`` reads; ``pause_image`` writes the sandbox image the node's
-containerd needs. The operator image has four layers, each cached in the tool cache under a hash of
+tar that ``ctr -n k8s.io images import`` reads; ``pause_image`` the sandbox image the node's containerd
+needs and ``demo_app_image`` the node's test workload, both from static binaries `make tools` builds
+into the tool cache. The operator image has four layers, each cached in the tool cache under a hash of
 its inputs, so a change rebuilds only its layer and the ones above it:
 
 - ``base``: Debian bookworm's Essential set and ``hack/image/packages.txt`` (mmdebstrap), the user
@@ -26,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from blacktop.localcluster import oci
-from blacktop.toolbox import cache_dir
+from blacktop.toolbox import cache_dir, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ GLIBC_MINOR = 36  # bookworm's glibc 2.36: the newest manylinux tag a wheel may 
 # which would pull perl (about 45 MB) into the image.
 MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 
-PAUSE_REPOSITORY = "registry.k8s.io/pause"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"  # containerd's sandbox_image (node.py) names the same
 PAUSE_USER = "65535:65535"
 
 
@@ -133,7 +133,7 @@ def build_operator_image(
     out = out or images_dir(cache) / f"blacktop-{name.rpartition(':')[2]}.oci.tar"
     started = time.monotonic()
     say(f"==> operator image {name}")
-    with _Build.open(cache, repo, say) as build:
+    with _Build.open(cache, repo, say, "operator") as build:
         base = build.layer("base", build.base_inputs(), build.make_base, "Debian bookworm + python3", refresh_base)
         deps = build.layer("deps", build.deps_inputs(base), lambda t: build.make_deps(t, base), "Python dependencies")
         tools = build.layer("tools", build.tools_inputs(), build.make_tools, "tofu + provider mirror")
@@ -144,35 +144,46 @@ def build_operator_image(
 
 
 def pause_image(
-    cache: Path | None = None, *, out: Path | None = None, repo: Path = REPO, progress: Progress | None = None
+    cache: Path | None = None, *, out: Path | None = None, progress: Progress | None = None
 ) -> oci.ImageArchive:
-    """Build (or reuse) the node's sandbox image ``registry.k8s.io/pause:<tag>``.
+    """Build (or reuse) the node's sandbox image ``registry.k8s.io/pause:3.10.1``.
 
-    Kubernetes' own ``build/pause/linux/pause.c`` from the pinned k8s.io/kubernetes module (the Go
-    module cache; downloaded if absent), compiled ``gcc -Os -static`` and stripped like upstream's
-    Makefile does: one layer with ``/pause``, run as 65535. The tag is the module's pause tag, so
-    ``pause_image().name`` is the name containerd's ``sandbox_image`` must use.
+    One layer with the tool cache's static ``pause`` (`make tools` compiles Kubernetes' own pause.c
+    from the pinned module), run as 65535; cached by the binary's digest.
     """
     cache = cache or cache_dir()
     say = progress or log.info
-    source, tag, version = _pause_source(repo)
-    name = f"{PAUSE_REPOSITORY}:{tag}"
-    out = out or images_dir(cache) / f"pause-{tag}.oci.tar"
-    say(f"==> pause image {name}")
-    flags = ["-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}-{version}"]
-    inputs = {"pause.c": _sha256_file(source), "flags": " ".join(flags), **_compiler_inputs()}
+    binary = cache / "bin/pause"
+    if not binary.is_file():
+        raise ImageBuildError(f"{binary} is missing; run `make tools` (it compiles Kubernetes' pause.c)")
+    out = out or images_dir(cache) / f"pause-{PAUSE_IMAGE.rpartition(':')[2]}.oci.tar"
     config = oci.ImageConfig(entrypoint=["/pause"], user=PAUSE_USER)
-    with _Build.open(cache, repo, say) as build:
+    with _Build.open(cache, REPO, say, "pause") as build:
 
         def make(target: Path) -> oci.Layer:
-            binary = build.work / "pause"
-            _run(["gcc", *flags, "-o", str(binary), str(source)], what="compiling pause.c")
-            _run(["strip", str(binary)], what="stripping pause")
-            entry = oci.FileEntry("pause", binary.read_bytes(), mode=0o755)
-            return oci.layer_from_files(target, [entry], epoch=build.epoch)
+            return oci.layer_from_files(target, [oci.FileEntry("pause", binary, 0o755)], epoch=build.epoch)
 
-        layer = build.layer("pause", inputs, make, f"pause.c of Kubernetes {version}")
-        return build.archive(out, name, [layer], config)
+        layer = build.layer("pause", {"pause": build.hash(binary)}, make, "the tool cache's pause")
+        return build.archive(out, PAUSE_IMAGE, [layer], config)
+
+
+DEMO_APP_IMAGE = "blacktop.local/demo-app:1"
+
+
+def demo_app_image() -> oci.ImageArchive:
+    """An image of the static `demo-app` (hack/tools/demo-app: an HTTP service and client), for the
+    node's tests and the service golden path's example; user 65534, listens on 8080."""
+    binary = find_tool("demo-app")
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
+    out = images_dir() / f"demo-app-{digest}.tar"
+    if out.is_file():
+        return oci.ImageArchive(out, DEMO_APP_IMAGE, "", out.stat().st_size)
+    entries = [oci.FileEntry("usr/local/bin/demo-app", binary, 0o755), oci.FileEntry("tmp/", mode=0o1777)]
+    layer = oci.layer_from_files(images_dir() / "layers" / f"demo-app-{digest}.tar", entries)
+    config = oci.ImageConfig(
+        entrypoint=["/usr/local/bin/demo-app"], cmd=["serve"], user="65534:65534", exposed_ports=["8080/tcp"]
+    )
+    return oci.write_archive(out, DEMO_APP_IMAGE, [layer], config)
 
 
 # -- the build: one per call, holding the cache lock ---------------------------------------------------
@@ -192,17 +203,20 @@ class _Build:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, cache: Path, repo: Path, say: Progress) -> Iterator[_Build]:
-        """Lock the image cache (one build at a time), clear a killed build's leftovers, give a work dir."""
+    def open(cls, cache: Path, repo: Path, say: Progress, kind: str) -> Iterator[_Build]:
+        """Lock the cache for one build of ``kind`` at a time, clear a killed build's leftovers, give a work dir.
+
+        One lock per kind: a node starting (the pause image) never waits for an operator image build.
+        """
         root = images_dir(cache)
         (root / "layers").mkdir(parents=True, exist_ok=True)
-        with (root / ".lock").open("w") as lock:
+        with (root / f".lock-{kind}").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            tmp = root / "tmp"
+            tmp = root / "tmp" / kind
             # Holding the lock, anything in tmp/ is from a build that was killed: no mounts can be left
             # (chroots run in mount namespaces of their own), so deleting it is all the cleanup.
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+            tmp.mkdir(parents=True)
             work = Path(tempfile.mkdtemp(dir=tmp))
             try:
                 yield cls(cache, repo, say, work, oci.source_date_epoch())
@@ -481,36 +495,6 @@ def _ignored(rel: Path) -> bool:
 def _package_list(path: Path) -> list[str]:
     packages = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
     return [p for p in packages if p]
-
-
-def _pause_source(repo: Path) -> tuple[Path, str, str]:
-    """pause.c of the pinned Kubernetes module, the pause tag its Makefile builds, the Kubernetes version."""
-    versions = (repo / "hack/tools/versions.env").read_text()
-    match = re.search(r"^KUBERNETES_VERSION=(\S+)", versions, re.MULTILINE)
-    if not match:
-        raise ImageBuildError("hack/tools/versions.env has no KUBERNETES_VERSION")
-    version = match.group(1)
-    _need_tools({"go": "golang (Go >= 1.25)", "gcc": "gcc", "strip": "binutils"})
-    # The module is in go.sum of hack/tools/kubernetes, so `go mod download` checks its hash.
-    output = _run(
-        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        what="locating the Kubernetes module",
-        cwd=repo / "hack/tools/kubernetes",
-    )
-    module = Path(json.loads(output)["Dir"])
-    source = module / "build/pause/linux/pause.c"
-    tag = re.search(r"^TAG \?= (\S+)", (module / "build/pause/Makefile").read_text(), re.MULTILINE)
-    if not source.is_file() or not tag:
-        raise ImageBuildError(f"{module} has no build/pause/linux/pause.c or pause TAG")
-    return source, tag.group(1), version
-
-
-def _compiler_inputs() -> dict[str, str]:
-    """What else decides the pause binary: the compiler and the static C library it links."""
-    libc = _run(["gcc", "-print-file-name=libc.a"], what="locating libc.a").strip()
-    if not Path(libc).is_file():
-        raise ImageBuildError("gcc finds no static libc.a; install libc6-dev")
-    return {"gcc": _version_line(["gcc", "--version"]), "libc.a": _sha256_file(Path(libc))}
 
 
 def _run(

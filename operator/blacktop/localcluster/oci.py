@@ -47,13 +47,15 @@ class Layer:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A file to put into a layer: its path in the image, its content (bytes or a file), mode, owner."""
+    """A file to put into a layer: its path in the image, its content (bytes or a file), mode, owner;
+    with ``symlink_to`` a symbolic link instead, and a name ending in ``/`` is a folder (content ignored)."""
 
     name: str
-    content: bytes | Path
+    content: bytes | Path = b""
     mode: int = 0o644
     uid: int = 0
     gid: int = 0
+    symlink_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,15 +103,27 @@ def layer_from_files(out: Path, entries: Sequence[FileEntry], *, epoch: int | No
     epoch = source_date_epoch() if epoch is None else epoch
     out.parent.mkdir(parents=True, exist_ok=True)
     names = [entry.name.lstrip("/") for entry in entries]
+    explicit = {name.rstrip("/") for name in names if name.endswith("/")}
     with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
         for folder in _parents(names):
+            if folder in explicit:
+                continue
             info = tarfile.TarInfo(folder)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, epoch
             tar.addfile(_normalise(info, epoch))
-        for name, entry in sorted(zip(names, entries, strict=True)):
+        for name, entry in sorted(zip(names, entries, strict=True), key=lambda pair: pair[0]):
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, epoch
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(_normalise(info, epoch))
+                continue
+            if entry.symlink_to:
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.symlink_to, 0o777
+                tar.addfile(_normalise(info, epoch))
+                continue
             data = entry.content if isinstance(entry.content, bytes) else entry.content.read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), entry.mode, entry.uid, entry.gid, epoch
+            info.size = len(data)
             tar.addfile(_normalise(info, epoch), io.BytesIO(data))
     digest, size = _digest_file(out)
     return Layer(out, digest, size)
@@ -177,7 +191,7 @@ def _walk(root: Path, top: Path, wanted: set[str] | None) -> Iterable[Path]:
 
 def _config_json(config: ImageConfig, layers: Sequence[Layer], epoch: int) -> bytes:
     created = _rfc3339(epoch)
-    fields: dict[str, object] = {
+    fields: dict[str, object | None] = {
         "Entrypoint": list(config.entrypoint) or None,
         "Cmd": list(config.cmd) or None,
         "Env": [f"{k}={v}" for k, v in config.env.items()] or None,

@@ -1,21 +1,23 @@
-"""The web-service golden path on the real control plane: hashicorp/kubernetes (built offline) creates a
-Deployment and a Service in the environment's namespace, Blacktop adds the PodMonitor and dashboard.
+"""The web-service golden path on the local cluster and its node: hashicorp/kubernetes (built offline)
+creates a Deployment and a Service in the environment's namespace, Blacktop adds the PodMonitor and
+dashboard; the request is Ready once its pods are, and the service answers HTTP through its Service.
 
-Without a node no pod runs, so these requests ask not to wait for the rollout; the objects, their
-probes, resources and labels, and the connection Secret's in-cluster URL are what is checked.
+The local cluster has no DNS, so HTTP goes to the Service's ClusterIP (from the host, as the node's
+routes allow, and from a Pod); the connection Secret's URL is the Service's in-cluster DNS name.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from blacktop.toolbox import find_tool
+from blacktop.localcluster import images
 from helpers import (
     REPO,
     Kubectl,
@@ -68,16 +70,14 @@ def deployer(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[None]:
     kubectl("delete", "secret", DEPLOYER, "-n", "blacktop-system", "--ignore-not-found")
 
 
-def test_a_web_service_request_makes_a_deployment_and_a_service(
+def test_a_web_service_runs_its_pods_and_serves_http(
     kubectl: Kubectl, operator: OperatorProcess, deployer: None
 ) -> None:
-    assert find_tool("tofu")
     install_monitoring_crds(kubectl)
     golden = apply_ready(kubectl, web_service_golden_path(unique("web")))
     env = make_environment(kubectl, unique("shop-dev"), "shop")
     name = unique("storefront")
-    request = service_request(name, env, golden, image="registry.example.com/shop/storefront:1.0", size="medium")
-    request["spec"]["parameters"]["wait_for_rollout"] = False
+    request = service_request(name, env, golden, image=images.DEMO_APP_IMAGE, size="medium", health_path="/healthz")
     apply_json(kubectl, request)
     try:
         sr = wait_ready(kubectl, name, env, timeout=240)
@@ -91,16 +91,25 @@ def test_a_web_service_request_makes_a_deployment_and_a_service(
         pod = deployment["spec"]["template"]
         assert pod["metadata"]["labels"]["platform.blacktop.dev/service-request"] == name
         (container,) = pod["spec"]["containers"]
-        assert container["image"] == "registry.example.com/shop/storefront:1.0"
+        assert container["image"] == images.DEMO_APP_IMAGE
         assert container["resources"] == {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"cpu": "500m", "memory": "512Mi"},
         }
-        assert container["readinessProbe"]["httpGet"] == {"path": "/", "port": "http", "scheme": "HTTP"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
         assert container["livenessProbe"]["httpGet"]["port"] == "http"
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        # Ready means its pods are: the apply waited for the rollout.
+        assert deployment["status"].get("readyReplicas") == 1
+        pods = json.loads(
+            kubectl("get", "pods", "-n", env, "-l", f"app.kubernetes.io/name={name}", "-o", "json").stdout
+        )
+        assert [p["status"]["phase"] for p in pods["items"]] == ["Running"]
         service = get(kubectl, "service", name, "-n", env)
         assert service is not None
+        with urllib.request.urlopen(f"http://{service['spec']['clusterIP']}/", timeout=10) as response:
+            assert response.status == 200
+            assert response.read().decode().strip() == "hello from blacktop"
         assert service["spec"]["selector"]["platform.blacktop.dev/service-request"] == name
         assert service["spec"]["ports"][0]["targetPort"] == "http"
 

@@ -56,6 +56,17 @@ def golden_path(name: str, url: str, ref: str, strategy: str) -> dict[str, Any]:
     return body
 
 
+def first_golden_path(
+    kubectl: Kubectl, cleanup: list[tuple[str, ...]], prefix: str, url: str, ref: str, strategy: str
+) -> str:
+    """Apply a new git golden path at ``ref``, cleaned up after the test; wait until it is Ready."""
+    golden = unique(prefix)
+    apply_json(kubectl, golden_path(golden, url, ref, strategy))
+    cleanup.append(("goldenpath", golden))
+    kubectl("wait", "--for=condition=Ready", f"goldenpath/{golden}", "--timeout=60s")
+    return golden
+
+
 def revision_of(kubectl: Kubectl, name: str, namespace: str) -> int | None:
     sr = get(kubectl, "servicerequest", name, "-n", namespace)
     value = ((sr or {}).get("status") or {}).get("revision")
@@ -116,10 +127,7 @@ def test_automatic_rollout_dev_first_halted_in_staging_then_finished_and_rolled_
     for env in envs.values():
         cleanup.append(("environment", env))
     with git_daemon(repo) as url:
-        golden = unique("tiny-git")
-        apply_json(kubectl, golden_path(golden, url, "v1.0.0", "Automatic"))
-        cleanup.append(("goldenpath", golden))
-        kubectl("wait", "--for=condition=Ready", f"goldenpath/{golden}", "--timeout=60s")
+        golden = first_golden_path(kubectl, cleanup, "tiny-git", url, "v1.0.0", "Automatic")
         requests = {
             "api": ("dev", {}),
             "web": ("dev", {}),
@@ -204,10 +212,7 @@ def test_manual_rollout_moves_a_request_when_its_owner_asks_and_only_its_owner(
     env = make_environment(kubectl, f"{team}-dev", team)
     cleanup.append(("environment", env))
     with git_daemon(repo) as url:
-        golden = unique("tiny-manual")
-        apply_json(kubectl, golden_path(golden, url, "v1", "Manual"))
-        cleanup.append(("goldenpath", golden))
-        kubectl("wait", "--for=condition=Ready", f"goldenpath/{golden}", "--timeout=60s")
+        golden = first_golden_path(kubectl, cleanup, "tiny-manual", url, "v1", "Manual")
         apply_json(kubectl, service_request("catalog", env, golden))
         wait_ready(kubectl, "catalog", env)
         apply_json(kubectl, golden_path(golden, url, "v2", "Manual"))

@@ -95,6 +95,8 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
             "BLACKTOP_ROLLOUT_CHECK_SECONDS": "2",
+            # Git commits and folder copies stay with the test's temporary files, not in the host's /tmp.
+            "BLACKTOP_MODULE_CACHE_ROOT": str(self.log_file.parent / "module-cache"),
             **self.extra_env,
         }
         log = self.log_file.open("ab")

@@ -73,10 +73,9 @@ def _key(body: JSON) -> str:
 
 
 def backend_for(ctx: Context, body: JSON) -> workspace.Backend:
-    import os
-
+    # The state lives in the cluster the operator's own client talks to (None: in-cluster).
     return workspace.Backend(
-        namespace=ctx.settings.namespace, suffix=body["metadata"]["uid"], kubeconfig=os.environ.get("KUBECONFIG")
+        namespace=ctx.settings.namespace, suffix=body["metadata"]["uid"], kubeconfig=ctx.client.kubeconfig
     )
 
 

@@ -27,7 +27,7 @@ class Backend:
 
     namespace: str
     suffix: str
-    kubeconfig: str | None
+    kubeconfig: str | None  # one file, or several joined by os.pathsep (as $KUBECONFIG); None: in-cluster
 
     @property
     def state_secret(self) -> str:
@@ -41,8 +41,11 @@ class Backend:
 
     def config(self) -> dict[str, Any]:
         backend: dict[str, Any] = {"secret_suffix": self.suffix, "namespace": self.namespace}
-        if self.kubeconfig:
-            backend["config_path"] = self.kubeconfig
+        paths = [p for p in (self.kubeconfig or "").split(os.pathsep) if p]
+        if len(paths) == 1:
+            backend["config_path"] = paths[0]
+        elif paths:
+            backend["config_paths"] = paths
         else:
             backend["in_cluster_config"] = True
         return {"terraform": {"backend": {"kubernetes": backend}}}

@@ -449,9 +449,19 @@ def test_operator_without_any_cluster_stops_at_once_with_one_clear_message(home:
         "BLACKTOP_WEBHOOK_PORT": str(free_port()),
     }
     blacktop = REPO / make_run_command()[0]
-    result = subprocess.run(
-        [str(blacktop), "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+
+    def blacktop_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(blacktop), "run", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = blacktop_run()
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "blacktop run: the operator did not start: no Kubernetes cluster configured: pass --kubeconfig" in output
@@ -459,15 +469,7 @@ def test_operator_without_any_cluster_stops_at_once_with_one_clear_message(home:
     assert "Service host/port is not set" not in output
     assert len([line for line in output.splitlines() if "ERROR" in line]) <= 2, output
     # A kubeconfig that is named but missing is said before anything starts.
-    missing = subprocess.run(
-        [str(blacktop), "run", "--local", "--kubeconfig", str(tmp_path / "nope")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    missing = blacktop_run("--local", "--kubeconfig", str(tmp_path / "nope"))
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"blacktop run: kubeconfig {tmp_path / 'nope'} does not exist"
     assert missing.stdout == ""

@@ -60,6 +60,25 @@ def quickstart_steps() -> list[str]:
     return steps
 
 
+def readme_sample_output() -> list[str]:
+    """The lines of the README's sample of what `make run` prints (the ```text block of "Two commands")."""
+    text = (REPO / "README.md").read_text().split("## Two commands", 1)[1]
+    block = re.search(r"```text\n(.*?)```", text, re.S)
+    assert block is not None, "README.md lost its sample of `make run`'s output"
+    return block.group(1).splitlines()
+
+
+def second_terminal_lines(output: str) -> list[str]:
+    """The lines `make run` prints for a second terminal (the indented lines after the heading)."""
+    block = output.split("In a second terminal:\n", 1)[1].strip("\n").split("\n\n", 1)[0]
+    return [line.strip() for line in block.splitlines()]
+
+
+def _shape(line: str) -> str:
+    """`cd`, `export PATH`, `export KUBECONFIG`: what a line does, without the machine's paths."""
+    return line.split("=", 1)[0] if line.startswith("export ") else line.split(" ", 1)[0]
+
+
 def make_run_command() -> list[str]:
     """`make run`'s command line, from the Makefile's own recipe."""
     makefile = (REPO / "Makefile").read_text()
@@ -183,9 +202,7 @@ class BlacktopRun:
         return wait_for(printed, timeout=timeout, interval=0.3, what="`make run` to print the second terminal's lines")
 
     def second_terminal(self) -> list[str]:
-        """The lines `make run` printed for a second terminal (the indented lines after the heading)."""
-        block = self.output().split("In a second terminal:\n", 1)[1].strip("\n").split("\n\n", 1)[0]
-        return [line.strip() for line in block.splitlines()]
+        return second_terminal_lines(self.output())
 
     def kubeconfig(self) -> Path:
         match = re.search(r"^export KUBECONFIG=(\S+)$", "\n".join(self.second_terminal()), re.M)
@@ -320,6 +337,12 @@ def test_readme_quickstart_works_as_written_against_make_run(home: Path, tmp_pat
         assert re.search(r"PostgreSQL: embedded at 127\.0\.0\.1:\d+", output), output
         kubectl = Kubectl(run.kubeconfig())
         assert run.kubeconfig().is_relative_to(run.tmpdir)
+        # The README's sample shows the same steps and the same kind of lines for the second terminal.
+        sample = readme_sample_output()
+        assert [line for line in sample if line.startswith("==> ")] == re.findall(r"^==> .*$", output, re.M)
+        assert [_shape(line) for line in second_terminal_lines("\n".join(sample))] == [
+            _shape(line) for line in run.second_terminal()
+        ]
         terminal = run_quickstart(run, kubectl)
         # The admin Secret the embedded server got has the example's name, namespace and keys.
         meta = ADMIN_SECRET["metadata"]

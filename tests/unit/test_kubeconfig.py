@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from blacktop.kube.client import ClusterConfigError, KubeClient, resolve_kubeconfig
+from blacktop.terraform.state import StateRef
 from blacktop.terraform.workspace import Backend
 
 pytestmark = pytest.mark.unit
@@ -111,7 +112,9 @@ def test_no_configuration_at_all_says_what_to_do(no_config: Path) -> None:
 
 def test_state_backend_uses_the_clients_kubeconfig() -> None:
     def backend(kubeconfig: str | None) -> dict[str, object]:
-        config: dict[str, object] = Backend("ns", "uid", kubeconfig).config()["terraform"]["backend"]["kubernetes"]
+        config: dict[str, object] = Backend(StateRef("ns", "uid"), kubeconfig).config()["terraform"]["backend"][
+            "kubernetes"
+        ]
         return config
 
     assert backend("/a")["config_path"] == "/a"

@@ -6,7 +6,7 @@ import threading
 
 import kopf
 
-import blacktop.handlers  # noqa: F401  (registers every handler)
+from blacktop import handlers
 from blacktop.config import Settings
 
 
@@ -16,7 +16,12 @@ class OperatorStartError(RuntimeError):
 
 def run_operator(settings: Settings, *, verbose: bool = False, ready: threading.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM; Kopf then finishes handlers in flight and returns. ``ready`` is set
-    once the start-up handlers succeeded (the moment the operator starts watching)."""
+    once the start-up handlers succeeded (the moment the operator starts watching).
+
+    ``settings`` (the CLI read them once) are the only ones: the handlers register with them, and
+    start-up finds them in Kopf's memo to build the Context.
+    """
+    handlers.register(settings)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.configure(verbose=verbose)
     try:
@@ -25,6 +30,7 @@ def run_operator(settings: Settings, *, verbose: bool = False, ready: threading.
             # One replica by default; peering (leader election between replicas) is opt-in via the chart.
             standalone=True,
             liveness_endpoint=liveness,
+            memo=kopf.Memo(settings=settings),
             ready_flag=ready,
         )
     except Exception as exc:

@@ -15,18 +15,13 @@ from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.handlers import logfilters
 from blacktop.kube.client import ClusterConfigError, KubeClient
-
-
-def context_of(memo: Any) -> Context:
-    """The shared reconcile context that start-up put into Kopf's memo."""
-    ctx: Context = memo.ctx
-    return ctx
+from blacktop.terraform.subprocess_runner import SubprocessRunners
 
 
 # Nothing here is transient (no API calls): a failure is final, and the operator stops with it.
 @kopf.on.startup(errors=kopf.ErrorsMode.PERMANENT)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config: Settings = memo.settings  # the CLI's, put into the memo by run_operator
     logfilters.install()
     # Kopf's own marks carry our prefix, so `kubectl get -o yaml` shows whose they are.
     settings.persistence.finalizer = naming.FINALIZER
@@ -56,7 +51,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     except ClusterConfigError as exc:
         # A missing configuration does not fix itself: fail once, clearly, instead of retrying forever.
         raise kopf.PermanentError(str(exc)) from exc
-    memo.ctx = Context(client=client, settings=config)
+    memo.kube = client
+    # OpenTofu's state backend reaches the same cluster as this client (its kubeconfig; None: in-cluster).
+    runners = SubprocessRunners.from_settings(config, kubeconfig=client.kubeconfig)
+    memo.ctx = Context(client=client, settings=config, runners=runners)
 
 
 @kopf.on.login()
@@ -84,6 +82,6 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    ctx = getattr(memo, "ctx", None)
-    if ctx is not None:
-        ctx.client.close()
+    client = getattr(memo, "kube", None)
+    if client is not None:
+        client.close()

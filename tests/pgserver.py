@@ -11,5 +11,5 @@ from blacktop.localcluster.postgres import PostgresServer as _EmbeddedServer
 class PostgresServer(_EmbeddedServer):
     """One throw-away server per test module; its admin password starts with ``canary-``."""
 
-    def __init__(self) -> None:
-        super().__init__(password="canary-" + secrets.token_hex(12))
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(host=host, password="canary-" + secrets.token_hex(12))

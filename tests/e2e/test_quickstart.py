@@ -332,7 +332,7 @@ def test_readme_quickstart_works_as_written_against_make_run(home: Path, tmp_pat
     with BlacktopRun(home, tmp_path / "make-run.log") as run:
         output = run.wait_ready()
         ready_after = time.monotonic() - started
-        assert "==> starting a local control plane" in output
+        assert "==> starting a local cluster (" in output
         assert "==> starting an embedded PostgreSQL" in output
         assert re.search(r"PostgreSQL: embedded at 127\.0\.0\.1:\d+", output), output
         kubectl = Kubectl(run.kubeconfig())
@@ -407,7 +407,7 @@ def test_run_local_uses_your_cluster_and_your_database_and_overwrites_neither(
         env = {"KUBECONFIG": str(kubectl.kubeconfig)}
         with BlacktopRun(home, tmp_path / "make-run.log", env=env) as run:
             output = run.wait_ready()
-            assert f"==> using your cluster (KUBECONFIG={kubectl.kubeconfig}); no local control plane" in output
+            assert f"==> using your cluster (KUBECONFIG={kubectl.kubeconfig}); no local cluster" in output
             assert "kept your GoldenPath/tiny (the example catalog is create-only" in output
             assert "created GoldenPath/postgres-database" in output
             assert f"PostgreSQL: yours (Secret {meta['namespace']}/{meta['name']} exists)" in output
@@ -441,7 +441,7 @@ def test_run_local_on_your_cluster_without_a_database_brings_one_and_takes_it_aw
     kubectl("delete", "secret", meta["name"], "-n", meta["namespace"], "--ignore-not-found")
     with BlacktopRun(home, tmp_path / "make-run.log", "--kubeconfig", str(kubectl.kubeconfig)) as run:
         output = run.wait_ready()
-        assert "no local control plane" in output
+        assert "no local cluster" in output
         assert "==> starting an embedded PostgreSQL" in output
         values = secret_values(kubectl, meta["name"], meta["namespace"])
         assert f"PostgreSQL: embedded at {values['PGHOST']}:{values['PGPORT']}" in output

@@ -7,7 +7,8 @@ user, which owns its directory. The admin role has a random password and passwor
 over TCP, so the operator reaches it exactly like a remote server. The server can be stopped and
 started again on the same port and data (failure tests), and paused with SIGSTOP so that
 connections hang. Like the control plane's components, it gets SIGINT (fast shutdown) when the
-thread that started it dies, so a killed `blacktop run` leaves no postmaster behind.
+thread that started it dies, so a killed `blacktop run` leaves no postmaster behind. Given another
+``host`` (the local node's link), it listens there too, for Pods.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ class PostgresStartError(RuntimeError):
 class PostgresServer:
     """One throw-away cluster (data directory + postmaster); ``with PostgresServer() as pg:``."""
 
-    def __init__(self, *, password: str | None = None, max_connections: int = 50) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", password: str | None = None, max_connections: int = 50) -> None:
+        """``host``: where it listens besides loopback, and what its admin credentials name (a Pod on
+        the local node reaches the host at the node link's host address)."""
         # Not under a private temp dir (pytest's is root-only): the server may run as `postgres`.
         self.base = Path(tempfile.mkdtemp(prefix="blacktop-pg-"))
         self.base.chmod(0o755)
         self.data = self.base / "data"
         self.log_file = self.base / "postgres.log"
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = free_port()
         self.user = "postgres"
         self.password = password or secrets.token_urlsafe(18)
@@ -121,6 +124,10 @@ class PostgresServer:
             pwfile.unlink()
         if result.returncode != 0:
             raise PostgresStartError(f"initdb failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        if self.host != "127.0.0.1":
+            # Pods come from the node's side of the link (masqueraded): a network directly attached.
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the postmaster (initdb first if needed) and wait until it accepts queries."""
@@ -135,7 +142,7 @@ class PostgresServer:
                     "-p",
                     str(self.port),
                     "-c",
-                    f"listen_addresses={self.host}",
+                    f"listen_addresses={','.join(dict.fromkeys(('127.0.0.1', self.host)))}",
                     "-c",
                     f"unix_socket_directories={self.base}",
                     # A throw-away development server: durability costs time and buys nothing.

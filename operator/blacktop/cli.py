@@ -32,6 +32,7 @@ from blacktop.kube.errors import ConflictError
 from blacktop.kube.install import EXAMPLES_DIR, install, load_manifests
 from blacktop.kube.resources import resource_for
 from blacktop.localcluster.cluster import ClusterStartError, LocalCluster
+from blacktop.localcluster.node import NodeError
 from blacktop.localcluster.postgres import PostgresServer, PostgresStartError
 from blacktop.toolbox import ToolMissingError, bin_dir
 
@@ -218,6 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
+    except NodeError as exc:
+        # Everything started was removed; the node is the part that needs the most of this machine.
+        print(f"blacktop run: the local node did not start: {exc}", file=sys.stderr)
+        print("blacktop run: to run without a node (Pods stay Pending): add --no-node", file=sys.stderr)
+        return 1
     except (ClusterConfigError, ClusterStartError, PostgresStartError, ToolMissingError, OperatorStartError) as exc:
         print(f"blacktop run: {exc}", file=sys.stderr)
         return 1

@@ -13,11 +13,15 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
+# The last step builds python-hcl2's parser cache (.lark_cache.bin beside the package) now: otherwise
+# the first module the operator parses builds it, and on a fresh venv the example golden paths of the
+# first `make run` stayed not Ready for ~20 s on a busy machine (a request applied meanwhile waited 30 s).
 $(VENV_STAMP): pyproject.toml
 	@echo "==> Python environment ($(VENV)): installing blacktop and its dev dependencies"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -c 'import hcl2; hcl2.loads("")'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: venv

@@ -1,6 +1,7 @@
 """The `blacktop` command: run the operator, install it, and manage a local control plane.
 
-blacktop run [--local] [--install]      the operator in the foreground (Ctrl-C stops everything)
+blacktop run [--local] [--install]      the operator in the foreground (Ctrl-C stops everything);
+                                        --local adds a local cluster and a PostgreSQL when missing
 blacktop install [--catalog]            CRDs, cluster RBAC, operator namespace, example catalog
 blacktop cluster up|down|status|kubeconfig
 blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
@@ -11,57 +12,226 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import shlex
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from blacktop.config import Settings
-from blacktop.kube.client import KubeClient
-from blacktop.kube.install import EXAMPLES_DIR, install
+from blacktop.kube.client import ClusterConfigError, KubeClient, resolve_kubeconfig
+from blacktop.kube.errors import ConflictError
+from blacktop.kube.install import EXAMPLES_DIR, install, load_manifests
+from blacktop.kube.resources import resource_for
+from blacktop.localcluster.cluster import ClusterStartError, LocalCluster
+from blacktop.localcluster.node import NodeError
+from blacktop.localcluster.postgres import PostgresServer, PostgresStartError
+from blacktop.toolbox import ToolMissingError, bin_dir
 
 
 def _catalog_files() -> list[Path]:
     return sorted(EXAMPLES_DIR.glob("goldenpath-*.yaml"))
 
 
-def _install(kubeconfig: str | None, settings: Settings, with_catalog: bool) -> None:
+def _install(kubeconfig: str | None, settings: Settings, with_catalog: bool) -> dict[str, bool]:
     client = KubeClient.from_kubeconfig(kubeconfig)
     try:
         catalog = _catalog_files() if with_catalog else []
-        asyncio.run(install(client, operator_namespace=settings.namespace, catalog=catalog))
+        return asyncio.run(install(client, operator_namespace=settings.namespace, catalog=catalog))
     finally:
         client.close()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from blacktop.handlers.main import run_operator
-    from blacktop.localcluster import LocalCluster
+# -- blacktop run ------------------------------------------------------------------------------------
 
+T = TypeVar("T")
+POSTGRES_ADMIN_SECRET = EXAMPLES_DIR / "postgres-admin-secret.yaml"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "blacktop-run"}
+SECRET = resource_for("v1", "Secret")
+
+
+def _step(title: str, action: Callable[[], T], done: Callable[[T], str] = lambda _: "") -> T:
+    """Print what starts, run it, print how long it took (and what ``done`` says about the result)."""
+    print(f"==> {title}", flush=True)
+    started = time.monotonic()
+    result = action()
+    detail = done(result)
+    print(f"    done in {time.monotonic() - started:.1f}s" + (f": {detail}" if detail else ""), flush=True)
+    return result
+
+
+def _catalog_summary(created: dict[str, bool]) -> str:
+    new = [key for key, made in created.items() if made]
+    kept = [key for key, made in created.items() if not made]
+    parts = [f"created {', '.join(new)}"] if new else []
+    if kept:
+        parts.append(f"kept your {', '.join(kept)} (the example catalog is create-only, never overwritten)")
+    return "; ".join(parts)
+
+
+class _EmbeddedDatabase:
+    """The embedded PostgreSQL of `blacktop run --local` and its admin Secret, unless the cluster
+    already has that Secret (then the platform team's own server is used and nothing is started)."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.example = load_manifests([POSTGRES_ADMIN_SECRET])[0]
+        meta = self.example["metadata"]
+        self.secret = f"{meta['namespace']}/{meta['name']}"
+        self.server: PostgresServer | None = None
+        client = KubeClient.from_kubeconfig()
+        stack.callback(client.close)
+        if asyncio.run(client.get(SECRET, meta["name"], meta["namespace"])) is not None:
+            print(f"==> PostgreSQL: yours (Secret {self.secret} exists), no embedded server started", flush=True)
+            return
+        self.server = _step(
+            f"starting an embedded PostgreSQL (no Secret {self.secret} yet)",
+            lambda: stack.enter_context(PostgresServer()),
+            lambda pg: f"{pg.host}:{pg.port}, data in {pg.base}",
+        )
+        secret = json.loads(json.dumps(self.example))
+        secret["metadata"]["labels"] = dict(MANAGED_BY)
+        secret["stringData"] = {key: self.server.env[key] for key in self.example["stringData"]}
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": meta["namespace"]}}
+        asyncio.run(client.apply(namespace))
+        uid = asyncio.run(client.create(secret))["metadata"]["uid"]
+        print(f"    Secret {self.secret} points at it (removed again when this stops)", flush=True)
+
+        def remove_secret() -> None:
+            # Only the very Secret we made: one the user created since is theirs (uid precondition).
+            with contextlib.suppress(ConflictError):
+                asyncio.run(client.delete(SECRET, meta["name"], meta["namespace"], uid=uid))
+
+        stack.callback(remove_secret)
+
+    def where(self) -> str:
+        """One line saying where the database server is (never its password)."""
+        if self.server is None:
+            return f"PostgreSQL: your server, from Secret {self.secret}"
+        return (
+            f"PostgreSQL: embedded at {self.server.host}:{self.server.port} (data in {self.server.base}); "
+            f"admin credentials in Secret {self.secret}"
+        )
+
+
+def _second_terminal(kubeconfig: str | None) -> list[str]:
+    """The shell lines a second terminal needs: the repository (the README's paths are relative to
+    it), the pinned kubectl and psql first on PATH, and the cluster."""
+    lines = [f"cd {shlex.quote(str(EXAMPLES_DIR.parent))}"] if EXAMPLES_DIR.is_dir() else []
+    lines.append(f'export PATH={shlex.quote(str(bin_dir()))}:"$PATH"')
+    if kubeconfig:
+        lines.append(f"export KUBECONFIG={shlex.quote(kubeconfig)}")
+    return lines
+
+
+def _announce_when_ready(ready: threading.Event, started: float, lines: list[str], database: str | None) -> None:
+    def wait() -> None:
+        ready.wait()
+        text = [f"    the operator is running (started in {time.monotonic() - started:.1f}s)", ""]
+        text += ["In a second terminal:", "", *(f"    {line}" for line in lines), ""]
+        text += [database, ""] if database else []
+        text += ["Ctrl-C here stops everything.", ""]
+        print("\n".join(text), flush=True)
+
+    threading.Thread(target=wait, name="announce", daemon=True).start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _still_stopping(signum: int, frame: object) -> None:
+    print("    still stopping (the embedded servers and the local cluster are being removed)", flush=True)
+
+
+def _cluster(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """Point $KUBECONFIG at the cluster to use: the one given (``--kubeconfig``, ``$KUBECONFIG``), else,
+    with ``--local``, a local cluster (with a node as root, unless ``--no-node``) that lives as long
+    as this command."""
+    given = args.kubeconfig or os.environ.get("KUBECONFIG")
+    if given:
+        resolve_kubeconfig(args.kubeconfig)  # a kubeconfig that is not there: say so before anything starts
+        os.environ["KUBECONFIG"] = given  # the operator, OpenTofu and the second terminal all use it
+        if args.local:
+            print(f"==> using your cluster (KUBECONFIG={given}); no local cluster", flush=True)
+        return
+    if not args.local:
+        return
+    with_node = _want_node(args)
+    parts = "etcd, kube-apiserver, kube-controller-manager" + (
+        ", kube-scheduler and a node (containerd, kubelet, kube-proxy)" if with_node else ""
+    )
+    cluster = _step(
+        f"starting a local cluster ({parts})",
+        lambda: stack.enter_context(LocalCluster(node=with_node)),
+        lambda c: f"{c.server}",
+    )
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+
+
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack, ready: threading.Event) -> None:
+    from blacktop.handlers.main import run_operator
+
+    if args.local and "BLACKTOP_WORKSPACE_ROOT" not in os.environ:
+        # OpenTofu's working copies live as long as this run, not in /tmp forever.
+        workspaces = tempfile.mkdtemp(prefix="blacktop-workspaces-")
+        stack.callback(shutil.rmtree, workspaces, True)
+        os.environ["BLACKTOP_WORKSPACE_ROOT"] = workspaces
     settings = Settings.from_env()
-    with contextlib.ExitStack() as stack:
-        if args.local and not args.kubeconfig:
-            with_node = _want_node(args)
-            parts = "etcd, kube-apiserver, kube-controller-manager" + (
-                ", kube-scheduler and a node (containerd, kubelet, kube-proxy)" if with_node else ""
-            )
-            print(f"==> starting a local cluster ({parts})", flush=True)
-            started = time.monotonic()
-            cluster = stack.enter_context(LocalCluster(node=with_node))
-            os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-            print(f"    ready in {time.monotonic() - started:.1f}s at {cluster.server}", flush=True)
-        elif args.kubeconfig:
-            os.environ["KUBECONFIG"] = args.kubeconfig
-        if args.install:
-            print("==> installing CRDs, RBAC and the example catalog", flush=True)
-            _install(os.environ.get("KUBECONFIG"), settings, with_catalog=True)
-        if "KUBECONFIG" in os.environ:
-            print("\nIn another terminal, use the cluster with:\n", flush=True)
-            print(f"    export KUBECONFIG={os.environ['KUBECONFIG']}\n", flush=True)
-        print("==> running the operator (Ctrl-C to stop)", flush=True)
-        run_operator(settings, verbose=args.verbose)
+    _cluster(args, stack)
+    if args.install:
+        _step(
+            "installing CRDs, RBAC and the example catalog",
+            lambda: _install(None, settings, with_catalog=True),
+            _catalog_summary,
+        )
+    database = _EmbeddedDatabase(stack) if args.local else None
+    print("==> starting the operator", flush=True)
+    if database is not None:
+        lines = _second_terminal(os.environ.get("KUBECONFIG"))
+        _announce_when_ready(ready, time.monotonic(), lines, database.where())
+    run_operator(settings, verbose=args.verbose, ready=ready)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from blacktop.handlers.main import OperatorStartError
+
+    ready = threading.Event()  # set by Kopf once the operator's start-up handlers succeeded
+    # Until Kopf installs its own handlers, SIGTERM stops us like Ctrl-C: everything started is removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                _run(args, stack, ready)
+            finally:
+                # Stopping takes a few seconds; a second Ctrl-C must not leave half of it behind.
+                signal.signal(signal.SIGINT, _still_stopping)
+                signal.signal(signal.SIGTERM, _still_stopping)
+                if args.local and ready.is_set():
+                    print("==> stopping", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except NodeError as exc:
+        # Everything started was removed; the node is the part that needs the most of this machine.
+        print(f"blacktop run: the local node did not start: {exc}", file=sys.stderr)
+        print("blacktop run: to run without a node (Pods stay Pending): add --no-node", file=sys.stderr)
+        return 1
+    except (ClusterConfigError, ClusterStartError, PostgresStartError, ToolMissingError, OperatorStartError) as exc:
+        print(f"blacktop run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.local:
+        print("    stopped; nothing left running", flush=True)
     return 0
 
 
@@ -129,8 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator in the foreground")
-    run.add_argument("--kubeconfig", help="use this cluster (default: $KUBECONFIG or in-cluster)")
-    run.add_argument("--local", action="store_true", help="start a local control plane unless --kubeconfig")
+    run.add_argument("--kubeconfig", help="use this cluster (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    run.add_argument(
+        "--local",
+        action="store_true",
+        help="for development: a local cluster (with a node as root, unless --no-node) unless a kubeconfig is "
+        "given (--kubeconfig, $KUBECONFIG), an embedded PostgreSQL unless the Secret "
+        "blacktop-system/postgres-admin exists, all removed at exit",
+    )
     run.add_argument("--install", action="store_true", help="install CRDs, RBAC and the example catalog first")
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.add_argument("--no-node", action="store_true", help="with --local: the control plane only (no kubelet)")

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.unit
 class _Kube:
     """Stands in for the API client start-up would connect (nothing is called on it here)."""
 
+    kubeconfig = "/tmp/resolved.kubeconfig"  # a name only: nothing reads it
+
     def close(self) -> None:
         pass
 
@@ -50,6 +52,8 @@ def test_the_settings_the_cli_built_are_the_only_ones(monkeypatch: pytest.Monkey
     monkeypatch.setattr(KubeClient, "from_kubeconfig", classmethod(lambda cls, path=None: _Kube()))
     asyncio.run(startup.configure(settings=kopf.OperatorSettings(), memo=memo))
     assert memo.ctx.settings is settings
+    # OpenTofu's state backend reaches the cluster the client was resolved to, not $KUBECONFIG.
+    assert memo.ctx.runners.kubeconfig == _Kube.kubeconfig
 
     # Registering again with other settings would leave the timers on the old ones: refused.
     with pytest.raises(RuntimeError, match="already registered"):

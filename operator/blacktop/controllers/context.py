@@ -1,7 +1,8 @@
 """What every reconciler needs, and all the state the operator process keeps: one object.
 
 The API client, the settings (the very object the CLI built), the metrics, where OpenTofu runs
-(:class:`blacktop.terraform.runner.Runners`), the module cache, the clock and the random source
+(:class:`blacktop.terraform.runner.Runners`: start-up passes subprocess runners whose state backend
+uses the client's own kubeconfig, tests pass fakes), the module cache, the clock and the random source
 (injected, so tests control time and jitter), and the process-wide tables: per-object locks, the run
 slots, the state locks runs of this process hold, the last price seen per request, and the
 background tasks in flight. Nothing of this lives in module globals, so a test builds a fresh
@@ -36,15 +37,11 @@ class Context:
         client: Client,
         settings: Settings,
         *,
-        runners: Runners | None = None,
+        runners: Runners,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
     ) -> None:
-        if runners is None:
-            from blacktop.terraform.subprocess_runner import SubprocessRunners
-
-            runners = SubprocessRunners.from_settings(settings)
         self.client = client
         self.settings = settings
         self.runners = runners

@@ -9,6 +9,8 @@ ValidatingWebhookConfiguration is applied once the server listens, and removed o
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -43,6 +45,10 @@ async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, 
     config: Settings = memo.settings
     host = config.webhook_host
     cert = await asyncio.to_thread(serving_cert, config.webhook_cert_dir, (host, "localhost", "127.0.0.1"))
+    if config.webhook_cert_dir is None:
+        # The generated pair's temp folder is served for the life of the process, then removed
+        # (atexit: also when start-up fails and Kopf runs no cleanup handlers).
+        atexit.register(shutil.rmtree, cert.keyfile.parent, True)
     memo.webhook_url = None
 
     async def on_listening(client_config: dict[str, Any]) -> None:

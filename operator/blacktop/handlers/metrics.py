@@ -20,8 +20,10 @@ from blacktop.metrics import server
 @kopf.on.startup()
 async def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "ctx", None) is None:
-        # Start-up handlers run in registration order; the context comes from handlers.startup.
-        raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
+        # Kopf runs all start-up handlers in registration order in each pass, so the context from
+        # handlers.startup exists here unless `configure` failed in this pass. Waiting would log an
+        # ERROR per retry and hide the real failure; say once what happened instead.
+        raise kopf.PermanentError("metrics not served: the operator context is missing (start-up `configure` failed)")
     ctx = context_of(memo)
     memo.metrics_server = server.start(ctx.metrics, ctx.settings.metrics_port)
 

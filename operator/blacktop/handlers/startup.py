@@ -1,4 +1,5 @@
-"""Operator start-up: Kopf settings under our own prefix, the shared context, the thread pool."""
+"""Operator start-up: Kopf settings under our own prefix, the shared context, the thread pool, and
+Kopf's login (the same cluster as the context's client, resolved by kube.client at call time)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from blacktop.builders import naming
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.handlers import logfilters
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import ClusterConfigError, KubeClient
+from blacktop.terraform.subprocess_runner import SubprocessRunners
 
 
-@kopf.on.startup()
+# Nothing here is transient (no API calls): a failure is final, and the operator stops with it.
+@kopf.on.startup(errors=kopf.ErrorsMode.PERMANENT)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Settings = memo.settings  # the CLI's, put into the memo by run_operator
     logfilters.install()
@@ -43,8 +46,38 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.execution.executor = executor
     asyncio.get_running_loop().set_default_executor(executor)
-    memo.kube = KubeClient.from_kubeconfig()
-    memo.ctx = Context(client=memo.kube, settings=config)
+    try:
+        client = KubeClient.from_kubeconfig()
+    except ClusterConfigError as exc:
+        # A missing configuration does not fix itself: fail once, clearly, instead of retrying forever.
+        raise kopf.PermanentError(str(exc)) from exc
+    memo.kube = client
+    # OpenTofu's state backend reaches the same cluster as this client (its kubeconfig; None: in-cluster).
+    runners = SubprocessRunners.from_settings(config, kubeconfig=client.kubeconfig)
+    memo.ctx = Context(client=client, settings=config, runners=runners)
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """Kopf's own watches and patches go to the cluster our client resolves (Kopf's built-in login
+    would read the kubernetes package's import-time default instead)."""
+    try:
+        client = KubeClient.from_kubeconfig()
+    except ClusterConfigError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    try:
+        conn = client.connection()
+    finally:
+        client.close()
+    return kopf.ConnectionInfo(
+        server=conn.server,
+        ca_path=conn.ca_file,
+        insecure=not conn.verify,
+        certificate_path=conn.cert_file,
+        private_key_path=conn.key_file,
+        scheme=conn.scheme,
+        token=conn.token,
+    )
 
 
 @kopf.on.cleanup()

@@ -5,6 +5,10 @@ certificates, bearer tokens, in-cluster config) but speaks plain REST paths from
 :mod:`blacktop.kube.resources`, so one code path serves built-in kinds and our custom resources.
 The blocking HTTP calls run in worker threads (``asyncio.to_thread``): Kopf's event loop is never
 blocked by the network.
+
+Which cluster: :func:`resolve_kubeconfig` decides at call time, the way kubectl does. The
+``kubernetes`` package reads ``$KUBECONFIG`` once, when it is imported; `blacktop run --local` sets
+it later, so relying on the package's default connected the operator to no cluster at all.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from kubernetes import client as k8s_client
@@ -27,6 +33,57 @@ JSON = dict[str, Any]
 FIELD_MANAGER = "blacktop"
 # (connect, read) seconds: long enough for a loaded apiserver, short enough that a dead one is noticed.
 _TIMEOUT = (5.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API server is and how to authenticate (files may be the client's temporary copies)."""
+
+    server: str
+    ca_file: str | None
+    verify: bool
+    cert_file: str | None
+    key_file: str | None
+    scheme: str | None
+    token: str | None
+
+
+class ClusterConfigError(RuntimeError):
+    """No usable cluster configuration: the message says what was looked at and what to do."""
+
+
+_NO_CLUSTER = (
+    "no Kubernetes cluster configured: pass --kubeconfig, set KUBECONFIG, or create ~/.kube/config "
+    "(inside a pod the ServiceAccount is used); `make run` starts a local cluster of its own"
+)
+
+
+def resolve_kubeconfig(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> str | None:
+    """The kubeconfig to connect with, decided now: ``path``; else ``$KUBECONFIG`` (a list joined by
+    ``os.pathsep``, as kubectl reads it); else ``~/.kube/config`` if it exists; else ``None`` (in-cluster).
+
+    A kubeconfig the user named that does not exist is an error, never a silent fall-back to
+    in-cluster config (which would fail later with a message about service hosts).
+    """
+    env = os.environ if environ is None else environ
+    if path is not None:
+        if not Path(path).expanduser().is_file():
+            raise ClusterConfigError(f"kubeconfig {path} does not exist")
+        return str(Path(path).expanduser())
+    listed = env.get("KUBECONFIG", "")
+    if listed:
+        files = [str(Path(p).expanduser()) for p in listed.split(os.pathsep) if p]
+        existing = [f for f in files if Path(f).is_file()]
+        if not existing:
+            raise ClusterConfigError(f"KUBECONFIG={listed} names no existing file")
+        return os.pathsep.join(existing)
+    default = (home if home is not None else Path.home()) / ".kube" / "config"
+    return str(default) if default.is_file() else None
 
 
 class Client(Protocol):
@@ -62,21 +119,43 @@ class Client(Protocol):
 class KubeClient:
     """Async facade over one authenticated ``ApiClient``."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, kubeconfig: str | None = None) -> None:
         self._api = api_client
+        # The kubeconfig this client was built from (None: in-cluster or a token), so OpenTofu's
+        # kubernetes backend talks to the same cluster as the operator.
+        self.kubeconfig = kubeconfig
 
     @classmethod
     def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None) -> KubeClient:
-        """Connect with a kubeconfig (``path``, else ``$KUBECONFIG``/~/.kube/config), else in-cluster."""
-        try:
-            config_file = str(path) if path is not None else None
-            return cls(k8s_config.new_client_from_config(config_file=config_file))
-        except (ConfigException, FileNotFoundError, TypeError):
-            if path is not None:
-                raise
+        """Connect with the kubeconfig :func:`resolve_kubeconfig` finds, else with in-cluster config."""
+        config_file = resolve_kubeconfig(path)
         configuration = k8s_client.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        if config_file is not None:
+            try:
+                k8s_config.load_kube_config(config_file=config_file, client_configuration=configuration)
+            except ConfigException as exc:
+                raise ClusterConfigError(f"kubeconfig {config_file}: {exc}") from exc
+            return cls(k8s_client.ApiClient(configuration), kubeconfig=config_file)
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except ConfigException as exc:
+            raise ClusterConfigError(_NO_CLUSTER) from exc
         return cls(k8s_client.ApiClient(configuration))
+
+    def connection(self) -> Connection:
+        """The endpoint and credentials of this client, for Kopf's own API calls (its login handler)."""
+        config = self._api.configuration
+        header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+        scheme, _, token = (header or "").rpartition(" ")
+        return Connection(
+            server=str(config.host),
+            ca_file=config.ssl_ca_cert,
+            verify=bool(config.verify_ssl),
+            cert_file=config.cert_file,
+            key_file=config.key_file,
+            scheme=scheme or None,
+            token=token or None,
+        )
 
     @classmethod
     def from_token(cls, server: str, token: str, ca_file: str) -> KubeClient:
@@ -216,9 +295,13 @@ class KubeClient:
         namespace: str | None = None,
         *,
         propagation: str = "Background",
+        uid: str | None = None,
     ) -> bool:
-        """Delete an object; ``False`` if it was already gone (deletion is idempotent)."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        """Delete an object; ``False`` if it was already gone (deletion is idempotent). With ``uid``,
+        only that very object: one re-created under the same name raises ConflictError."""
+        body: JSON = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
             await self.request("DELETE", resource.path(namespace, name), body=body)
         except NotFoundError:

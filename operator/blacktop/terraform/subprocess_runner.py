@@ -165,15 +165,16 @@ class SubprocessRunners:
     cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SubprocessRunners:
-        """Runners for the operator process: the backend reaches the cluster with the operator's own
-        kubeconfig (in-cluster config without one), providers come from the tool cache's mirror."""
+    def from_settings(cls, settings: Settings, *, kubeconfig: str | None) -> SubprocessRunners:
+        """Runners for the operator process: the backend reaches the cluster with ``kubeconfig``, the
+        one the operator's own client was built from (``None``: in-cluster config), so state and the
+        objects it belongs to are in the same cluster; providers come from the tool cache's mirror."""
         return cls(
             binary=settings.terraform_binary,
             workspace_root=settings.workspace_root,
             timeout=settings.run_timeout_seconds,
             grace=settings.run_grace_seconds,
-            kubeconfig=os.environ.get("KUBECONFIG"),
+            kubeconfig=kubeconfig,
             cli_config=cache_dir() / "tofu.tfrc",
         )
 

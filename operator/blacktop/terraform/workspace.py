@@ -33,12 +33,15 @@ class Backend:
     """How the tool reaches a request's state: the kubernetes backend, with a kubeconfig or in-cluster."""
 
     state: StateRef
-    kubeconfig: str | None
+    kubeconfig: str | None  # one file, or several joined by os.pathsep (as $KUBECONFIG); None: in-cluster
 
     def config(self) -> dict[str, Any]:
         backend: dict[str, Any] = {"secret_suffix": self.state.suffix, "namespace": self.state.namespace}
-        if self.kubeconfig:
-            backend["config_path"] = self.kubeconfig
+        paths = [p for p in (self.kubeconfig or "").split(os.pathsep) if p]
+        if len(paths) == 1:
+            backend["config_path"] = paths[0]
+        elif paths:
+            backend["config_paths"] = paths
         else:
             backend["in_cluster_config"] = True
         return {"terraform": {"backend": {"kubernetes": backend}}}

@@ -35,6 +35,13 @@ def _install(kubeconfig: str | None, settings: Settings, with_catalog: bool) -> 
         client.close()
 
 
+def portal_url(settings: Settings) -> str:
+    """Where a browser on this machine opens the portal."""
+    host = settings.portal_address
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (the wildcard is reached on loopback)
+    return f"http://{host}:{settings.portal_port}/"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from blacktop.handlers.main import run_operator
     from blacktop.localcluster import LocalCluster
@@ -55,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if "KUBECONFIG" in os.environ:
             print("\nIn another terminal, use the cluster with:\n", flush=True)
             print(f"    export KUBECONFIG={os.environ['KUBECONFIG']}\n", flush=True)
+        if settings.portal_port:
+            print(f"\nThe developer portal (read-only): {portal_url(settings)}\n", flush=True)
         print("==> running the operator (Ctrl-C to stop)", flush=True)
         run_operator(settings, verbose=args.verbose)
     return 0

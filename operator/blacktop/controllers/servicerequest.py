@@ -181,7 +181,7 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
     params, errors = parameters.validate(gp_spec.parameters, spec.parameters)
     tracker.status.stage = Stage.VALIDATING
     if errors:
-        message = "invalid parameters: " + "; ".join(errors)
+        message = parameters.refusal(errors)
         tracker.set(ConditionType.PARAMETERS_VALID, False, Reason.INVALID_PARAMETERS, message)
         tracker.not_ready(Reason.INVALID_PARAMETERS, message, stalled=True)
         tracker.status.stage = Stage.FAILED

@@ -76,6 +76,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.webhook_port = free_port()
+        self.portal_port = free_port()
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -94,6 +95,8 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            # Every test operator serves its portal (sign-in by token) on a port of its own.
+            "BLACKTOP_PORTAL_PORT": str(self.portal_port),
             **self.extra_env,
         }
         log = self.log_file.open("ab")

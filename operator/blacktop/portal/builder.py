@@ -125,8 +125,8 @@ def manifest_yaml(body: JSON) -> str:
     """The manifest as a file for a GitOps repository, with a comment saying where it goes."""
     meta = body["metadata"]
     header = (
-        f"# A ServiceRequest of golden path {body['spec']['goldenPath']}, made with the Blacktop portal.\n"
-        f"# Commit as environments/{meta['namespace']}/{meta['name']}.yaml, or: kubectl apply -f {meta['name']}.yaml\n"
+        f"# Golden path {body['spec']['goldenPath']}, from the Blacktop portal.\n"
+        f"# Commit as environments/{meta['namespace']}/{meta['name']}.yaml\n"
     )
     return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, allow_unicode=True)
 

@@ -37,8 +37,13 @@ _CACHE_LIMIT = 256
 
 
 def render_markdown(text: str) -> str:
-    """Markdown to HTML, raw HTML escaped."""
-    html: str = _MARKDOWN.render(text)
+    """Markdown to HTML, raw HTML escaped, headings one level down (the page's own title is the h1)."""
+    env: dict[str, object] = {}
+    tokens = _MARKDOWN.parse(text, env)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close") and token.tag in ("h1", "h2", "h3", "h4", "h5"):
+            token.tag = f"h{int(token.tag[1]) + 1}"
+    html: str = _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, env)
     return html
 
 

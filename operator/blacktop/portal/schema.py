@@ -167,7 +167,7 @@ def form_fields(schema: Mapping[str, Any], given: Mapping[str, str] | None = Non
             widget = "structured"
         else:
             widget = "text"
-        if widget == "select" and (not required or "default" not in sub):
+        if widget == "select" and "default" not in sub:
             # Unset (left out of the manifest) is a choice too, unless a default makes it moot.
             options.insert(0, ("", "(not set)"))
         fields.append(

@@ -45,7 +45,8 @@ SECURITY_HEADERS = {
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer, browsers send "Origin: null" on the sign-in POST.
+    "Referrer-Policy": "same-origin",
 }
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("blacktop.portal", "templates"),

@@ -141,6 +141,10 @@ def portal(operator: OperatorProcess) -> str:
     return url
 
 
+def test_blacktop_run_prints_the_portal_url(operator: OperatorProcess, portal: str) -> None:
+    assert f"The developer portal (read-only): {portal}/" in operator.log_text()
+
+
 def _status(url: str, token: str | None = None) -> int:
     try:
         return fetch(url, token)[0]

@@ -39,9 +39,7 @@ class KubeClient:
     def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None) -> KubeClient:
         """Connect with a kubeconfig (``path``, else ``$KUBECONFIG``/~/.kube/config), else in-cluster."""
         try:
-            # $KUBECONFIG as it is now: the kubernetes package reads it once, when first imported,
-            # before `blacktop run --local` has set it.
-            config_file = str(path) if path is not None else os.environ.get("KUBECONFIG")
+            config_file = str(path) if path is not None else None
             return cls(k8s_config.new_client_from_config(config_file=config_file))
         except (ConfigException, FileNotFoundError, TypeError):
             if path is not None:

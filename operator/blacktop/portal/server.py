@@ -36,6 +36,7 @@ from blacktop.portal.state import ClusterState, Snapshot
 logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
+VIEWER = web.RequestKey("viewer", Viewer)  # who is asking, set by the sign-in middleware
 PAGE_SIZE = 100  # requests per page of a list
 MAX_FORM_KEYS = 200
 STATIC = resources.files("blacktop.portal") / "static"
@@ -136,14 +137,17 @@ class Portal:
     ) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+        except web.HTTPException as exc:  # redirects and errors get the same headers
+            self._secure(request, exc)
+            raise
+        self._secure(request, response)
+        return response
+
+    @staticmethod
+    def _secure(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(SECURITY_HEADERS)
         if not request.path.startswith("/static/"):
             response.headers["Cache-Control"] = "no-store"
-        if isinstance(response, web.HTTPException) and response.status >= 400:
-            raise response
-        return response
 
     @web.middleware
     async def _guard(
@@ -156,7 +160,7 @@ class Portal:
             if request.path.startswith("/api/"):
                 return web.json_response({"error": "sign in first: send a Kubernetes token"}, status=401)
             return await self._html("login.html", status=401, next=request.path_qs, error="")
-        request["viewer"] = viewer
+        request[VIEWER] = viewer
         return await handler(request)
 
     async def _viewer(self, request: web.Request) -> Viewer | None:
@@ -194,7 +198,7 @@ class Portal:
         """Build a page's values and render it, both in a worker thread (the rows of 1,000 requests
         take milliseconds of CPU the event loop should not spend)."""
         started = time.perf_counter()
-        viewer: Viewer = request["viewer"]
+        viewer: Viewer = request[VIEWER]
 
         def work() -> str:
             values = {
@@ -211,10 +215,10 @@ class Portal:
         return response
 
     async def _forbidden(self, request: web.Request, what: str) -> web.Response:
-        return await self._html("error.html", status=403, viewer=request["viewer"], title="Not for you", message=what)
+        return await self._html("error.html", status=403, viewer=request[VIEWER], title="Not for you", message=what)
 
     async def _not_found(self, request: web.Request, what: str) -> web.Response:
-        return await self._html("error.html", status=404, viewer=request["viewer"], title="Not found", message=what)
+        return await self._html("error.html", status=404, viewer=request[VIEWER], title="Not found", message=what)
 
     # -- sign-in --------------------------------------------------------------------------------
 
@@ -242,9 +246,9 @@ class Portal:
         if identity is None:
             error = "The cluster did not accept this token (expired, mistyped, or not a Kubernetes token)."
             return await self._html("login.html", status=401, next=target, error=error)
-        response = web.HTTPSeeOther(target)
+        redirect = web.HTTPSeeOther(target)
         secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
-        response.set_cookie(
+        redirect.set_cookie(
             COOKIE,
             self.access.open_session(token),
             max_age=int(SESSION_TTL),
@@ -254,14 +258,14 @@ class Portal:
             path="/",
         )
         logger.info("portal: %s signed in", identity.username)
-        return response
+        raise redirect
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         if self.access is not None and (session := request.cookies.get(COOKIE)):
             self.access.close_session(session)
-        response = web.HTTPSeeOther("/login" if self.access is not None else "/catalog")
-        response.del_cookie(COOKIE, path="/")
-        return response
+        redirect = web.HTTPSeeOther("/login" if self.access is not None else "/catalog")
+        redirect.del_cookie(COOKIE, path="/")
+        raise redirect
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["file"]
@@ -276,7 +280,7 @@ class Portal:
     # -- the catalog ------------------------------------------------------------------------------
 
     async def _catalog_viewer(self, request: web.Request) -> Viewer | None:
-        viewer: Viewer = request["viewer"]
+        viewer: Viewer = request[VIEWER]
         return viewer if await viewer.may("list", "goldenpaths") else None
 
     async def catalog(self, request: web.Request) -> web.StreamResponse:
@@ -322,7 +326,7 @@ class Portal:
     # -- the request builder --------------------------------------------------------------------
 
     async def _builder_inputs(self, request: web.Request) -> tuple[Snapshot, set[str], Mapping[str, Any] | None]:
-        viewer: Viewer = request["viewer"]
+        viewer: Viewer = request[VIEWER]
         snapshot = self.state.snapshot()
         allowed = await viewer.namespaces_where("create", "servicerequests", snapshot.environments)
         userinfo = viewer.identity.userinfo if viewer.identity else None
@@ -386,7 +390,7 @@ class Portal:
             return await self._html(
                 "error.html",
                 status=400,
-                viewer=request["viewer"],
+                viewer=request[VIEWER],
                 title="Not ready yet",
                 message="Fill in a name and an environment first.",
             )
@@ -398,7 +402,7 @@ class Portal:
 
     async def _visible(self, request: web.Request, snapshot: Snapshot) -> tuple[dict[str, JSON], set[str]]:
         """(environments the visitor may list, namespaces whose requests they may list)."""
-        viewer: Viewer = request["viewer"]
+        viewer: Viewer = request[VIEWER]
         environments = snapshot.environments if await viewer.may("list", "environments") else {}
         namespaces = await viewer.namespaces_where(
             "list", "servicerequests", set(environments) | set(snapshot.by_namespace)
@@ -484,7 +488,7 @@ class Portal:
     # -- the scorecard ----------------------------------------------------------------------------
 
     async def scorecard(self, request: web.Request) -> web.StreamResponse:
-        viewer: Viewer = request["viewer"]
+        viewer: Viewer = request[VIEWER]
         if not (await viewer.may("list", "environments") and await viewer.may("list", "goldenpaths")):
             return await self._forbidden(
                 request, "The scorecard sums up every team: it is for those who may list environments and golden paths."

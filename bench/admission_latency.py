@@ -20,7 +20,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import free_port, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.install import install
@@ -42,27 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 API = "platform.blacktop.dev/v1alpha1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)]
     return f"p50 {statistics.median(ordered):7.2f} ms   p99 {p99:7.2f} ms   (n={len(ordered)})"
-
-
-def wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def review(kind: str, plural: str, obj: dict[str, Any]) -> bytes:

@@ -110,6 +110,14 @@ def test_request_is_provisioned_updated_and_destroyed(
     )
 
 
+def fix_until_ready(kubectl: Kubectl, name: str, environment: str, parameters: dict[str, object]) -> None:
+    """Patch the request's parameters, wait until it is Ready, delete it: recovery needs no other step."""
+    patch = json.dumps({"spec": {"parameters": parameters}})
+    kubectl("patch", "servicerequest", name, "-n", environment, "--type=merge", "-p", patch)
+    kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
+    kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+
+
 def test_invalid_parameters_are_refused_at_admission(kubectl: Kubectl, environment: str) -> None:
     """The golden path's schema is checked at `kubectl apply`, with the message the controller writes."""
     name = unique("bad")
@@ -134,18 +142,7 @@ def test_invalid_parameters_admitted_before_their_golden_path_are_reported_and_f
         assert ready["status"] == "False"
         assert "parameters.size" in ready["message"]
         assert "gigantic" in ready["message"]
-        kubectl(
-            "patch",
-            "servicerequest",
-            name,
-            "-n",
-            environment,
-            "--type=merge",
-            "-p",
-            '{"spec":{"parameters":{"size":"medium"}}}',
-        )
-        kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
-        kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+        fix_until_ready(kubectl, name, environment, {"size": "medium"})
     finally:
         kubectl("delete", "goldenpath", golden_path, "--ignore-not-found", "--wait=false")
 
@@ -171,18 +168,7 @@ def test_module_failure_is_classified_and_retried(kubectl: Kubectl, environment:
     assert reconciling is not None
     assert reconciling["status"] == "True"
     # Fixing the parameters recovers without any manual step.
-    kubectl(
-        "patch",
-        "servicerequest",
-        name,
-        "-n",
-        environment,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"fail":false}}}',
-    )
-    kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
-    kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+    fix_until_ready(kubectl, name, environment, {"fail": False})
 
 
 def test_request_outside_an_environment(kubectl: Kubectl, catalog: str, installed: Path) -> None:

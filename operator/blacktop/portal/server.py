@@ -432,6 +432,24 @@ class Portal:
         names = [n for n, env in environments.items() if (env.get("spec") or {}).get("team") == team]
         if not names:
             return await self._not_found(request, f"No environment of team {team!r} is visible to you.")
+        return await self._environments_page(
+            request, snapshot, names, namespaces=namespaces, team=team, title=f"Team {team}"
+        )
+
+    async def environment(self, request: web.Request) -> web.StreamResponse:
+        snapshot = self.state.snapshot()
+        environments, namespaces = await self._visible(request, snapshot)
+        name = request.match_info["name"]
+        if name not in environments:
+            return await self._not_found(request, f"There is no environment {name!r} you may see.")
+        team = str((environments[name].get("spec") or {}).get("team") or "")
+        title = f"Environment {name}"
+        return await self._environments_page(request, snapshot, [name], namespaces=namespaces, team=team, title=title)
+
+    async def _environments_page(
+        self, request: web.Request, snapshot: Snapshot, names: list[str], *, namespaces: set[str], team: str, title: str
+    ) -> web.StreamResponse:
+        """Environments and their requests (those the visitor may list), the newest problems first."""
         page = _page_number(request)
 
         def build() -> Mapping[str, Any]:
@@ -441,29 +459,10 @@ class Portal:
                 "environments": self._environment_rows(snapshot, names),
                 "hidden": sorted(n for n in names if n not in namespaces),
                 "requests": paged(views.request_rows(shown, self.clock()), page),
-                "title": f"Team {team}",
+                "title": title,
             }
 
-        return await self._built(request, "team.html", build)
-
-    async def environment(self, request: web.Request) -> web.StreamResponse:
-        snapshot = self.state.snapshot()
-        environments, namespaces = await self._visible(request, snapshot)
-        name = request.match_info["name"]
-        if name not in environments:
-            return await self._not_found(request, f"There is no environment {name!r} you may see.")
-        page = _page_number(request)
-
-        def build() -> Mapping[str, Any]:
-            shown = snapshot.requests_in(name) if name in namespaces else []
-            return {
-                "env": self._environment_rows(snapshot, [name])[0],
-                "hidden": name not in namespaces,
-                "requests": paged(views.request_rows(shown, self.clock()), page),
-                "title": f"Environment {name}",
-            }
-
-        return await self._built(request, "environment.html", build)
+        return await self._built(request, "environments.html", build)
 
     async def requests(self, request: web.Request) -> web.StreamResponse:
         snapshot = self.state.snapshot()

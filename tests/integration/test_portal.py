@@ -14,7 +14,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,26 @@ def fetch(url: str, token: str | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def fetch_until(url: str, token: str, *needles: str) -> str:
+    """The page once it shows every needle: the portal's cache follows the watch, a moment after kubectl."""
+    return wait_for(
+        lambda: (page := fetch(url, token)[1]) and all(n in page for n in needles) and page,
+        timeout=30,
+        interval=0.5,
+        what=f"{needles} on {url}",
+    )
+
+
+def open_until(page: Page, url: str, shown: Callable[[], bool], what: str) -> None:
+    """Open ``url`` again until ``shown()`` holds (the cache follows the watch, a moment after kubectl)."""
+
+    def probe() -> bool:
+        page.goto(url)
+        return shown()
+
+    wait_for(probe, timeout=30, interval=0.5, what=what)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
@@ -257,6 +277,12 @@ def test_the_parameter_table_matches_the_schema(
     assert json.loads(body) == schema
 
 
+def cards(page: Page, golden_path: str) -> int:
+    """How many catalog cards of ``golden_path`` the page shows after a reload."""
+    page.reload()
+    return page.locator(f'li.card[data-golden-path="{golden_path}"]').count()
+
+
 def test_a_golden_path_added_to_the_cluster_appears_without_a_restart(
     kubectl: Kubectl, operator: OperatorProcess, world: dict[str, str], portal: str, admin_page: Page
 ) -> None:
@@ -271,7 +297,7 @@ def test_a_golden_path_added_to_the_cluster_appears_without_a_restart(
     apply_json(kubectl, body)
     try:
         wait_for(
-            lambda: page.reload() or page.locator(f'li.card[data-golden-path="{name}"]').count() == 1,
+            lambda: cards(page, name) == 1,
             timeout=30,
             interval=0.5,
             what="the new golden path in the catalog",
@@ -281,7 +307,7 @@ def test_a_golden_path_added_to_the_cluster_appears_without_a_restart(
         )
         kubectl("delete", "goldenpath", name)
         wait_for(
-            lambda: page.reload() or page.locator(f'li.card[data-golden-path="{name}"]').count() == 0,
+            lambda: cards(page, name) == 0,
             timeout=30,
             interval=0.5,
             what="the deleted golden path to leave the catalog",
@@ -307,8 +333,10 @@ def _fill(page: Page, portal: str, golden_path: str, name: str, environment: str
             field.fill(value)
 
 
-def _manifest(page: Page, name: str) -> str:
-    expect(page.locator("#manifest")).to_contain_text(f"name: {name}")
+def _manifest(page: Page, *lines: str) -> str:
+    """The manifest once it shows every one of ``lines`` (answers to earlier keystrokes may come first)."""
+    for line in lines:
+        expect(page.locator("#manifest")).to_contain_text(line)
     return str(page.locator("#manifest").text_content())
 
 
@@ -323,8 +351,8 @@ def test_the_builder_makes_yaml_that_kubectl_apply_accepts_and_the_webhook_admit
     expect(page.locator("#f-size")).to_have_value("small")
     assert page.locator("#f-size option").all_text_contents() == ["small", "medium", "large"]
     _fill(page, portal, TINY, name, world["dev"], size="medium")
+    manifest = _manifest(page, f"name: {name}", "size: medium")
     expect(page.locator("#verdict")).to_have_attribute("data-state", "admitted")
-    manifest = _manifest(page, name)
     assert yaml.safe_load(manifest) == service_request(name, world["dev"], TINY, size="medium")
     expect(page.locator("#apply-line")).to_have_text(f"kubectl apply -f {name}.yaml")
     expect(page.locator("#cost-text")).to_contain_text("5.00 USD/month")
@@ -359,7 +387,7 @@ def test_an_invalid_value_is_flagged_with_the_message_admission_gives(
     expect(page.locator("#verdict")).to_have_attribute("data-state", "denied")
     message = str(flagged.text_content())
     assert message == "parameters.database: 'Orders-DB' does not match '^[a-z][a-z0-9_]{0,62}$'"
-    assert message in _refusal(alice, _manifest(page, name))
+    assert message in _refusal(alice, _manifest(page, f"name: {name}", "database: Orders-DB"))
 
     # Fixing it as you type clears the message; a size over the team's budget is refused by its policy.
     page.fill("#f-database", "orders")
@@ -369,7 +397,7 @@ def test_an_invalid_value_is_flagged_with_the_message_admission_gives(
     denial = str(page.locator("#denial").text_content())
     assert denial.startswith("denied by GuardrailPolicy portal-checkout-budget/within-budget:")
     expect(page.locator("#cost")).to_have_class(re.compile(r"\bover\b"))
-    assert denial in _refusal(alice, _manifest(page, name))
+    assert denial in _refusal(alice, _manifest(page, f"name: {name}", "database: orders", "size: large"))
 
     # A name the apiserver would refuse is flagged with the apiserver's words.
     page.fill("#f-name", "Orders_DB")
@@ -393,7 +421,10 @@ def test_a_team_view_shows_a_failed_requests_reason_first(
     apply_json(kubectl, service_request(bad, world["prod"], TINY))  # tiny is offered in dev and staging only
     failed = wait_reason(kubectl, bad, world["prod"], "TierNotAllowed")
     page = alice_page
-    page.goto(f"{portal}/teams/{CHECKOUT}")
+    row = page.locator(f'tr[data-request="{world["prod"]}/{bad}"] td.ready')
+    open_until(
+        page, f"{portal}/teams/{CHECKOUT}", lambda: "TierNotAllowed" in (row.all_text_contents() or [""])[0], bad
+    )
     rows = page.locator("table.requests tbody tr")
     first = rows.first
     expect(first).to_have_attribute("data-request", f"{world['prod']}/{bad}")
@@ -426,9 +457,7 @@ def test_a_tenant_sees_in_the_portal_only_what_kubectl_shows_them(
         assert message not in page, path
     status, page = fetch(f"{portal}/environments/{world['other']}", alice.token)
     assert "You may not list the ServiceRequests of search-dev" in page
-    status, page = fetch(f"{portal}/teams/{SEARCH}", bob.token)
-    assert secret_name in page
-    assert "GoldenPathNotFound" in page
+    fetch_until(f"{portal}/teams/{SEARCH}", bob.token, secret_name, "GoldenPathNotFound")
     # The builder offers alice only her own environments, and refuses another's as admission would.
     status, page = fetch(f"{portal}/catalog/{TINY}/request", alice.token)
     assert 'value="checkout-dev"' in page
@@ -477,7 +506,7 @@ def test_no_secret_value_is_ever_shown(
         assert status == 200, path
         assert token not in body, path
         assert CANARY not in body, path
-    assert name in fetch(f"{portal}/teams/{CHECKOUT}", visitors["admin"].token)[1]  # the request itself is shown
+    fetch_until(f"{portal}/teams/{CHECKOUT}", visitors["admin"].token, name)  # the request itself is shown
     kubectl("delete", "servicerequest", name, "-n", world["dev"], "--wait=false")
 
 
@@ -488,9 +517,9 @@ def test_the_scorecard_plots_lead_time_adoption_and_cost(
     apply_json(kubectl, service_request(name, world["dev"], TINY, size="medium"))
     wait_ready(kubectl, name, world["dev"])
     page = admin_page
-    page.goto(f"{portal}/scorecard")
+    adoption = page.locator("#adoption svg.plot")
+    open_until(page, f"{portal}/scorecard", lambda: TINY in "".join(adoption.all_text_contents()), "adoption")
     expect(page.locator("#lead-time svg.plot rect.bar").first).to_be_attached()
-    expect(page.locator("#adoption svg.plot")).to_contain_text(TINY)
     cost = page.locator("#cost svg.plot")
     expect(cost).to_contain_text(CHECKOUT)
     expect(cost.locator("line.marker").first).to_be_attached()  # the team's budget

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -159,7 +158,7 @@ class Portal:
         if viewer is None:
             if request.path.startswith("/api/"):
                 return web.json_response({"error": "sign in first: send a Kubernetes token"}, status=401)
-            return await self._html("login.html", status=401, next=request.path_qs, error="")
+            return await self._html("login.html", status=401, next=request.path_qs, error="", title="Sign in")
         request[VIEWER] = viewer
         return await handler(request)
 
@@ -177,19 +176,19 @@ class Portal:
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _render(self, template: str, values: Mapping[str, Any]) -> str:
-        return _TEMPLATES.get_template(template).render(**values)
-
-    async def _html(
-        self, template: str, *, status: int = 200, viewer: Viewer | None = None, **values: Any
-    ) -> web.Response:
+    def _render(self, template: str, viewer: Viewer | None, status: int, values: Mapping[str, Any]) -> str:
         common = {
             "auth": "none" if self.access is None else "token",
             "user": viewer.identity.username if viewer and viewer.identity else "",
             "status_code": status,
-            "title": "Sign in" if template == "login.html" else "Blacktop",
+            "title": "Blacktop",
         }
-        html = await asyncio.to_thread(self._render, template, {**common, **values})
+        return _TEMPLATES.get_template(template).render(**{**common, **values})
+
+    async def _html(
+        self, template: str, *, status: int = 200, viewer: Viewer | None = None, **values: Any
+    ) -> web.Response:
+        html = await asyncio.to_thread(self._render, template, viewer, status, values)
         return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
     async def _built(
@@ -198,18 +197,8 @@ class Portal:
         """Build a page's values and render it, both in a worker thread (the rows of 1,000 requests
         take milliseconds of CPU the event loop should not spend)."""
         started = time.perf_counter()
-        viewer: Viewer = request[VIEWER]
-
-        def work() -> str:
-            values = {
-                "auth": "none" if self.access is None else "token",
-                "user": viewer.identity.username if viewer.identity else "",
-                "status_code": 200,
-                **build(*args),
-            }
-            return self._render(template, values)
-
-        html = await asyncio.to_thread(work)
+        viewer = request[VIEWER]
+        html = await asyncio.to_thread(lambda: self._render(template, viewer, 200, build(*args)))
         response = web.Response(text=html, content_type="text/html", charset="utf-8")
         response.headers["Server-Timing"] = f"render;dur={(time.perf_counter() - started) * 1000:.1f}"
         return response
@@ -231,7 +220,8 @@ class Portal:
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         if self.access is None:
             raise web.HTTPFound("/catalog")
-        return await self._html("login.html", next=_safe_next(request.query.get("next", "/catalog")), error="")
+        target = _safe_next(request.query.get("next", "/catalog"))
+        return await self._html("login.html", next=target, error="", title="Sign in")
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         if self.access is None:
@@ -245,7 +235,7 @@ class Portal:
         identity = await self.access.identify(token)
         if identity is None:
             error = "The cluster did not accept this token (expired, mistyped, or not a Kubernetes token)."
-            return await self._html("login.html", status=401, next=target, error=error)
+            return await self._html("login.html", status=401, next=target, error=error, title="Sign in")
         redirect = web.HTTPSeeOther(target)
         secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
         redirect.set_cookie(
@@ -539,9 +529,3 @@ async def start(portal: Portal) -> RunningPortal:
     url = f"http://{portal.settings.portal_address}:{portal.settings.portal_port}/"
     logger.info("portal: serving %s (sign-in: %s)", url, portal.settings.portal_auth)
     return RunningPortal(runner, url)
-
-
-def template_names() -> list[str]:
-    """The shipped templates (for tests that render each of them)."""
-    folder = Path(str(resources.files("blacktop.portal") / "templates"))
-    return sorted(p.name for p in folder.glob("*.html"))

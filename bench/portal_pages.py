@@ -2,14 +2,14 @@
 
 Starts a local control plane and the operator with its portal (sign-in by token, as the chart runs
 it), installs the tiny golden path, 40 environments of 10 teams and 1,000 requests in a realistic
-mix: some provisioned for real (Ready), most failed (a golden path not offered in prod) or pending
-(a golden path that does not exist yet, retried every 30 s: the operator stays busy while the pages
-are measured). Then it loads every page over HTTP, as a platform admin (cluster-admin) and as a
+mix: some provisioned for real (Ready), some pending (a golden path that does not exist yet, retried
+every 30 s: the operator stays busy while the pages are measured), the rest failed for good (a tier
+their golden path is not offered in). Then it loads every page over HTTP, as a platform admin (cluster-admin) and as a
 tenant (the owner of one environment, whose access is checked namespace by namespace), and prints
 the figures. The operator's event-loop lag is scraped alongside, to show that rendering pages does
 not stall reconciles. Prints figures; asserts nothing.
 
-    .venv/bin/python bench/portal_pages.py [--requests 1000] [--ready 30] [--loads 30]
+    .venv/bin/python bench/portal_pages.py [--requests 1000] [--ready 30] [--pending 100] [--loads 30]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import yaml
 from benchlib import free_port, wait
 
 from blacktop.kube.client import KubeClient
+from blacktop.kube.errors import ConflictError, KubeApiError
 from blacktop.kube.install import install
 from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.localcluster import LocalCluster
@@ -64,14 +65,22 @@ def environment(index: int) -> dict[str, Any]:
     return {"apiVersion": API, "kind": "Environment", "metadata": {"name": f"bench-{index:02d}"}, "spec": spec}
 
 
-def request(index: int, ready: int) -> dict[str, Any]:
-    """Request ``index``: the first ``ready`` provision for real in dev; then prod ones (TierNotAllowed)
-    and dev ones of a golden path that does not exist (GoldenPathNotFound, retried)."""
+def request(index: int, ready: int, pending: int) -> dict[str, Any]:
+    """Request ``index``: the first ``ready`` provision for real (tiny, in dev); the next ``pending``
+    name a golden path that does not exist (GoldenPathNotFound, retried every 30 s: the operator
+    keeps working while the pages load); the rest fail for good, in a tier their golden path is not
+    offered in (TierNotAllowed, Stalled: no more runs)."""
     env = index % ENVIRONMENTS
     dev = env % 4 < 2
-    golden = "tiny" if index < ready or not dev else "coming-soon"
-    if index < ready and not dev:
-        env -= 2  # the provisioned ones all in dev
+    if index < ready + pending and not dev:
+        env -= 2  # the provisioned and the pending ones all in dev
+        dev = True
+    if index < ready:
+        golden = "tiny"
+    elif index < ready + pending:
+        golden = "coming-soon"
+    else:
+        golden = "tiny-prod" if dev else "tiny"
     return {
         "apiVersion": API,
         "kind": "ServiceRequest",
@@ -80,12 +89,22 @@ def request(index: int, ready: int) -> dict[str, Any]:
     }
 
 
-async def create_all(client: KubeClient, objects: list[dict[str, Any]], parallel: int = 8) -> None:
+async def create_all(client: KubeClient, objects: list[dict[str, Any]], parallel: int = 2) -> None:
+    """Create every object, a few at a time; an admission timeout on a loaded machine is tried again."""
     gate = asyncio.Semaphore(parallel)
 
     async def one(obj: dict[str, Any]) -> None:
         async with gate:
-            await client.create(obj)
+            for attempt in range(5):
+                try:
+                    await client.create(obj)
+                    return
+                except ConflictError:
+                    return  # an earlier attempt got through after all
+                except KubeApiError as exc:
+                    if exc.status < 500 or attempt == 4:
+                        raise
+                    await asyncio.sleep(1.0 + attempt)
 
     await asyncio.gather(*(one(o) for o in objects))
 
@@ -154,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--ready", type=int, default=30, help="how many are provisioned for real (OpenTofu runs)")
+    parser.add_argument("--pending", type=int, default=100, help="how many wait for a golden path (retried)")
     parser.add_argument("--loads", type=int, default=30)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="blacktop-bench-portal-"))
@@ -183,8 +203,12 @@ def main() -> None:
         try:
             wait(lambda: load(base + "/healthz", "")[1] == 200, 120, "the portal")
             tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
-            kubectl(config, "apply", "-f", "-", stdin=json.dumps(tiny))
-            kubectl(config, "wait", "--for=condition=Ready", "goldenpath/tiny", "--timeout=120s")
+            prod_only = {**tiny, "metadata": {"name": "tiny-prod"}, "spec": {**tiny["spec"], "tiers": ["prod"]}}
+            for body in (tiny, prod_only):
+                kubectl(config, "apply", "-f", "-", stdin=json.dumps(body))
+            kubectl(
+                config, "wait", "--for=condition=Ready", "goldenpath/tiny", "goldenpath/tiny-prod", "--timeout=120s"
+            )
             kubectl(config, "create", "namespace", "bench-accounts")
             for account in ("admin", "tenant"):
                 kubectl(config, "create", "serviceaccount", account, "-n", "bench-accounts")
@@ -197,9 +221,12 @@ def main() -> None:
             print(f"==> {ENVIRONMENTS} environments of {TEAMS} teams", flush=True)
             asyncio.run(create_all(client, [environment(i) for i in range(ENVIRONMENTS)]))
             kubectl(config, "wait", "--for=condition=Ready", "environments", "--all", "--timeout=300s")
-            print(f"==> {args.requests} ServiceRequests ({args.ready} provisioned for real)", flush=True)
+            print(
+                f"==> {args.requests} ServiceRequests ({args.ready} provisioned for real, {args.pending} pending)",
+                flush=True,
+            )
             started = time.monotonic()
-            asyncio.run(create_all(client, [request(i, args.ready) for i in range(args.requests)]))
+            asyncio.run(create_all(client, [request(i, args.ready, args.pending) for i in range(args.requests)]))
             print(f"    created in {time.monotonic() - started:.0f}s; waiting for the operator to reconcile them all")
             wait(
                 lambda: settled(client, args.requests, args.ready), 1800, "every request to be reconciled", interval=2.0

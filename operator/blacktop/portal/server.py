@@ -409,6 +409,13 @@ class Portal:
 
         return await self._built(request, "teams.html", build)
 
+    def _request_page(self, bodies: list[JSON], page: int) -> Paged:
+        """One page of requests in order: all are sorted, rows are built for the page alone."""
+        found = paged(views.sort_requests(bodies), page)
+        now = self.clock()
+        found.rows = [views.request_row(body, now) for body in found.rows]
+        return found
+
     def _environment_rows(self, snapshot: Snapshot, names: list[str]) -> list[views.EnvironmentRow]:
         now = self.clock()
         return [
@@ -448,7 +455,7 @@ class Portal:
                 "team": team,
                 "environments": self._environment_rows(snapshot, names),
                 "hidden": sorted(n for n in names if n not in namespaces),
-                "requests": paged(views.request_rows(shown, self.clock()), page),
+                "requests": self._request_page(shown, page),
                 "title": title,
             }
 
@@ -462,11 +469,9 @@ class Portal:
 
         def build() -> Mapping[str, Any]:
             shown = [r for ns in namespaces for r in snapshot.requests_in(ns)]
-            rows = views.request_rows(shown, self.clock())
-            if problems_only:
-                rows = [r for r in rows if r.problem]
+            listed = [r for r in shown if views.is_problem(r)] if problems_only else shown
             return {
-                "requests": paged(rows, page),
+                "requests": self._request_page(listed, page),
                 "problems_only": problems_only,
                 "hidden": len(snapshot.requests) - len(shown),
                 "title": "Requests",

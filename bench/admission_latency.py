@@ -18,12 +18,9 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import signal
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -32,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import free_port, wait
+from benchlib import start_operator, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.install import install
@@ -78,27 +75,11 @@ def main() -> None:
     with LocalCluster(work / "cluster") as cluster:
         client = KubeClient.from_kubeconfig(cluster.kubeconfig)
         asyncio.run(install(client))
-        webhook_port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "BLACKTOP_METRICS_PORT": str(free_port()),
-            "BLACKTOP_HEALTH_PORT": str(free_port()),
-            "BLACKTOP_WEBHOOK_PORT": str(webhook_port),
-        }
-        log = (work / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "blacktop", "run"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        operator = start_operator(cluster.kubeconfig, work / "operator.log")
         try:
-            run(cluster.kubeconfig, client, webhook_port, args.requests)
+            run(cluster.kubeconfig, client, operator.ports["webhook"], args.requests)
         finally:
-            os.killpg(operator.pid, signal.SIGTERM)
-            operator.wait(timeout=30)
+            operator.stop()
             client.close()
 
 

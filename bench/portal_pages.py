@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -31,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import free_port, wait
+from benchlib import start_operator, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.errors import ConflictError, KubeApiError
@@ -181,24 +178,8 @@ def main() -> None:
         config = cluster.kubeconfig
         client = KubeClient.from_kubeconfig(config)
         asyncio.run(install(client))
-        ports = {name: free_port() for name in ("metrics", "health", "webhook", "portal")}
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(config),
-            "BLACKTOP_METRICS_PORT": str(ports["metrics"]),
-            "BLACKTOP_HEALTH_PORT": str(ports["health"]),
-            "BLACKTOP_WEBHOOK_PORT": str(ports["webhook"]),
-            "BLACKTOP_PORTAL_PORT": str(ports["portal"]),
-            "BLACKTOP_PORTAL_AUTH": "token",
-        }
-        log = (work / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "blacktop", "run"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        operator = start_operator(config, work / "operator.log", portal_auth="token")
+        ports = operator.ports
         base = f"http://127.0.0.1:{ports['portal']}"
         try:
             wait(lambda: load(base + "/healthz", "")[1] == 200, 120, "the portal")
@@ -260,8 +241,7 @@ def main() -> None:
             )
             measure(base, f"tenant (owner of {team_env} only)", tokens["tenant"], pages, args.loads, ports["metrics"])
         finally:
-            os.killpg(operator.pid, signal.SIGTERM)
-            operator.wait(timeout=60)
+            operator.stop()
             client.close()
             print(f"\n(operator log: {work / 'operator.log'})")
 

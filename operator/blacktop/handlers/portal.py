@@ -3,8 +3,8 @@
 The portal renders from the operator's own view of the cluster: these event handlers ride on the
 watches Kopf already runs for the reconcilers (no extra API calls) and keep
 :class:`~blacktop.portal.state.ClusterState` current, so a golden path added to the cluster shows
-in the catalog at once, without a restart. With ``BLACKTOP_PORTAL_PORT`` unset (0) nothing is
-served and nothing is kept.
+in the catalog at once, without a restart. With ``BLACKTOP_PORTAL_PORT`` unset (0) none of these
+handlers is registered: nothing is served and nothing is kept.
 """
 
 from __future__ import annotations
@@ -13,32 +13,27 @@ from typing import Any
 
 import kopf
 
-from blacktop.handlers.startup import context_of
+from blacktop.api import kinds
+from blacktop.api.kinds import GROUP, VERSION
+from blacktop.handlers.wiring import context_of, settings
 from blacktop.portal import server
 from blacktop.portal.access import Access
-from blacktop.portal.state import ENVIRONMENT, GOLDEN_PATH, GUARDRAIL_POLICY, SERVICE_REQUEST, ClusterState
-
-GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
+from blacktop.portal.state import ClusterState
 
 
-@kopf.on.startup()
 async def serve_portal(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "ctx", None) is None:
         # Start-up handlers run in registration order; the context comes from handlers.startup.
         raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
     ctx = context_of(memo)
-    settings = ctx.settings
-    memo.portal_state = None
-    memo.portal_server = None
-    if not settings.portal_port:
-        return
-    state = ClusterState()
-    access = Access.through(ctx.client) if settings.portal_auth == "token" else None
-    memo.portal_server = await server.start(server.Portal(settings, state, ctx.metrics.registry, access))
-    memo.portal_state = state
+    access = Access.through(ctx.client) if ctx.settings.portal_auth == "token" else None
+    # The state is in the memo before the server starts: the first watch events may come at once.
+    memo.portal_state = ClusterState()
+    memo.portal_server = await server.start(
+        server.Portal(ctx.settings, memo.portal_state, ctx.metrics.registry, access)
+    )
 
 
-@kopf.on.cleanup()
 async def stop_portal(memo: kopf.Memo, **_: Any) -> None:
     running = getattr(memo, "portal_server", None)
     if running is not None:
@@ -48,15 +43,13 @@ async def stop_portal(memo: kopf.Memo, **_: Any) -> None:
 def _observe(kind: str, plural: str) -> None:
     @kopf.on.event(GROUP, VERSION, plural, id=f"portal-{plural}")
     async def observed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-        state = getattr(memo, "portal_state", None)
-        if state is not None:
+        state: ClusterState | None = getattr(memo, "portal_state", None)
+        if state is not None:  # None only until start-up has run
             state.observe(kind, dict(body), deleted=type == "DELETED")
 
 
-for _kind, _plural in (
-    (ENVIRONMENT, "environments"),
-    (GOLDEN_PATH, "goldenpaths"),
-    (SERVICE_REQUEST, "servicerequests"),
-    (GUARDRAIL_POLICY, "guardrailpolicies"),
-):
-    _observe(_kind, _plural)
+if settings().portal_port:
+    kopf.on.startup()(serve_portal)
+    kopf.on.cleanup()(stop_portal)
+    for _kind in kinds.ALL_KINDS:
+        _observe(_kind.kind, _kind.plural)

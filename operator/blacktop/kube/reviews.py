@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import Client
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Identity:
         return {"username": self.username, "groups": list(self.groups), "uid": self.uid}
 
 
-async def review_token(client: KubeClient, token: str) -> Identity | None:
+async def review_token(client: Client, token: str) -> Identity | None:
     """The identity the token stands for, or None if the apiserver does not accept it."""
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
     status = (await client.create(body)).get("status") or {}
@@ -45,7 +45,7 @@ async def review_token(client: KubeClient, token: str) -> Identity | None:
 
 
 async def access_allowed(
-    client: KubeClient, who: Identity, *, verb: str, group: str, resource: str, namespace: str = ""
+    client: Client, who: Identity, *, verb: str, group: str, resource: str, namespace: str = ""
 ) -> bool:
     """Whether RBAC (or whatever authorizes the cluster) lets ``who`` do ``verb`` on ``resource``
     in ``namespace`` (empty: in every namespace / cluster-scoped)."""

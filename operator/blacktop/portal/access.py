@@ -36,12 +36,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from blacktop.kube.client import KubeClient
+from blacktop.api.kinds import GROUP
+from blacktop.kube.client import Client
 from blacktop.kube.reviews import Identity, access_allowed, review_token
 
 logger = logging.getLogger(__name__)
 
-GROUP = "platform.blacktop.dev"
 REVIEW_TTL = 30.0  # seconds a TokenReview or SubjectAccessReview answer is reused
 SESSION_TTL = 8 * 3600.0
 MAX_ENTRIES = 4096  # bound on cached answers and on sessions
@@ -130,7 +130,7 @@ class Access:
         self._sessions: _Cache[str, str] = _Cache(SESSION_TTL, clock)
 
     @classmethod
-    def through(cls, client: KubeClient) -> Access:
+    def through(cls, client: Client) -> Access:
         """Reviews asked of the apiserver behind ``client``."""
 
         async def token(text: str) -> Identity | None:

@@ -19,13 +19,13 @@ from typing import Any
 import yaml
 
 from blacktop.api.common import DNS_SUBDOMAIN
+from blacktop.api.kinds import API_VERSION
 from blacktop.builders import parameters
 from blacktop.config import Settings
 from blacktop.controllers.admission import decide_service_request, spec_unchanged
 from blacktop.controllers.goldenpath import schema_problem
 from blacktop.guardrails.context import request_cost_cents, request_variables
 from blacktop.guardrails.engine import compile_active
-from blacktop.kube.resources import API_VERSION
 from blacktop.portal.schema import FIELD_PREFIX, form_parameters
 from blacktop.portal.state import Snapshot
 

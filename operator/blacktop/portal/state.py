@@ -16,15 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from blacktop.api import kinds
+
 JSON = dict[str, Any]
 
 ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST, GUARDRAIL_POLICY = (
-    "Environment",
-    "GoldenPath",
-    "ServiceRequest",
-    "GuardrailPolicy",
+    kinds.ENVIRONMENT.kind,
+    kinds.GOLDEN_PATH.kind,
+    kinds.SERVICE_REQUEST.kind,
+    kinds.GUARDRAIL_POLICY.kind,
 )
-KINDS = (ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST, GUARDRAIL_POLICY)
+KINDS = tuple(k.kind for k in kinds.ALL_KINDS)
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 

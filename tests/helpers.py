@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -290,6 +291,24 @@ def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180
 
 
 # -- the operator's endpoints ---------------------------------------------------------------------------
+
+
+def fetch(url: str, token: str | None = None) -> tuple[int, str]:
+    """GET ``url`` (as the token's user, sent as a bearer token): (status, body)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    """The status of GET ``url``; 0 while nothing answers (not listening yet)."""
+    try:
+        return fetch(url, token)[0]
+    except OSError:
+        return 0
 
 
 def scrape_metrics(operator: OperatorProcess) -> str:

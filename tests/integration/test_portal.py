@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from helpers import (
     apply_json,
     apply_ready,
     environment_body,
+    fetch,
+    http_status,
     secret_values,
     service_request,
     tiny_golden_path,
@@ -137,29 +137,12 @@ def world(kubectl: Kubectl, operator: OperatorProcess, visitors: dict[str, Visit
 @pytest.fixture(scope="module")
 def portal(operator: OperatorProcess) -> str:
     url = f"http://127.0.0.1:{operator.portal_port}"
-    wait_for(lambda: _status(f"{url}/healthz") == 200, timeout=30, what="the portal to listen")
+    wait_for(lambda: http_status(f"{url}/healthz") == 200, timeout=30, what="the portal to listen")
     return url
 
 
 def test_blacktop_run_prints_the_portal_url(operator: OperatorProcess, portal: str) -> None:
     assert f"The developer portal (read-only): {portal}/" in operator.log_text()
-
-
-def _status(url: str, token: str | None = None) -> int:
-    try:
-        return fetch(url, token)[0]
-    except OSError:
-        return 0
-
-
-def fetch(url: str, token: str | None = None) -> tuple[int, str]:
-    """GET ``url`` (as the token's user), following no redirect: (status, body)."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def fetch_until(url: str, token: str, *needles: str) -> str:

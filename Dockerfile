@@ -74,6 +74,6 @@ ENV PATH=/opt/blacktop/venv/bin:/opt/blacktop/cache/bin:/usr/local/bin:/usr/bin:
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 65532:65532
-EXPOSE 8080 8081 9443
+EXPOSE 8080 8081 8090 9443
 ENTRYPOINT ["blacktop"]
 CMD ["run"]

@@ -18,13 +18,9 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -33,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import start_operator, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.install import install
@@ -42,27 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 API = "platform.blacktop.dev/v1alpha1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)]
     return f"p50 {statistics.median(ordered):7.2f} ms   p99 {p99:7.2f} ms   (n={len(ordered)})"
-
-
-def wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def review(kind: str, plural: str, obj: dict[str, Any]) -> bytes:
@@ -95,27 +75,11 @@ def main() -> None:
     with LocalCluster(work / "cluster") as cluster:
         client = KubeClient.from_kubeconfig(cluster.kubeconfig)
         asyncio.run(install(client))
-        webhook_port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "BLACKTOP_METRICS_PORT": str(free_port()),
-            "BLACKTOP_HEALTH_PORT": str(free_port()),
-            "BLACKTOP_WEBHOOK_PORT": str(webhook_port),
-        }
-        log = (work / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "blacktop", "run"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        operator = start_operator(cluster.kubeconfig, work / "operator.log")
         try:
-            run(cluster.kubeconfig, client, webhook_port, args.requests)
+            run(cluster.kubeconfig, client, operator.ports["webhook"], args.requests)
         finally:
-            os.killpg(operator.pid, signal.SIGTERM)
-            operator.wait(timeout=30)
+            operator.stop()
             client.close()
 
 

@@ -27,6 +27,7 @@ _LOG_SOURCES: dict[str, Callable[[], str]] = {}
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)  # read by fixtures that act on failure (screenshots)
     if report.failed and _LOG_SOURCES and item.get_closest_marker("unit") is None:
         for name, tail in list(_LOG_SOURCES.items()):
             try:

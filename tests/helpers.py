@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -76,6 +77,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.webhook_port = free_port()
+        self.portal_port = free_port()
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -97,6 +99,8 @@ class OperatorProcess:
             "BLACKTOP_ROLLOUT_CHECK_SECONDS": "2",
             # Git commits and folder copies stay with the test's temporary files, not in the host's /tmp.
             "BLACKTOP_MODULE_CACHE_ROOT": str(self.log_file.parent / "module-cache"),
+            # Every test operator serves its portal (sign-in by token) on a port of its own.
+            "BLACKTOP_PORTAL_PORT": str(self.portal_port),
             **self.extra_env,
         }
         log = self.log_file.open("ab")
@@ -308,6 +312,24 @@ def install_monitoring_crds(kubectl: Kubectl) -> None:
 
 
 # -- the operator's endpoints ---------------------------------------------------------------------------
+
+
+def fetch(url: str, token: str | None = None) -> tuple[int, str]:
+    """GET ``url`` (as the token's user, sent as a bearer token): (status, body)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    """The status of GET ``url``; 0 while nothing answers (not listening yet)."""
+    try:
+        return fetch(url, token)[0]
+    except OSError:
+        return 0
 
 
 def scrape_metrics(operator: OperatorProcess) -> str:

@@ -229,6 +229,8 @@ install_packages() {
   local pgbin; pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
   for tool in postgres initdb pg_ctl psql; do ln -sf "$pgbin/$tool" "$BIN/$tool"; done
   for tool in prometheus promtool; do ln -sf "$(command -v $tool || echo /usr/bin/$tool)" "$BIN/$tool"; done
+  # The portal's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+  ln -sf "$(command -v chromium || echo /usr/bin/chromium)" "$BIN/chromium"
 }
 
 main() {

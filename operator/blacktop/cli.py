@@ -50,6 +50,13 @@ def _install(kubeconfig: str | None, settings: Settings, with_catalog: bool) -> 
         client.close()
 
 
+def portal_url(settings: Settings) -> str:
+    """Where a browser on this machine opens the portal."""
+    host = settings.portal_address
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (the wildcard is reached on loopback)
+    return f"http://{host}:{settings.portal_port}/"
+
+
 # -- blacktop run ------------------------------------------------------------------------------------
 
 T = TypeVar("T")
@@ -131,12 +138,12 @@ def _second_terminal(kubeconfig: str | None) -> list[str]:
     return lines
 
 
-def _announce_when_ready(ready: threading.Event, started: float, lines: list[str], database: str | None) -> None:
+def _announce_when_ready(ready: threading.Event, started: float, lines: list[str], notes: list[str]) -> None:
     def wait() -> None:
         ready.wait()
         text = [f"    the operator is running (started in {time.monotonic() - started:.1f}s)", ""]
         text += ["In a second terminal:", "", *(f"    {line}" for line in lines), ""]
-        text += [database, ""] if database else []
+        text += [*notes, ""] if notes else []
         text += ["Ctrl-C here stops everything.", ""]
         print("\n".join(text), flush=True)
 
@@ -193,10 +200,13 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack, ready: threading
             _catalog_summary,
         )
     database = _EmbeddedDatabase(stack) if args.local else None
+    portal = f"The developer portal (read-only): {portal_url(settings)}" if settings.portal_port else None
     print("==> starting the operator", flush=True)
     if database is not None:
         lines = _second_terminal(os.environ.get("KUBECONFIG"))
-        _announce_when_ready(ready, time.monotonic(), lines, database.where())
+        _announce_when_ready(ready, time.monotonic(), lines, [database.where(), *([portal] if portal else [])])
+    elif portal:
+        print(portal, flush=True)
     run_operator(settings, verbose=args.verbose, ready=ready)
 
 

@@ -7,14 +7,25 @@ Parsing is pure (it takes the environment as a mapping), so tests build settings
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _REPO_MODULES = Path(__file__).resolve().parents[2] / "terraform-modules"
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseModel):
@@ -93,6 +104,26 @@ class Settings(BaseModel):
         True, description="Apply the ValidatingWebhookConfiguration `blacktop` (local mode); the chart sets false."
     )
     webhook_host: str = Field("127.0.0.1", description="Host in the webhook URL the apiserver calls (local mode).")
+    portal_port: int = Field(0, ge=0, le=65535, description="Port of the read-only developer portal (0: no portal).")
+    portal_address: str = Field(
+        "127.0.0.1", description="Address the portal listens on (the chart sets 0.0.0.0, behind its Service)."
+    )
+    portal_auth: Literal["token", "none"] = Field(
+        "token",
+        description="token: every visitor signs in with a Kubernetes token and sees what RBAC lets them list; "
+        "none: no sign-in, everything visible (only allowed on a loopback address, as in `make run`).",
+    )
+
+    @model_validator(mode="after")
+    def _portal_sign_in_off_only_on_loopback(self) -> Settings:
+        # Without sign-in the portal shows every team's environments and requests to whoever can
+        # connect: that is acceptable on a developer's own machine, never on a pod's address.
+        if self.portal_port and self.portal_auth == "none" and not _is_loopback(self.portal_address):
+            raise ValueError(
+                f"BLACKTOP_PORTAL_AUTH=none serves every team's requests without sign-in, so it is only allowed on "
+                f"a loopback address, not {self.portal_address!r}; use BLACKTOP_PORTAL_AUTH=token"
+            )
+        return self
 
     def team_group(self, team: str) -> str:
         """The group whose members belong to ``team``."""

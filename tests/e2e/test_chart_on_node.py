@@ -3,7 +3,8 @@
 `helm install --wait` of charts/blacktop into a cluster of its own (control plane + node) with the
 operator image built here and imported into the node: the operator runs as a Pod under the chart's
 ServiceAccount and nothing else; the apiserver calls the admission webhook through the chart's
-Service with the chart's certificate; an Environment and a postgres-database request go Ready against
+Service with the chart's certificate; the developer portal (portal.enabled) answers through its
+Service and signs a ServiceAccount in with the apiserver's TokenReview; an Environment and a postgres-database request go Ready against
 a real PostgreSQL on the host, whose database the Secret's uri reaches; deleting the operator Pod in
 the middle of an apply leaves the work to the next Pod, which finishes it; deleting destroys; `helm
 uninstall` leaves only what the README says it keeps (the CRDs and the example catalog).
@@ -31,7 +32,9 @@ from helpers import (
     condition,
     environment_body,
     event_reasons,
+    fetch,
     get,
+    http_status,
     secret_values,
     service_request,
     try_apply,
@@ -89,7 +92,7 @@ def release(node_cluster: LocalCluster, admin: Kubectl, postgres: PostgresServer
     started = time.monotonic()
     helm(
         "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--wait", "--timeout=5m",
-        "--set", "catalog.enabled=true", "--set", "config.resyncSeconds=10",
+        "--set", "catalog.enabled=true", "--set", "config.resyncSeconds=10", "--set", "portal.enabled=true",
         kubeconfig=node_cluster.kubeconfig, timeout=360,
     )  # fmt: skip
     print(f"helm install --wait: {time.monotonic() - started:.1f}s")
@@ -156,6 +159,29 @@ def test_the_apiserver_calls_the_webhook_through_its_service(release: str, admin
     # The operator's own answer comes back (not a call failure), for a dry run and a real apply.
     assert_refused_by_the_webhook(admin, "--dry-run=server")
     assert_refused_by_the_webhook(admin)
+
+
+def test_the_portal_answers_through_its_service_and_signs_in_with_the_apiservers_answer(
+    release: str, admin: Kubectl
+) -> None:
+    service = get(admin, "service", f"{FULLNAME}-portal", "-n", NAMESPACE)
+    assert service is not None
+    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    # Nobody is let in without a token the apiserver accepts.
+    wait_for(lambda: http_status(f"{url}/catalog") == 401, timeout=60, what="the portal's sign-in page")
+    assert fetch(f"{url}/catalog", "not-a-token")[0] == 401
+    # A ServiceAccount's token is reviewed by the apiserver under the chart's RBAC (tokenreviews and
+    # subjectaccessreviews), and the catalog page renders the module's README shipped in the image.
+    admin("create", "serviceaccount", "portal-visitor", "-n", "default")
+    token = admin("create", "token", "portal-visitor", "-n", "default").stdout.strip()
+
+    def shown() -> str | None:
+        status, body = fetch(f"{url}/catalog/postgres-database", token)
+        return body if status == 200 and "A database of its own on the" in body else None
+
+    page = wait_for(shown, timeout=60, interval=0.5, what="the postgres-database page of the portal")
+    assert "system:serviceaccount:default:portal-visitor" in page
+    admin("delete", "serviceaccount", "portal-visitor", "-n", "default")
 
 
 def test_an_environment_and_a_database_go_ready_and_the_database_answers(

@@ -61,6 +61,7 @@ NON_DEFAULT: dict[str, Any] = {
     },
     "podAnnotations": {"example.com/scrape": "true"},
     "nodeSelector": {"kubernetes.io/os": "linux"},
+    "portal": {"enabled": True, "port": 8099, "service": {"port": 8443}},
 }
 CERT_MANAGER: dict[str, Any] = {"webhook": {"certificate": {"mode": "certManager"}}, "replicaCount": 0}
 NO_WEBHOOK: dict[str, Any] = {"webhook": {"enabled": False}, "environmentRBAC": {"create": False}}
@@ -273,6 +274,36 @@ def test_non_default_values_reach_the_deployment(values_files: dict[str, Path]) 
         "postgres-database",
         "tiny",
         "web-service",
+    ]
+
+
+def _portal_rules(objects: list[JSON]) -> list[JSON]:
+    return [r for _, r in _rbac_rules(objects) if set(r["resources"]) & {"tokenreviews", "subjectaccessreviews"}]
+
+
+def test_the_portal_is_off_by_default_and_behind_its_service_when_on(values_files: dict[str, Path]) -> None:
+    default = rendered(values_files["default"])
+    (container,) = find(default, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "BLACKTOP_PORTAL_PORT" not in _env(container)
+    assert not [s for s in find(default, "Service") if s["metadata"]["name"].endswith("-portal")]
+    assert _portal_rules(default) == []
+
+    objects = rendered(values_files["non-default"])
+    (container,) = find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    env = _env(container)
+    # Listening on the pod's address is only allowed with sign-in (the operator refuses auth=none there).
+    assert (env["BLACKTOP_PORTAL_PORT"], env["BLACKTOP_PORTAL_ADDRESS"], env["BLACKTOP_PORTAL_AUTH"]) == (
+        "8099",
+        "0.0.0.0",
+        "token",
+    )
+    assert {"name": "portal", "containerPort": 8099, "protocol": "TCP"} in container["ports"]
+    (service,) = find(objects, "Service", "platform-operator-portal")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8443, "targetPort": "portal", "protocol": "TCP"}]
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "operator"
+    assert sorted((r["apiGroups"][0], r["resources"][0], tuple(r["verbs"])) for r in _portal_rules(objects)) == [
+        ("authentication.k8s.io", "tokenreviews", ("create",)),
+        ("authorization.k8s.io", "subjectaccessreviews", ("create",)),
     ]
 
 

@@ -12,12 +12,14 @@ from helpers import (
     Kubectl,
     OperatorProcess,
     apply_json,
+    apply_ready,
     condition,
     get,
     make_environment,
     secret_values,
     service_request,
     tiny_golden_path,
+    try_apply,
     unique,
     wait_for,
     wait_reason,
@@ -108,25 +110,41 @@ def test_request_is_provisioned_updated_and_destroyed(
     )
 
 
-def test_invalid_parameters_are_reported_and_fixable(kubectl: Kubectl, environment: str) -> None:
-    name = unique("bad")
-    apply_json(kubectl, service_request(name, environment, "tiny", size="gigantic"))
-    ready = wait_reason(kubectl, name, environment, "InvalidParameters")
-    assert ready["status"] == "False"
-    assert "parameters.size" in ready["message"]
-    assert "gigantic" in ready["message"]
-    kubectl(
-        "patch",
-        "servicerequest",
-        name,
-        "-n",
-        environment,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"size":"medium"}}}',
-    )
+def fix_until_ready(kubectl: Kubectl, name: str, environment: str, parameters: dict[str, object]) -> None:
+    """Patch the request's parameters, wait until it is Ready, delete it: recovery needs no other step."""
+    patch = json.dumps({"spec": {"parameters": parameters}})
+    kubectl("patch", "servicerequest", name, "-n", environment, "--type=merge", "-p", patch)
     kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
     kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+
+
+def test_invalid_parameters_are_refused_at_admission(kubectl: Kubectl, environment: str) -> None:
+    """The golden path's schema is checked at `kubectl apply`, with the message the controller writes."""
+    name = unique("bad")
+    refused = try_apply(kubectl, service_request(name, environment, "tiny", size="gigantic"))
+    assert refused.returncode != 0
+    assert (
+        "invalid parameters: parameters.size: 'gigantic' is not one of ['small', 'medium', 'large']" in refused.stderr
+    )
+    assert get(kubectl, "servicerequest", name, "-n", environment) is None
+
+
+def test_invalid_parameters_admitted_before_their_golden_path_are_reported_and_fixable(
+    kubectl: Kubectl, environment: str
+) -> None:
+    """A GitOps sync may apply a request before its golden path exists: admission has no schema to check
+    then, so the controller reports InvalidParameters once the golden path appears; a fix provisions it."""
+    golden_path, name = unique("late-tiny"), unique("bad")
+    apply_json(kubectl, service_request(name, environment, golden_path, size="gigantic"))
+    try:
+        apply_ready(kubectl, tiny_golden_path(golden_path))
+        ready = wait_reason(kubectl, name, environment, "InvalidParameters")
+        assert ready["status"] == "False"
+        assert "parameters.size" in ready["message"]
+        assert "gigantic" in ready["message"]
+        fix_until_ready(kubectl, name, environment, {"size": "medium"})
+    finally:
+        kubectl("delete", "goldenpath", golden_path, "--ignore-not-found", "--wait=false")
 
 
 def test_unknown_golden_path(kubectl: Kubectl, environment: str) -> None:
@@ -150,18 +168,7 @@ def test_module_failure_is_classified_and_retried(kubectl: Kubectl, environment:
     assert reconciling is not None
     assert reconciling["status"] == "True"
     # Fixing the parameters recovers without any manual step.
-    kubectl(
-        "patch",
-        "servicerequest",
-        name,
-        "-n",
-        environment,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"fail":false}}}',
-    )
-    kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
-    kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
+    fix_until_ready(kubectl, name, environment, {"fail": False})
 
 
 def test_request_outside_an_environment(kubectl: Kubectl, catalog: str, installed: Path) -> None:

@@ -21,6 +21,7 @@ def passes(message: str, level: int, logger_level: int = logging.INFO) -> tuple[
     "message",
     [
         "Handler 'metrics-servicerequests' succeeded.",
+        "Handler 'portal-guardrailpolicies' succeeded.",
         "Handler 'environment-child-namespaces' succeeded.",
         "Timer 'environment_resync' succeeded.",
         "Timer 'service_request_drift' succeeded.",

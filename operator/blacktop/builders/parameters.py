@@ -34,3 +34,11 @@ def validate(schema: dict[str, Any], parameters: dict[str, Any]) -> tuple[dict[s
         where = ".".join(str(p) for p in error.path)
         errors.append(f"parameters.{where}: {error.message}" if where else f"parameters: {error.message}")
     return filled, errors[:MAX_ERRORS]
+
+
+REFUSAL = "invalid parameters: "
+
+
+def refusal(errors: list[str]) -> str:
+    """The one line that refuses parameters (admission's denial and the InvalidParameters message)."""
+    return REFUSAL + "; ".join(errors)

@@ -2,6 +2,8 @@
 
 Each review gathers what the decision needs (active policies, the request's environment and golden
 path, its siblings for the budget) and lets the pure deciders in :mod:`blacktop.guardrails` decide.
+A ServiceRequest's parameters are checked against its golden path's JSON Schema here too, with the
+message the controller would write, so a typo is refused at ``kubectl apply``.
 The answer is a :class:`Review`: a denial line (or none) and warnings. An update that leaves the
 spec alone (Kopf adding its finalizer, a label) is always admitted: a policy added later must not
 stop the operator from finishing or deleting what already exists.
@@ -10,7 +12,7 @@ stop the operator from finishing or deleting what already exists.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +20,11 @@ from pydantic import ValidationError
 
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
+from blacktop.builders import parameters
+from blacktop.config import Settings
 from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
+from blacktop.controllers.goldenpath import schema_problem
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
 from blacktop.guardrails import boundaries, context, engine
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
@@ -52,10 +57,7 @@ def _answer(decision: engine.Decision, ctx: Context, body: JSON, dryrun: bool) -
     observe(ctx, decision)
     if not dryrun:
         record_in_background(ctx, decision.recorded, body)
-    review = Review(warnings=[v.text for v in decision.warnings])
-    if decision.denials:
-        review.denial = decision.denial_text()
-    return review
+    return Verdict(decision=decision).review
 
 
 async def review_environment(
@@ -78,7 +80,8 @@ async def review_environment(
 async def review_service_request(
     ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None, *, dryrun: bool
 ) -> Review:
-    """Team boundary within the environment, then the Admission-stage rules (budget included)."""
+    """Team boundary within the environment, the golden path's parameter schema, then the
+    Admission-stage rules (budget included)."""
     if spec_unchanged(body, old):
         return Review()
     namespace = str(body.get("metadata", {}).get("namespace") or "")
@@ -88,14 +91,58 @@ async def review_service_request(
         ctx.client.list(SERVICEREQUESTS, namespace),
         active_policies(ctx),
     )
-    if env is not None:
+    verdict = decide_service_request(
+        ctx.settings, body, old, userinfo, env=env, golden_paths=golden_paths, siblings=siblings, policies=policies
+    )
+    if verdict.decision is None:
+        return Review(denial=verdict.denial)
+    return _answer(verdict.decision, ctx, body, dryrun)
+
+
+@dataclass
+class Verdict:
+    """What admission decides about a ServiceRequest: a refusal before the policies
+    (``denial``), or the policies' ``decision``."""
+
+    denial: str | None = None
+    decision: engine.Decision | None = None
+
+    @property
+    def review(self) -> Review:
+        """The answer, without recording anything (metrics, policy status)."""
+        if self.decision is None:
+            return Review(denial=self.denial)
+        denial = self.decision.denial_text() if self.decision.denials else None
+        return Review(denial=denial, warnings=[v.text for v in self.decision.warnings])
+
+
+def decide_service_request(
+    settings: Settings,
+    body: JSON,
+    old: JSON | None,
+    userinfo: Mapping[str, Any] | None,
+    *,
+    env: JSON | None,
+    golden_paths: Iterable[JSON],
+    siblings: Iterable[JSON],
+    policies: Iterable[engine.CompiledPolicy],
+    check_team_boundary: bool = True,
+) -> Verdict:
+    """The admission decision from the objects it depends on, with no I/O and no side effect.
+
+    The webhook calls it with what it just read; the portal's request builder calls it with the
+    operator's cached view, so a form shows the very refusal ``kubectl apply`` would get. Without
+    an identity (``check_team_boundary`` False) the team boundary is left to ``kubectl apply``.
+    """
+    if env is not None and check_team_boundary:
         team = str((env.get("spec") or {}).get("team") or "")
-        settings = ctx.settings
         denial = boundaries.request_denial(userinfo, env, settings.team_group(team), settings.platform_admin_groups)
         if denial:
-            return Review(denial=denial)
+            return Verdict(denial=denial)
     by_name = {gp["metadata"]["name"]: gp for gp in golden_paths}
     golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
+    if golden is not None and (denial := parameters_denial(golden, body)):
+        return Verdict(denial=denial)
     variables = context.request_variables(
         body,
         old,
@@ -104,8 +151,26 @@ async def review_service_request(
         userinfo,
         siblings=[(s, by_name.get(str((s.get("spec") or {}).get("goldenPath")))) for s in siblings],
     )
-    decision = engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.ADMISSION)
-    return _answer(decision, ctx, body, dryrun)
+    return Verdict(
+        decision=engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.ADMISSION)
+    )
+
+
+def parameters_denial(golden_path: JSON, body: JSON) -> str | None:
+    """Why the request's parameters do not match the golden path's schema (None: they do).
+
+    A golden path whose own spec or schema is broken refuses nothing here: its status says what is
+    wrong, and the request waits for it to be fixed (GoldenPathNotReady).
+    """
+    try:
+        schema = GoldenPathSpec.model_validate(golden_path.get("spec") or {}).parameters
+    except ValidationError:
+        return None
+    if schema_problem(schema) is not None:
+        return None
+    given = (body.get("spec") or {}).get("parameters")
+    _, errors = parameters.validate(schema, given if isinstance(given, dict) else {})
+    return parameters.refusal(errors) if errors else None
 
 
 def review_policy(body: JSON, old: JSON | None) -> Review:

@@ -20,7 +20,7 @@ from blacktop.api.guardrailpolicy import GuardrailPolicyStatus
 from blacktop.api.guardrailpolicy import Violation as StatusViolation
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
-from blacktop.guardrails.engine import CompiledPolicy, PolicyCompileError, Violation, compile_body
+from blacktop.guardrails.engine import CompiledPolicy, PolicyCompileError, Violation, compile_active, compile_body
 from blacktop.kube.resources import GUARDRAILPOLICIES
 
 logger = logging.getLogger(__name__)
@@ -35,15 +35,7 @@ def _lock_key(name: str) -> str:
 
 async def active_policies(ctx: Context) -> list[CompiledPolicy]:
     """Every policy that compiles (compiled programs are cached, so this is one list call)."""
-    policies = []
-    for body in await ctx.client.list(GUARDRAILPOLICIES):
-        if body["metadata"].get("deletionTimestamp"):
-            continue
-        try:
-            policies.append(compile_body(body))
-        except PolicyCompileError:
-            continue  # its own status says CompileError; it could only have got in before the webhook ran
-    return policies
+    return compile_active(await ctx.client.list(GUARDRAILPOLICIES))
 
 
 async def reconcile_policy(ctx: Context, name: str) -> GuardrailPolicyStatus | None:

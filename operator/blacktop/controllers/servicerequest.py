@@ -81,7 +81,7 @@ def check(
         return Decision(Refusal(Reason.TIER_NOT_ALLOWED, message, Stage.FAILED))
     params, errors = parameters.validate(golden.spec.parameters, request.spec.parameters)
     if errors:
-        message = "invalid parameters: " + "; ".join(errors)
+        message = parameters.refusal(errors)
         return Decision(
             Refusal(Reason.INVALID_PARAMETERS, message, Stage.FAILED, conditions=(ConditionType.PARAMETERS_VALID,))
         )

@@ -99,6 +99,23 @@ def compile_body(body: Mapping[str, Any]) -> CompiledPolicy:
     return compile_policy(name, spec)
 
 
+def compile_active(bodies: Iterable[Mapping[str, Any]]) -> list[CompiledPolicy]:
+    """The policies among ``bodies`` that apply: not being deleted, and compiling.
+
+    One that does not compile is left out: its own status says CompileError, and it could only
+    have got in while no webhook ran.
+    """
+    policies = []
+    for body in bodies:
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        try:
+            policies.append(compile_body(body))
+        except PolicyCompileError:
+            continue
+    return policies
+
+
 @dataclass(frozen=True)
 class Subject:
     """What a policy's match looks at."""

@@ -20,6 +20,7 @@ MODULES = (
     "goldenpath",
     "guardrailpolicy",
     "metrics",
+    "portal",
     "servicerequest",
 )
 

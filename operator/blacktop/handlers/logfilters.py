@@ -1,7 +1,7 @@
 """Kopf's log lines, tuned for the people who read them.
 
 Kopf logs every handler's success at INFO, including the routine ones that run on every watch
-event, timer tick or admission review (metrics, child watches, cost, resyncs, drift and TTL
+event, timer tick or admission review (metrics, the portal's cache, child watches, cost, resyncs, drift and TTL
 checks, webhooks): in a real cluster that is thousands of lines an hour that say nothing. Those
 successes drop to DEBUG (`blacktop run --verbose` still shows them); failures are untouched. And a
 guardrail denial is the webhook doing its job, yet Kopf logs a handler raising AdmissionError as
@@ -16,6 +16,7 @@ import logging
 # Ids of handlers that run on every event or tick (see the handlers modules).
 ROUTINE_IDS = (
     "metrics-",
+    "portal-",
     "environment-child-",
     "environment-cost",
     "environment_resync",

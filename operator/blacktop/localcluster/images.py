@@ -72,7 +72,7 @@ OPERATOR_LABELS: Mapping[str, str] = {
     "org.opencontainers.image.description": "Blacktop: self-service environments and infrastructure on Kubernetes",
     "org.opencontainers.image.licenses": "Apache-2.0",
 }
-OPERATOR_PORTS = ("8080/tcp", "8081/tcp", "9443/tcp")  # metrics, health, webhook
+OPERATOR_PORTS = ("8080/tcp", "8081/tcp", "8090/tcp", "9443/tcp")  # metrics, health, portal, webhook
 
 # -- how the base is made ----------------------------------------------------------------------------
 DEBIAN_SUITE = "bookworm"

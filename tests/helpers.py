@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 API = "platform.blacktop.dev/v1alpha1"
+# A group that the developers_may_create_environments fixture lets create and change Environments.
+DEVELOPERS = "blacktop-test-developers"
 
 
 def wait_for(
@@ -94,6 +96,11 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            # Notification tests post to a receiver on loopback, and see retries within seconds.
+            "BLACKTOP_NOTIFICATION_ALLOWED_URLS": "https://,http://127.0.0.1:",
+            "BLACKTOP_NOTIFICATION_BACKOFF_SECONDS": "0.3",
+            "BLACKTOP_NOTIFICATION_BACKOFF_CAP_SECONDS": "2",
+            "BLACKTOP_NOTIFICATION_MAX_ATTEMPTS": "5",
             **self.extra_env,
         }
         log = self.log_file.open("ab")

@@ -18,6 +18,7 @@ import yaml
 
 from helpers import (
     API,
+    DEVELOPERS,
     REPO,
     Kubectl,
     OperatorProcess,
@@ -34,8 +35,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-DEVELOPERS = "blacktop-test-developers"
 
 
 @pytest.fixture(scope="module")
@@ -246,30 +245,6 @@ def test_policy_with_a_broken_expression_is_refused(
 
 
 # -- team boundaries ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def developers_may_create_environments(kubectl: Kubectl, installed: Path) -> Iterator[str]:
-    """RBAC lets the DEVELOPERS group create environments, so the webhook is what decides."""
-    name = unique("gr-env-creators")
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": ["platform.blacktop.dev"], "resources": ["environments"], "verbs": ["*"]}],
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": DEVELOPERS}],
-    }
-    for obj in (role, binding):
-        assert try_apply(kubectl, obj).returncode == 0
-    yield DEVELOPERS
-    kubectl("delete", "clusterrolebinding", name, "--ignore-not-found")
-    kubectl("delete", "clusterrole", name, "--ignore-not-found")
 
 
 def test_cross_team_environment_is_refused(

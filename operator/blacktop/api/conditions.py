@@ -25,6 +25,7 @@ class ConditionType:
     DRIFTED = "Drifted"
     MONITORING_CONFIGURED = "MonitoringConfigured"
     DELETING = "Deleting"
+    NOTIFICATIONS_CONFIGURED = "NotificationsConfigured"
 
 
 class Reason:
@@ -66,6 +67,9 @@ class Reason:
     RETRIES_EXHAUSTED = "RetriesExhausted"
     COMPILE_ERROR = "CompileError"
     ACTIVE = "Active"
+    EXPIRING_SOON = "ExpiringSoon"  # Environment: the TTL runs out within 24 hours
+    NOTIFICATION_CHANNEL_INVALID = "NotificationChannelInvalid"  # a channel's Secret is missing or incomplete
+    NOTIFICATION_FAILED = "NotificationFailed"  # Event: a message could not be delivered (after its retries)
 
 
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:

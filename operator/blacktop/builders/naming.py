@@ -13,6 +13,8 @@ LABEL_TIER = f"{DOMAIN}/tier"
 LABEL_SERVICE_REQUEST = f"{DOMAIN}/service-request"
 LABEL_GOLDEN_PATH = f"{DOMAIN}/golden-path"
 LABEL_AGGREGATE_TO_EDITOR = f"{DOMAIN}/aggregate-to-environment-editor"
+# On a Secret in the operator's namespace: a platform-wide notification channel (value Slack or Webhook).
+LABEL_NOTIFICATION_CHANNEL = f"{DOMAIN}/notification-channel"
 
 FINALIZER = f"{DOMAIN}/finalizer"
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from blacktop.config import Settings
 from blacktop.kube.client import KubeClient
 from blacktop.metrics.registry import Metrics, create_metrics
+from blacktop.notifications.delivery import Notifier
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Context:
     client: KubeClient
     settings: Settings
     metrics: Metrics = field(default_factory=create_metrics)  # the process's explicit registry
+    notifier: Notifier | None = None  # started at start-up (controllers/notifications.start)
     # Kopf serialises change handlers per object, but timers and watches of child objects run beside
     # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from blacktop.api.environment import EXPIRING_WITHIN
 from blacktop.metrics.inventory import (
     ENVIRONMENT,
     GOLDEN_PATH,
@@ -28,8 +29,6 @@ from blacktop.metrics.inventory import (
     RequestView,
 )
 
-# An environment whose TTL runs out within this window counts as expiring.
-EXPIRING_WITHIN = timedelta(hours=24)
 # A deletion still pending after this long is stuck (a destroy failing, a finalizer held).
 STUCK_AFTER = timedelta(minutes=15)
 READINESS = ("true", "false", UNKNOWN)

@@ -48,6 +48,13 @@ FAILURE_CLASSES = (
 )
 # Guardrail decision outcomes (label values of blacktop_guardrail_decisions_total).
 OUTCOMES = ("allowed", "denied", "warned", "audited")
+# Notifications (label values of blacktop_notifications_total): what was told, through which kind of
+# channel, of whom (a team's channel, the platform's, or none when it never got routed), and how it ended.
+NOTIFICATION_EVENTS = ("Ready", "Failed", "AwaitingApproval", "Drifted", "Expiring", "BudgetNearlySpent")
+NOTIFICATION_CHANNELS = ("Slack", "Webhook", "none")
+NOTIFICATION_SCOPES = ("team", "platform", "none")
+NOTIFICATION_RESULTS = ("delivered", "failed", "dropped")
+NOTIFICATION_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class Metrics:
     runs_in_flight: Gauge
     runs_queued: Gauge
     event_loop_lag: Gauge
+    notifications: Counter
+    notification_retries: Counter
+    notifications_queued: Gauge
+    notification_latency: Histogram
     inventory: Inventory
 
     @property
@@ -130,6 +141,32 @@ class Metrics:
             self.lead_time.labels(golden_path=golden_path, tier=tier)
         self.drift_detected.labels(golden_path=golden_path)
 
+    def observe_notification(self, event: str, channel_type: str, scope: str, result: str) -> None:
+        """Count one notification's end: ``result`` delivered, failed (after its retries) or dropped."""
+        if result not in NOTIFICATION_RESULTS:
+            raise ValueError(f"notification result {result!r} is not one of {NOTIFICATION_RESULTS}")
+        self.notifications.labels(event=event, channel_type=channel_type, scope=scope, result=result).inc()
+
+    def observe_notification_latency(self, channel_type: str, seconds: float) -> None:
+        """Record how long a delivered notification took from its transition (retries included)."""
+        self.notification_latency.labels(channel_type=channel_type).observe(seconds)
+
+    def prepare_notifications(self) -> None:
+        """Zero-valued failure series, so ``rate()`` catches the first failed or dropped message."""
+        for event in NOTIFICATION_EVENTS:
+            for channel, scope in (
+                ("Slack", "team"),
+                ("Webhook", "team"),
+                ("Slack", "platform"),
+                ("Webhook", "platform"),
+            ):
+                for result in NOTIFICATION_RESULTS:
+                    self.notifications.labels(event=event, channel_type=channel, scope=scope, result=result)
+            self.notifications.labels(event=event, channel_type="none", scope="none", result="dropped")
+            self.notifications.labels(event=event, channel_type="none", scope="none", result="failed")
+        for channel in NOTIFICATION_CHANNELS:
+            self.notification_retries.labels(channel_type=channel)
+
     @asynccontextmanager
     async def run_slot(self, semaphore: asyncio.Semaphore, stage: str) -> AsyncIterator[None]:
         """Wait for a run slot (time spent is the ``queued`` stage), then time ``stage`` while it runs."""
@@ -155,7 +192,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     registry = registry or CollectorRegistry(auto_describe=True)
     inventory = Inventory()
     registry.register(InventoryCollector(inventory))
-    return Metrics(
+    metrics = Metrics(
         registry=registry,
         lead_time=Histogram(
             "blacktop_provisioning_lead_time_seconds",
@@ -207,5 +244,32 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "How late the operator's event loop woke up for its last lag probe (a blocked loop delays everything).",
             registry=registry,
         ),
+        notifications=Counter(
+            "blacktop_notifications",
+            "Notifications by event, channel type (Slack, Webhook; none: never routed), scope (team, platform) and "
+            "result (delivered, failed after its retries, dropped because the queue was full).",
+            ["event", "channel_type", "scope", "result"],
+            registry=registry,
+        ),
+        notification_retries=Counter(
+            "blacktop_notification_retries",
+            "Notification deliveries that failed and were scheduled again, by channel type.",
+            ["channel_type"],
+            registry=registry,
+        ),
+        notifications_queued=Gauge(
+            "blacktop_notifications_queued",
+            "Notifications waiting for delivery or for their next attempt (BLACKTOP_NOTIFICATION_QUEUE_SIZE bounds it).",
+            registry=registry,
+        ),
+        notification_latency=Histogram(
+            "blacktop_notification_delivery_seconds",
+            "Time from a transition being seen to its notification being delivered (retries included), by channel type.",
+            ["channel_type"],
+            buckets=NOTIFICATION_LATENCY_BUCKETS,
+            registry=registry,
+        ),
         inventory=inventory,
     )
+    metrics.prepare_notifications()
+    return metrics

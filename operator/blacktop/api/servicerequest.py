@@ -126,7 +126,7 @@ class Approval(StatusModel):
 
     operation: str = Field(description="apply (provisioning) or drift (a drift correction).")
     state: ApprovalState = Field(description="Pending or Approved.")
-    plan_digest: str = Field(description="Digest of the plan to approve: annotate platform.blacktop.dev/approve=<it>.")
+    plan_digest: str = Field(description="Digest of the plan to approve: annotate blacktop.dev/approve=<it>.")
     plan: str = Field("", description="What the plan does, e.g. '1 to add, 0 to change, 0 to destroy'.")
     monthly_cost: str | None = Field(None, description="Monthly cost of the request with this plan.")
     rules: list[ApprovalRule] = Field(default_factory=list, description="The rules that asked for approval.")
@@ -136,7 +136,8 @@ class Approval(StatusModel):
     requested_at: str = Field(description="When the plan started waiting (RFC 3339).")
     approved_by: str | None = Field(None, description="Who approved the plan.")
     approved_at: str | None = Field(None, description="When it was approved (RFC 3339).")
-    command: str = Field("", description="The command that approves this plan.")
+    waited_seconds: int | None = Field(None, description="Seconds the plan waited for its approval.")
+    command: str = Field("", description="The kubectl command that approves this plan (or: blacktop approve).")
 
 
 class InputStatus(StatusModel):

@@ -47,7 +47,7 @@ FAILURE_CLASSES = (
     Reason.TIMEOUT,
 )
 # Guardrail decision outcomes (label values of blacktop_guardrail_decisions_total).
-OUTCOMES = ("allowed", "denied", "warned", "audited")
+OUTCOMES = ("allowed", "denied", "warned", "audited", "approval")
 # Notifications (label values of blacktop_notifications_total): what was told, through which kind of
 # channel, of whom (a team's channel, the platform's, or none when it never got routed), and how it ended.
 NOTIFICATION_EVENTS = ("Ready", "Failed", "AwaitingApproval", "Drifted", "Expiring", "BudgetNearlySpent")

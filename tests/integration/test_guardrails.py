@@ -135,8 +135,8 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
     assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
 
 
-def _webhook_urls(kubectl: Kubectl) -> list[str]:
-    config = get(kubectl, "validatingwebhookconfiguration", "blacktop") or {}
+def _webhook_urls(kubectl: Kubectl, kind: str = "validatingwebhookconfiguration") -> list[str]:
+    config = get(kubectl, kind, "blacktop") or {}
     return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
 
 
@@ -146,7 +146,9 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     """A stopped operator must not leave a failurePolicy=Fail webhook behind (it would refuse every
     later apply of Blacktop's kinds); the session operator's configuration is restored afterwards."""
     saved = get(kubectl, "validatingwebhookconfiguration", "blacktop")
+    saved_mutating = get(kubectl, "mutatingwebhookconfiguration", "blacktop")
     assert saved is not None
+    assert saved_mutating is not None
     own = OperatorProcess(
         operator.kubeconfig,
         tmp_path / "operator.log",
@@ -155,7 +157,10 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     try:
         own.start()
         wait_for(
-            lambda: (urls := _webhook_urls(kubectl)) and all(f":{own.webhook_port}/" in u for u in urls),
+            lambda: (
+                (urls := _webhook_urls(kubectl) + _webhook_urls(kubectl, "mutatingwebhookconfiguration"))
+                and all(f":{own.webhook_port}/" in u for u in urls)
+            ),
             timeout=60,
             what="the new operator to point the webhook configuration at itself",
         )
@@ -171,6 +176,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
         own.stop()
         assert "admission webhook configuration blacktop removed" in own.log_text()
         assert get(kubectl, "validatingwebhookconfiguration", "blacktop") is None
+        assert get(kubectl, "mutatingwebhookconfiguration", "blacktop") is None
         # With no webhook, applies of Blacktop's kinds are not wedged.
         assert try_apply(kubectl, body, "--dry-run=server").returncode == 0
         # A broken policy that gets in while no webhook runs is reported, not enforced.
@@ -188,9 +194,10 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
             kubectl("delete", "guardrailpolicy", body["metadata"]["name"], "--ignore-not-found")
     finally:
         own.stop()
-        meta = saved["metadata"]
-        saved["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
-        assert try_apply(kubectl, saved).returncode == 0
+        for config in (saved, saved_mutating):
+            meta = config["metadata"]
+            config["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
+            assert try_apply(kubectl, config).returncode == 0
     assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
 
 

@@ -18,11 +18,12 @@ from pydantic import ValidationError
 
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
+from blacktop.builders import composition
 from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
-from blacktop.guardrails import boundaries, context, engine
-from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
+from blacktop.guardrails import approvals, boundaries, context, engine
+from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform.findings import disallowed_providers
 
@@ -78,7 +79,10 @@ async def review_environment(
 async def review_service_request(
     ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None, *, dryrun: bool
 ) -> Review:
-    """Team boundary within the environment, then the Admission-stage rules (budget included)."""
+    """An approval (who may approve which plan), then for a spec change: the team boundary within the
+    environment, the inputs (sources, outputs, cycles), the Admission-stage rules (budget included)."""
+    if denial := approvals.approval_denial(body, old, userinfo, ctx.settings.platform_admin_groups):
+        return Review(denial=denial)
     if spec_unchanged(body, old):
         return Review()
     namespace = str(body.get("metadata", {}).get("namespace") or "")
@@ -96,6 +100,9 @@ async def review_service_request(
             return Review(denial=denial)
     by_name = {gp["metadata"]["name"]: gp for gp in golden_paths}
     golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
+    inputs = await _review_inputs(ctx, body, siblings, by_name, golden)
+    if inputs.denials:
+        return Review(denial="\n".join(f"denied: {d}" for d in inputs.denials))
     variables = context.request_variables(
         body,
         old,
@@ -105,7 +112,74 @@ async def review_service_request(
         siblings=[(s, by_name.get(str((s.get("spec") or {}).get("goldenPath")))) for s in siblings],
     )
     decision = engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.ADMISSION)
-    return _answer(decision, ctx, body, dryrun)
+    review = _answer(decision, ctx, body, dryrun)
+    review.warnings = inputs.warnings + review.warnings
+    return review
+
+
+def _spec_of(golden_path: JSON | None) -> GoldenPathSpec | None:
+    try:
+        return GoldenPathSpec.model_validate((golden_path or {}).get("spec") or {}) if golden_path else None
+    except ValidationError:
+        return None
+
+
+async def _module_findings(ctx: Context, spec: GoldenPathSpec | None) -> tuple[set[str], set[str]] | None:
+    """(variables, outputs) of a golden path's module, or None when it cannot be read here."""
+    if spec is None:
+        return None
+    try:
+        info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module)
+    except modules.ModuleError:
+        return None
+    return set(info.findings.variables), set(info.findings.outputs)
+
+
+async def _review_inputs(
+    ctx: Context, body: JSON, siblings: list[JSON], golden_paths: dict[str, JSON], golden: JSON | None
+) -> composition.InputReview:
+    """The request's inputs against its namespace; modules are read only for requests that have inputs."""
+    if not composition.inputs_of(body):
+        return composition.InputReview()
+    specs = {name: spec for name, gp in golden_paths.items() if (spec := _spec_of(gp)) is not None}
+    consumer = await _module_findings(ctx, _spec_of(golden))
+    sources = {str((s.get("spec") or {}).get("goldenPath") or "") for s in siblings}
+    outputs: dict[str, set[str] | None] = {}
+    for name in sources & set(specs):
+        found = None if specs[name].outputs else await _module_findings(ctx, specs[name])
+        outputs[name] = composition.delivered_outputs(specs[name], found[1] if found else None)
+    return composition.review_inputs(
+        body,
+        siblings,
+        specs,
+        outputs_of=outputs.get,
+        variables=consumer[0] if consumer else None,
+    )
+
+
+async def review_service_request_deletion(ctx: Context, body: JSON) -> Review:
+    """A request whose outputs others consume is not deleted while they exist, unless its whole
+    environment or namespace goes (then its finalizer waits for them: consumers are destroyed first)."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    siblings = await ctx.client.list(SERVICEREQUESTS, namespace)
+    denial = composition.deletion_denial(name, siblings)
+    if denial is None:
+        return Review()
+    ns = await ctx.client.get(resource_for("v1", "Namespace"), namespace)
+    if ((ns or {}).get("status") or {}).get("phase") == "Terminating" or (ns or {}).get("metadata", {}).get(
+        "deletionTimestamp"
+    ):
+        return Review()
+    env = await lookup.environment_of(ctx, namespace)
+    if env is not None and env["metadata"].get("deletionTimestamp"):
+        return Review()
+    return Review(denial=denial)
+
+
+def stamp_service_request(body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """The annotations the mutating webhook sets on a request (see guardrails.approvals.stamps)."""
+    return approvals.stamps(body, old, userinfo)
 
 
 def review_policy(body: JSON, old: JSON | None) -> Review:

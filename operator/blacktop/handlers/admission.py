@@ -1,4 +1,5 @@
-"""Kopf wiring of admission: the HTTPS webhook server and the four validating handlers.
+"""Kopf wiring of admission: the HTTPS webhook server, the four validating handlers and the one
+mutating handler (ServiceRequests' requested-by/approved-by stamps).
 
 Handler ids are the webhook URL paths (`validate-environment`, ...). A denial is a
 ``kopf.AdmissionError`` (kubectl prints its message); Warn-mode violations become admission
@@ -105,7 +106,9 @@ async def validate_environment(
     _verdict(memo, "Environment", started, review, warnings)
 
 
-@kopf.on.validate(GROUP, VERSION, "servicerequests", id="validate-servicerequest", operations=["CREATE", "UPDATE"])
+@kopf.on.validate(
+    GROUP, VERSION, "servicerequests", id="validate-servicerequest", operations=["CREATE", "UPDATE", "DELETE"]
+)
 async def validate_service_request(
     *,
     body: kopf.Body,
@@ -116,10 +119,22 @@ async def validate_service_request(
     **kwargs: Any,
 ) -> None:
     started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_service_request(
-        context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
-    )
+    if kwargs.get("operation") == "DELETE":  # body is the object being deleted
+        review = await controller.review_service_request_deletion(context_of(memo), dict(body))
+    else:
+        review = await controller.review_service_request(
+            context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
+        )
     _verdict(memo, "ServiceRequest", started, review, warnings)
+
+
+@kopf.on.mutate(GROUP, VERSION, "servicerequests", id="mutate-servicerequest", operations=["CREATE", "UPDATE"])
+async def mutate_service_request(
+    *, body: kopf.Body, userinfo: Mapping[str, Any], patch: kopf.Patch, **kwargs: Any
+) -> None:
+    old = kwargs.get("old")
+    for key, value in controller.stamp_service_request(dict(body), dict(old) if old else None, userinfo).items():
+        patch.metadata.annotations[key] = value
 
 
 @kopf.on.validate(GROUP, VERSION, "guardrailpolicies", id="validate-guardrailpolicy", operations=["CREATE", "UPDATE"])

@@ -58,6 +58,12 @@ _RESOURCES = [
         "validatingwebhookconfigurations",
         namespaced=False,
     ),
+    Resource(
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        namespaced=False,
+    ),
     Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", namespaced=True),
     Resource("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", namespaced=True),
     Resource("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", namespaced=True),

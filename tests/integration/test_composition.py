@@ -1,0 +1,146 @@
+"""Composition through the real operator: a ServiceRequest takes inputs from other requests' outputs
+in its namespace, validated at admission, waits for its sources, is applied again when their outputs
+change, and its sources cannot be deleted from under it. Sensitive outputs reach the consumer's run
+only through its variable file: never its status, Events or the operator's log.
+
+The `consumer` fixture module (tests/fixtures/modules/consumer) takes an `upstream` and a sensitive
+`upstream_token` and outputs the token's digest, so the test proves the value arrived unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from helpers import (
+    API,
+    Kubectl,
+    OperatorProcess,
+    apply_json,
+    apply_ready,
+    get,
+    make_environment,
+    service_request,
+    tiny_golden_path,
+    try_apply,
+    unique,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def catalog(kubectl: Kubectl, operator: OperatorProcess) -> Iterator[dict[str, str]]:
+    tiny = apply_ready(kubectl, tiny_golden_path(unique("tiny-cp")))
+    consumer = unique("consumer-cp")
+    apply_ready(
+        kubectl,
+        {
+            "apiVersion": API,
+            "kind": "GoldenPath",
+            "metadata": {"name": consumer},
+            "spec": {
+                "description": "A service that takes another request's endpoint and token.",
+                "module": "consumer",
+                "parameters": {"type": "object", "additionalProperties": False, "properties": {}},
+                "outputs": [{"name": "endpoint"}, {"name": "token_digest"}],
+            },
+        },
+    )
+    yield {"tiny": tiny, "consumer": consumer}
+    for name in (tiny, consumer):
+        kubectl("delete", "goldenpath", name, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def environment(kubectl: Kubectl, catalog: dict[str, str]) -> Iterator[dict[str, str]]:
+    team = unique("cteam")
+    name = make_environment(kubectl, f"{team}-dev", team)
+    yield {"name": name, "team": team}
+    kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=240s")
+
+
+def consumer(name: str, namespace: str, golden_path: str, **inputs: tuple[str, str]) -> dict[str, Any]:
+    """A request of ``golden_path`` whose variables come from (source, output) pairs."""
+    body = service_request(name, namespace, golden_path)
+    body["spec"]["inputs"] = [
+        {"variable": variable, "from": {"serviceRequest": source, "output": output}}
+        for variable, (source, output) in inputs.items()
+    ]
+    return body
+
+
+def member(team: str) -> tuple[str, str]:
+    return "--as=alice", f"--as-group={team}"
+
+
+def refused(kubectl: Kubectl, body: dict[str, Any], *phrases: str, who: tuple[str, ...] = ()) -> str:
+    result = try_apply(kubectl, body, "--dry-run=server", *who)
+    assert result.returncode != 0, f"admitted: {body}"
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_inputs_are_checked_at_admission(
+    kubectl: Kubectl, operator: OperatorProcess, environment: dict[str, str], catalog: dict[str, str]
+) -> None:
+    env, team = environment["name"], environment["team"]
+    db = unique("db")
+    apply_json(kubectl, service_request(db, env, catalog["tiny"]))
+    who = member(team)
+    refused(
+        kubectl,
+        consumer("api", env, catalog["consumer"], upstream=(db, "password")),
+        f"output password is not one golden path {catalog['tiny']} of ServiceRequest {db} declares "
+        "(it declares: endpoint, token)",
+        who=who,
+    )
+    refused(
+        kubectl,
+        consumer("api", env, catalog["consumer"], database_uri=(db, "endpoint")),
+        f"the module of golden path {catalog['consumer']} has no variable database_uri (its variables: ",
+        who=who,
+    )
+    refused(kubectl, consumer("api", env, catalog["consumer"], upstream=("api", "endpoint")), "from itself", who=who)
+    # Inputs name requests of the same namespace only: there is no namespace field to point elsewhere.
+    elsewhere = consumer("api", env, catalog["consumer"], upstream=(db, "endpoint"))
+    elsewhere["spec"]["inputs"][0]["from"]["namespace"] = "another-team-dev"
+    refused(kubectl, elsewhere, 'unknown field "spec.inputs[0].from.namespace"', who=who)
+
+    # A source that does not exist yet is admitted (GitOps applies in any order), with a warning.
+    a, b = unique("a"), unique("b")
+    first = try_apply(kubectl, consumer(a, env, catalog["consumer"], upstream=(b, "endpoint")), *who)
+    assert first.returncode == 0, first.stderr
+    assert f"Warning: input upstream: ServiceRequest {b} does not exist yet; {a} waits until it exists" in first.stderr
+    # ... but no cycle: b cannot consume a while a consumes b.
+    refused(
+        kubectl,
+        consumer(b, env, catalog["consumer"], upstream=(a, "endpoint")),
+        f"inputs form a cycle: {b} -> {a} -> {b}",
+        who=who,
+    )
+    kubectl("delete", "servicerequest", a, "-n", env, "--wait=false")
+    kubectl("delete", "servicerequest", db, "-n", env, "--wait=false")
+
+
+def test_a_request_others_consume_cannot_be_deleted_before_them(
+    kubectl: Kubectl, operator: OperatorProcess, environment: dict[str, str], catalog: dict[str, str]
+) -> None:
+    env, team = environment["name"], environment["team"]
+    db, api, worker = unique("db"), unique("api"), unique("worker")
+    apply_json(kubectl, service_request(db, env, catalog["tiny"]))
+    for name in (api, worker):
+        apply_json(kubectl, consumer(name, env, catalog["consumer"], upstream=(db, "endpoint")))
+    for args in ((), member(team), ("--dry-run=server",)):
+        denied = kubectl("delete", "servicerequest", db, "-n", env, *args, check=False)
+        assert denied.returncode != 0
+        assert f"ServiceRequest {db} is an input of {', '.join(sorted([api, worker]))} (their spec.inputs)" in (
+            denied.stderr
+        )
+    assert get(kubectl, "servicerequest", db, "-n", env) is not None
+    kubectl("delete", "servicerequest", api, worker, "-n", env, "--timeout=180s")
+    kubectl("delete", "servicerequest", db, "-n", env, "--timeout=180s")
+    assert get(kubectl, "servicerequest", db, "-n", env) is None

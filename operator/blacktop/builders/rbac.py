@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blacktop.api.kinds import GROUP
 from blacktop.builders import naming
 
 JSON = dict[str, Any]
@@ -16,7 +17,6 @@ JSON = dict[str, Any]
 SERVICE_REQUESTS_ROLE = "blacktop-environment-editor-servicerequests"
 CATALOG_READER_ROLE = "blacktop-catalog-reader"
 REQUEST_APPROVER_ROLE = "blacktop-request-approver"
-_GROUP = "platform.blacktop.dev"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
 
 
@@ -53,11 +53,11 @@ def service_requests_cluster_role() -> JSON:
         },
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": ["servicerequests"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
             },
-            {"apiGroups": [_GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
         ],
     }
 
@@ -70,7 +70,7 @@ def catalog_reader_cluster_role() -> JSON:
         "metadata": {"name": CATALOG_READER_ROLE, "labels": dict(_LABELS)},
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": ["goldenpaths", "guardrailpolicies", "environments"],
                 "verbs": ["get", "list", "watch"],
             }
@@ -90,8 +90,8 @@ def request_approver_cluster_role() -> JSON:
         "kind": "ClusterRole",
         "metadata": {"name": REQUEST_APPROVER_ROLE, "labels": dict(_LABELS)},
         "rules": [
-            {"apiGroups": [_GROUP], "resources": ["servicerequests"], "verbs": ["get", "list", "watch", "patch"]},
-            {"apiGroups": [_GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": ["servicerequests"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": [GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
         ],
     }
 

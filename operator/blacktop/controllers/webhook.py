@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from blacktop.builders import webhook as builder
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import Client
 from blacktop.kube.resources import resource_for
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ CONFIGS = resource_for("admissionregistration.k8s.io/v1", builder.VALIDATING)
 MUTATING_CONFIGS = resource_for("admissionregistration.k8s.io/v1", builder.MUTATING)
 
 
-async def apply_configuration(client: KubeClient, *, operator_namespace: str, url: str, ca_bundle: str) -> None:
+async def apply_configuration(client: Client, *, operator_namespace: str, url: str, ca_bundle: str) -> None:
     """Point the apiserver at this operator's webhook server (base ``url``): mutating, then validating."""
     for kind in (builder.MUTATING, builder.VALIDATING):
         config = builder.build_configuration(
@@ -33,7 +33,7 @@ async def apply_configuration(client: KubeClient, *, operator_namespace: str, ur
     logger.info("admission webhook configuration %s points at %s", builder.NAME, url)
 
 
-async def remove_configuration(client: KubeClient, *, url: str) -> bool:
+async def remove_configuration(client: Client, *, url: str) -> bool:
     """Delete the configurations that still point at ``url``; True if the validating one was."""
     removed = False
     for resource in (CONFIGS, MUTATING_CONFIGS):

@@ -1,10 +1,11 @@
-"""Kopf wiring of admission: the HTTPS webhook server, the four validating handlers and the one
-mutating handler (ServiceRequests' requested-by/approved-by stamps).
+"""Kopf wiring of admission: the HTTPS webhook server, the four validating handlers (ServiceRequests'
+also on DELETE) and the one mutating handler (a ServiceRequest's requested-by/approved-by stamps).
 
 Handler ids are the webhook URL paths (`validate-environment`, ...). A denial is a
 ``kopf.AdmissionError`` (kubectl prints its message); Warn-mode violations become admission
 warnings (kubectl prints them as ``Warning: ...``). In local mode (webhook_manage_config) the
-ValidatingWebhookConfiguration is applied once the server listens, and removed on a clean stop.
+Validating- and MutatingWebhookConfiguration are applied once the server listens, and removed on a
+clean stop.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 
+from blacktop.api.kinds import ENVIRONMENT, GOLDEN_PATH, GROUP, GUARDRAIL_POLICY, SERVICE_REQUEST, VERSION, KindInfo
 from blacktop.config import Settings
 from blacktop.controllers import admission as controller
 from blacktop.controllers import webhook
-from blacktop.handlers.startup import context_of
+from blacktop.controllers.context import Context
+from blacktop.handlers.wiring import context_of
 from blacktop.kube.client import KubeClient
 from blacktop.localcluster.webhookcert import serving_cert
-
-GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
 
 
 class _Server(kopf.WebhookServer):
@@ -41,7 +42,7 @@ class _Server(kopf.WebhookServer):
 
 @kopf.on.startup()
 async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config: Settings = memo.settings
     host = config.webhook_host
     cert = await asyncio.to_thread(serving_cert, config.webhook_cert_dir, (host, "localhost", "127.0.0.1"))
     memo.webhook_url = None
@@ -72,7 +73,7 @@ async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, 
 @kopf.on.cleanup()
 async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
     url = getattr(memo, "webhook_url", None)
-    if url is None or not Settings.from_env().webhook_manage_config:
+    if url is None or not memo.settings.webhook_manage_config:
         return
     # Our own client: the shared one may already be closed by the other cleanup handler.
     client = await asyncio.to_thread(KubeClient.from_kubeconfig)
@@ -82,70 +83,76 @@ async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
         client.close()
 
 
-def _verdict(memo: kopf.Memo, kind: str, started: float, review: controller.Review, warnings: list[str]) -> None:
-    context_of(memo).metrics.observe_admission_review(kind, review.denial is None, time.monotonic() - started)
-    warnings.extend(review.warnings)
-    if review.denial:
-        raise kopf.AdmissionError(review.denial, code=403)
+# What a review needs: the context, the object, its old version on update, who asks, whether it is a dry run.
+_Review = Callable[
+    [Context, dict[str, Any], dict[str, Any] | None, Mapping[str, Any], bool], Awaitable[controller.Review]
+]
 
 
-@kopf.on.validate(GROUP, VERSION, "environments", id="validate-environment", operations=["CREATE", "UPDATE"])
-async def validate_environment(
-    *,
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    warnings: list[str],
-    dryrun: bool,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_environment(
-        context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
-    )
-    _verdict(memo, "Environment", started, review, warnings)
+async def _policy(
+    _: Context, body: dict[str, Any], old: dict[str, Any] | None, __: Mapping[str, Any], ___: bool
+) -> controller.Review:
+    return controller.review_policy(body, old)
 
 
-@kopf.on.validate(
-    GROUP, VERSION, "servicerequests", id="validate-servicerequest", operations=["CREATE", "UPDATE", "DELETE"]
-)
-async def validate_service_request(
-    *,
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    warnings: list[str],
-    dryrun: bool,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    if kwargs.get("operation") == "DELETE":  # body is the object being deleted
-        review = await controller.review_service_request_deletion(context_of(memo), dict(body))
-    else:
-        review = await controller.review_service_request(
-            context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
-        )
-    _verdict(memo, "ServiceRequest", started, review, warnings)
+async def _golden_path(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, _: Mapping[str, Any], __: bool
+) -> controller.Review:
+    return await controller.review_golden_path(ctx, body, old)
 
 
-@kopf.on.mutate(GROUP, VERSION, "servicerequests", id="mutate-servicerequest", operations=["CREATE", "UPDATE"])
+async def _environment(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, userinfo: Mapping[str, Any], dryrun: bool
+) -> controller.Review:
+    return await controller.review_environment(ctx, body, old, userinfo, dryrun=dryrun)
+
+
+async def _service_request(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, userinfo: Mapping[str, Any], dryrun: bool
+) -> controller.Review:
+    return await controller.review_service_request(ctx, body, old, userinfo, dryrun=dryrun)
+
+
+Operation = Literal["CREATE", "UPDATE", "DELETE"]
+
+
+def _register(kind: KindInfo, review: _Review, operations: tuple[Operation, ...] = ("CREATE", "UPDATE")) -> None:
+    """The validating handler of ``kind`` at the webhook path ``validate-<kind>``: a denial is an
+    AdmissionError (kubectl prints it), warnings are admission warnings, each review is timed."""
+
+    @kopf.on.validate(GROUP, VERSION, kind.plural, id=f"validate-{kind.singular}", operations=list(operations))
+    async def validate(
+        *,
+        body: kopf.Body,
+        userinfo: Mapping[str, Any],
+        warnings: list[str],
+        dryrun: bool,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        started, old, ctx = time.monotonic(), kwargs.get("old"), context_of(memo)
+        if kwargs.get("operation") == "DELETE":  # ServiceRequests only; body is the object being deleted
+            answer = await controller.review_service_request_deletion(ctx, dict(body))
+        else:
+            answer = await review(ctx, dict(body), dict(old) if old else None, userinfo, dryrun)
+        ctx.metrics.observe_admission_review(kind.kind, answer.denial is None, time.monotonic() - started)
+        warnings.extend(answer.warnings)
+        if answer.denial:
+            raise kopf.AdmissionError(answer.denial, code=403)
+
+
+_register(ENVIRONMENT, _environment)
+# A ServiceRequest others consume is refused deletion, naming them (controllers.admission).
+_register(SERVICE_REQUEST, _service_request, ("CREATE", "UPDATE", "DELETE"))
+_register(GUARDRAIL_POLICY, _policy)
+_register(GOLDEN_PATH, _golden_path)
+
+
+@kopf.on.mutate(GROUP, VERSION, SERVICE_REQUEST.plural, id="mutate-servicerequest", operations=["CREATE", "UPDATE"])
 async def mutate_service_request(
     *, body: kopf.Body, userinfo: Mapping[str, Any], patch: kopf.Patch, **kwargs: Any
 ) -> None:
+    """Stamp who last changed the spec and who approved (any hand-made value is put back)."""
     old = kwargs.get("old")
     for key, value in controller.stamp_service_request(dict(body), dict(old) if old else None, userinfo).items():
         patch.metadata.annotations[key] = value
-
-
-@kopf.on.validate(GROUP, VERSION, "guardrailpolicies", id="validate-guardrailpolicy", operations=["CREATE", "UPDATE"])
-async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = controller.review_policy(dict(body), dict(old) if old else None)
-    _verdict(memo, "GuardrailPolicy", started, review, warnings)
-
-
-@kopf.on.validate(GROUP, VERSION, "goldenpaths", id="validate-goldenpath", operations=["CREATE", "UPDATE"])
-async def validate_golden_path(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_golden_path(context_of(memo), dict(body), dict(old) if old else None)
-    _verdict(memo, "GoldenPath", started, review, warnings)

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from blacktop.controllers import notifications
-from blacktop.handlers.startup import context_of
+from blacktop.handlers.wiring import context_of
 from blacktop.notifications.notices import ENVIRONMENT, SERVICE_REQUEST
 
 GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"

@@ -83,6 +83,11 @@ class Settings(BaseModel):
         True, description="Apply the ValidatingWebhookConfiguration `blacktop` (local mode); the chart sets false."
     )
     webhook_host: str = Field("127.0.0.1", description="Host in the webhook URL the apiserver calls (local mode).")
+    inputs_check_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How often a Ready request with inputs looks at its sources; a changed output re-applies it.",
+    )
     notification_queue_size: int = Field(
         1000, ge=1, description="Notifications waiting for delivery (retries included); more are dropped and counted."
     )

@@ -72,6 +72,12 @@ class Reason:
     EXPIRING_SOON = "ExpiringSoon"  # Environment: the TTL runs out within 24 hours
     NOTIFICATION_CHANNEL_INVALID = "NotificationChannelInvalid"  # a channel's Secret is missing or incomplete
     NOTIFICATION_FAILED = "NotificationFailed"  # Event: a message could not be delivered (after its retries)
+    AWAITING_APPROVAL = "AwaitingApproval"  # a plan waits for a human's approval
+    APPROVED = "Approved"  # Event: a plan was approved (by whom, after how long)
+    APPROVAL_SUPERSEDED = "ApprovalSuperseded"  # Event: an approval names an earlier plan than the one waiting
+    WAITING_FOR_INPUTS = "WaitingForInputs"  # composition: a source request is not Ready (or lacks the output)
+    INPUTS_CHANGED = "InputsChanged"  # Event: a source's outputs changed, so the consumer is applied again
+    WAITING_FOR_DEPENDENTS = "WaitingForDependents"  # deleting: requests that consume its outputs go first
 
 
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:

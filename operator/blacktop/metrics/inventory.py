@@ -202,7 +202,8 @@ def request_transitions(old: RequestView | None, new: RequestView, tier: str, *,
     if new.first_ready_time and not old.first_ready_time and new.lead_time_seconds is not None:
         found.lead_time = (new.golden_path, tier, new.lead_time_seconds)
     run = new.run
-    if run is not None and run.result and run != old.run:
+    # A run whose plan waits for approval has no result yet (its apply is counted when it happens).
+    if run is not None and run.result in ("Succeeded", "Failed") and run != old.run:
         failed = run.result.lower() == "failed"
         reason = new.drifted_reason if run.operation == "drift" else new.ready_reason
         failure = (reason or UNKNOWN) if failed else None

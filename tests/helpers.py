@@ -96,6 +96,9 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            # Consumers see their sources' changes, and waiting requests retry, within seconds.
+            "BLACKTOP_INPUTS_CHECK_SECONDS": "2",
+            "BLACKTOP_DEPENDENCY_RETRY_SECONDS": "3",
             # Notification tests post to a receiver on loopback, and see retries within seconds.
             "BLACKTOP_NOTIFICATION_ALLOWED_URLS": "https://,http://127.0.0.1:",
             "BLACKTOP_NOTIFICATION_BACKOFF_SECONDS": "0.3",

@@ -9,6 +9,8 @@ The `consumer` fixture module (tests/fixtures/modules/consumer) takes an `upstre
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,12 +22,17 @@ from helpers import (
     OperatorProcess,
     apply_json,
     apply_ready,
+    condition,
     get,
     make_environment,
+    scrape_metrics,
+    secret_values,
     service_request,
     tiny_golden_path,
     try_apply,
     unique,
+    wait_for,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -144,3 +151,70 @@ def test_a_request_others_consume_cannot_be_deleted_before_them(
     kubectl("delete", "servicerequest", api, worker, "-n", env, "--timeout=180s")
     kubectl("delete", "servicerequest", db, "-n", env, "--timeout=180s")
     assert get(kubectl, "servicerequest", db, "-n", env) is None
+
+
+def test_a_consumer_waits_for_its_source_takes_its_outputs_unseen_and_follows_their_changes(
+    kubectl: Kubectl, operator: OperatorProcess, environment: dict[str, str], catalog: dict[str, str]
+) -> None:
+    env = environment["name"]
+    db, api = unique("db"), unique("api")
+    # The consumer comes first (GitOps applies in any order): it waits, visibly.
+    apply_json(
+        kubectl, consumer(api, env, catalog["consumer"], upstream=(db, "endpoint"), upstream_token=(db, "token"))
+    )
+    waiting = wait_for(
+        lambda: (
+            (sr := get(kubectl, "servicerequest", api, "-n", env))
+            and (sr.get("status") or {}).get("stage") == "WaitingForInputs"
+            and sr
+        ),
+        timeout=60,
+        what="the consumer to wait for its inputs",
+    )
+    ready = condition(waiting)
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForInputs")
+    assert f"waiting for input(s) from {db} (for upstream), {db} (for upstream_token)" in ready["message"]
+    assert [(i["variable"], i["ready"]) for i in waiting["status"]["inputs"]] == [
+        ("upstream", False),
+        ("upstream_token", False),
+    ]
+
+    apply_json(kubectl, service_request(db, env, catalog["tiny"], size="small"))
+    wait_ready(kubectl, db, env)
+    consumed = wait_ready(kubectl, api, env)
+    source = secret_values(kubectl, f"{db}-connection", env)
+    delivered = secret_values(kubectl, f"{api}-connection", env)
+    assert delivered["endpoint"] == f"consumer://{api}?upstream={source['endpoint']}"
+    assert delivered["token_digest"] == hashlib.sha256(source["token"].encode()).hexdigest()  # it arrived
+    assert all(i["ready"] and i["revision"] for i in consumed["status"]["inputs"])
+    # ... and was never shown: not in the consumer's status, any Event of the namespace, or the log.
+    events = kubectl("get", "events", "-n", env, "-o", "json").stdout
+    for text in (json.dumps(consumed), events, operator.log_text()):
+        assert source["token"] not in text
+
+    # The source changes its outputs: the consumer is applied again with them.
+    kubectl("patch", "servicerequest", db, "-n", env, "--type=merge", "-p", '{"spec":{"parameters":{"size":"large"}}}')
+    wait_for(
+        lambda: secret_values(kubectl, f"{api}-connection", env)["endpoint"].endswith(f"{db}.large.svc:8080"),
+        timeout=180,
+        what="the consumer to follow its source's new endpoint",
+    )
+    told = wait_for(
+        lambda: [
+            e["message"]
+            for e in json.loads(
+                kubectl("get", "events", "-n", env, f"--field-selector=involvedObject.name={api}", "-o", "json").stdout
+            )["items"]
+            if e["reason"] == "InputsChanged"
+        ],
+        timeout=30,
+        what="an InputsChanged Event on the consumer",
+    )
+    assert told[0] == "a source's outputs changed: applying again with the new inputs"
+    metrics = scrape_metrics(operator)
+    assert f'blacktop_input_reapplies_total{{golden_path="{catalog["consumer"]}"}} ' in metrics
+    # Deleting the environment destroys the consumer before its source (the source's finalizer waits).
+    kubectl("delete", "servicerequest", api, "-n", env, "--wait=false")
+    wait_for(lambda: get(kubectl, "servicerequest", api, "-n", env) is None, timeout=180, what="the consumer to go")
+    kubectl("delete", "servicerequest", db, "-n", env, "--timeout=180s")

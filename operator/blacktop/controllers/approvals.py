@@ -14,7 +14,7 @@ before a new spec, golden path revision or changed infrastructure) is not one: a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -113,13 +113,15 @@ def forget_pending(status: ServiceRequestStatus, operation: str) -> None:
         status.approval = None
 
 
-def waiting_message(status: ServiceRequestStatus) -> str:
-    """Ready's message while a plan waits."""
+def waiting_message(status: ServiceRequestStatus, annotations: Mapping[str, str]) -> str:
+    """Ready's message while a plan waits; an approval of another plan is named as not applying."""
     approval = status.approval
     assert approval is not None
     who = ", ".join(f"{s.kind.value} {s.name}" for s in approval.approvers)
     rules = "; ".join(f"{r.policy}/{r.rule}: {r.message}" for r in approval.rules)
+    _, stale = approvals.verdict(annotations, approval.plan_digest)
+    earlier = f"; the approval of {stale} was for an earlier plan and does nothing" if stale else ""
     return (
-        f"plan {approval.plan_digest} ({approval.plan}) awaits approval by {who} (asked by {rules}); "
+        f"plan {approval.plan_digest} ({approval.plan}) awaits approval by {who} (asked by {rules}){earlier}; "
         f"approve with: {approval.command}"
     )

@@ -150,7 +150,10 @@ async def _approved(ctx: Context, inputs: Inputs, tracker: Tracker, drift: _Drif
     asked = verdict.approvals
     if await approvals.gate(ctx, inputs, tracker, drift.shown, asked, operation="drift", drift_policy=with_approval):
         return True
-    waiting = f"{drift.message}; not corrected yet: the correction {approvals.waiting_message(tracker.status)}"
+    annotations = inputs.request.body["metadata"].get("annotations") or {}
+    waiting = (
+        f"{drift.message}; not corrected yet: the correction {approvals.waiting_message(tracker.status, annotations)}"
+    )
     tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, waiting)
     if drift.before is None or drift.before.message != waiting:
         await events.post_event(
@@ -158,7 +161,7 @@ async def _approved(ctx: Context, inputs: Inputs, tracker: Tracker, drift: _Drif
             inputs.request.body,
             events.NORMAL,
             Reason.AWAITING_APPROVAL,
-            approvals.waiting_message(tracker.status),
+            approvals.waiting_message(tracker.status, annotations),
         )
     return False
 

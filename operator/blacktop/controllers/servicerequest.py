@@ -200,7 +200,11 @@ async def _plan_and_apply(
         if not await approvals.gate(ctx, inputs, tracker, shown, verdict.approvals, operation="apply"):
             run.waiting()  # nothing is applied until someone allowed approves this very plan
             status.stage = Stage.AWAITING_APPROVAL
-            tracker.not_ready(Reason.AWAITING_APPROVAL, approvals.waiting_message(status), stalled=False)
+            tracker.not_ready(
+                Reason.AWAITING_APPROVAL,
+                approvals.waiting_message(status, inputs.request.body["metadata"].get("annotations") or {}),
+                stalled=False,
+            )
             return None
     else:
         approvals.forget_pending(status, "apply")

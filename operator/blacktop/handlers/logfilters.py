@@ -23,12 +23,16 @@ ROUTINE_IDS = (
     "environment_ttl",
     "golden_path_resync",
     "service_request_drift",
+    "service_request_inputs",
     "validate-",
+    "mutate-",
 )
 # How Kopf names a handler in its lines, by kind of handler.
 _KINDS = ("Handler", "Timer", "Webhook")
 _SUCCEEDED = " succeeded."
 _DENIED = " failed permanently: "
+# Retries that are waits, not failures: a consumer waiting for its sources, a source for its consumers.
+_WAITS = (" failed temporarily: WaitingForInputs: ", " failed temporarily: WaitingForDependents: ")
 
 
 def _handler_id(message: str) -> str | None:
@@ -54,6 +58,8 @@ class KopfLines(logging.Filter):
         if record.levelno == logging.INFO and message.endswith(_SUCCEEDED) and handler.startswith(ROUTINE_IDS):
             _relevel(record, logging.DEBUG)
         elif record.levelno == logging.ERROR and handler.startswith("validate-") and _DENIED in message:
+            _relevel(record, logging.INFO)
+        elif record.levelno == logging.ERROR and any(wait in message for wait in _WAITS):
             _relevel(record, logging.INFO)
         # A record re-levelled below the logger's level must not reach the handlers either.
         return record.levelno >= logging.getLogger(record.name).getEffectiveLevel()

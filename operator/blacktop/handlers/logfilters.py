@@ -43,6 +43,12 @@ def _handler_id(message: str) -> str | None:
     return rest.split("'", 1)[0]
 
 
+def _expected(handler: str, message: str) -> bool:
+    """A denial by the webhook, or a retry that waits for other requests: the system working."""
+    denied = handler.startswith("validate-") and _DENIED in message
+    return denied or any(wait in message for wait in _WAITS)
+
+
 def _relevel(record: logging.LogRecord, level: int) -> None:
     record.levelno, record.levelname = level, logging.getLevelName(level)
 
@@ -57,9 +63,7 @@ class KopfLines(logging.Filter):
             return True
         if record.levelno == logging.INFO and message.endswith(_SUCCEEDED) and handler.startswith(ROUTINE_IDS):
             _relevel(record, logging.DEBUG)
-        elif record.levelno == logging.ERROR and handler.startswith("validate-") and _DENIED in message:
-            _relevel(record, logging.INFO)
-        elif record.levelno == logging.ERROR and any(wait in message for wait in _WAITS):
+        elif record.levelno == logging.ERROR and _expected(handler, message):
             _relevel(record, logging.INFO)
         # A record re-levelled below the logger's level must not reach the handlers either.
         return record.levelno >= logging.getLogger(record.name).getEffectiveLevel()

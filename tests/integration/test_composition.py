@@ -218,3 +218,57 @@ def test_a_consumer_waits_for_its_source_takes_its_outputs_unseen_and_follows_th
     kubectl("delete", "servicerequest", api, "-n", env, "--wait=false")
     wait_for(lambda: get(kubectl, "servicerequest", api, "-n", env) is None, timeout=180, what="the consumer to go")
     kubectl("delete", "servicerequest", db, "-n", env, "--timeout=180s")
+
+
+def test_another_team_cannot_consume_this_teams_outputs(
+    kubectl: Kubectl, operator: OperatorProcess, environment: dict[str, str], catalog: dict[str, str]
+) -> None:
+    env = environment["name"]
+    db = unique("db")
+    apply_json(kubectl, service_request(db, env, catalog["tiny"]))
+    wait_ready(kubectl, db, env)
+    theirs = unique("mteam")
+    mallory = ("--as=mallory", f"--as-group={theirs}")
+    # Not in the team's namespace (RBAC) ...
+    into = try_apply(kubectl, consumer("steal", env, catalog["consumer"], upstream=(db, "token")), *mallory)
+    assert into.returncode != 0
+    assert "forbidden" in into.stderr.lower()
+    # ... and from her own namespace the name resolves there: her request waits, and never sees the value.
+    other = make_environment(kubectl, f"{theirs}-dev", theirs)
+    try:
+        wait_for(
+            lambda: (
+                kubectl(
+                    "auth",
+                    "can-i",
+                    "create",
+                    "servicerequests.platform.blacktop.dev",
+                    "-n",
+                    other,
+                    *mallory,
+                    check=False,
+                ).stdout.strip()
+                == "yes"
+            ),
+            timeout=30,
+            what="mallory's team to manage requests in its namespace",
+        )
+        mine = try_apply(kubectl, consumer("steal", other, catalog["consumer"], upstream=(db, "token")), *mallory)
+        assert mine.returncode == 0, mine.stderr
+        assert f"ServiceRequest {db} does not exist yet" in mine.stderr
+        waiting = wait_for(
+            lambda: (
+                (sr := get(kubectl, "servicerequest", "steal", "-n", other))
+                and (sr.get("status") or {}).get("stage") == "WaitingForInputs"
+                and sr
+            ),
+            timeout=60,
+            what="mallory's request to wait for a source of its own namespace",
+        )
+        assert waiting["status"]["inputs"][0]["ready"] is False
+        assert get(kubectl, "secret", "steal-connection", "-n", other) is None
+        token = secret_values(kubectl, f"{db}-connection", env)["token"]
+        assert token not in json.dumps(waiting)
+    finally:
+        kubectl("delete", "environment", other, "--ignore-not-found", "--wait=false")
+        kubectl("delete", "servicerequest", db, "-n", env, "--wait=false")

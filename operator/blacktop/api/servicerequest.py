@@ -164,7 +164,10 @@ class InputStatus(StatusModel):
 class ServiceRequestStatus(ConditionedStatus):
     """Progress and result of the request."""
 
-    stage: Stage | None = Field(None, description="Pending, Validating, Planning, Applying, Ready, Deleting or Failed.")
+    stage: Stage | None = Field(
+        None,
+        description="Pending, Validating, WaitingForInputs, Planning, AwaitingApproval, Applying, Ready, Deleting or Failed.",
+    )
     environment: str | None = Field(None, description="The Environment the request belongs to.")
     connection_secret: str | None = Field(None, description="Name of the Secret with the connection details.")
     plan: PlanSummary | None = Field(None, description="Summary of the last plan.")

@@ -91,6 +91,12 @@ def annotate(kubectl: Kubectl, namespace: str, name: str, value: str, *who: str)
     )
 
 
+def resize(kubectl: Kubectl, namespace: str, name: str, size: str, *who: str) -> subprocess.CompletedProcess[str]:
+    """Change the request's spec (its size), as ``who``."""
+    patch = json.dumps({"spec": {"parameters": {"size": size}}})
+    return kubectl("patch", "servicerequest", name, "-n", namespace, "--type=merge", "-p", patch, *who, check=False)
+
+
 def annotations(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str]:
     return ((get(kubectl, "servicerequest", name, "-n", namespace) or {}).get("metadata") or {}).get(
         "annotations"
@@ -120,17 +126,7 @@ def test_who_changed_the_spec_is_stamped_and_cannot_be_forged(
     )
     assert forged.returncode == 0
     assert annotations(kubectl, env, name)[REQUESTED_BY] == "alice"  # put back: only a spec change moves it
-    kubectl(
-        "patch",
-        "servicerequest",
-        "-n",
-        env,
-        name,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"size":"medium"}}}',
-        *as_member(team["team"], "bob"),
-    )
+    assert resize(kubectl, env, name, "medium", *as_member(team["team"], "bob")).returncode == 0
     assert annotations(kubectl, env, name)[REQUESTED_BY] == "bob"
     # Nothing awaits approval: approving is refused, saying so; and a new request cannot come approved.
     wait_ready(kubectl, name, env)
@@ -268,19 +264,7 @@ def test_a_plan_waits_for_a_lead_who_approves_that_very_plan(
     wrong = annotate(kubectl, env, name, "sha256:" + "0" * 32, "--as=bob", f"--as-group={leads}")
     assert "is not the plan awaiting approval, so approving it does nothing" in wrong.stderr
     # An approver may approve, not change the request.
-    change = kubectl(
-        "patch",
-        "servicerequest",
-        name,
-        "-n",
-        env,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"size":"large"}}}',
-        "--as=bob",
-        f"--as-group={leads}",
-        check=False,
-    )
+    change = resize(kubectl, env, name, "large", "--as=bob", f"--as-group={leads}")
     assert "denied by team boundary: user bob" in change.stderr
     assert get(kubectl, "secret", f"{name}-connection", "-n", env) is None
 
@@ -294,17 +278,7 @@ def test_a_plan_waits_for_a_lead_who_approves_that_very_plan(
     assert {"AwaitingApproval", "Approved", "Provisioned"} <= event_reasons(kubectl, name, env)
 
     # A new spec is a new plan: the old approval holds for the old plan only, and approving it again does nothing.
-    kubectl(
-        "patch",
-        "servicerequest",
-        name,
-        "-n",
-        env,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"size":"medium"}}}',
-        *alice,
-    )
+    assert resize(kubectl, env, name, "medium", *alice).returncode == 0
     again = awaiting(kubectl, env, name, not_digest=digest)
     second = again["approval"]["planDigest"]
     assert "ApprovalSuperseded" in event_reasons(kubectl, name, env)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +109,20 @@ def wait_channels_ready(kubectl: Kubectl, environment: str, status: str = "True"
     )
 
 
+@dataclass(frozen=True)
+class Team:
+    """A team's environment with channels, the receiver they post to, and the catalog."""
+
+    name: str  # the environment (and namespace)
+    team: str
+    slack: str  # the receiver path of its Slack channel (as secret as a Slack webhook URL)
+    hook: str  # the receiver path of its signed webhook
+    hooks: Receiver
+    catalog: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def team_environment(
-    kubectl: Kubectl, operator: OperatorProcess, hooks: Receiver, catalog: dict[str, str]
-) -> Iterator[dict[str, str]]:
+def team(kubectl: Kubectl, operator: OperatorProcess, hooks: Receiver, catalog: dict[str, str]) -> Iterator[Team]:
     """An environment of a fresh team with a Slack and a Webhook channel whose Secrets the team made
     itself (as a tenant), pointing at the receiver under a path that is as secret as a Slack URL."""
     team = unique("nteam")
@@ -128,7 +139,7 @@ def team_environment(
     create_secret(kubectl, name, "chat-hook", *member, url=hooks.url(secret_path))
     create_secret(kubectl, name, "signed-hook", *member, url=hooks.url(f"/{team}/hook"), hmacKey=HMAC_KEY)
     wait_channels_ready(kubectl, name)
-    yield {"name": name, "team": team, "slack": secret_path, "hook": f"/{team}/hook"}
+    yield Team(name, team, secret_path, f"/{team}/hook", hooks, catalog)
     kubectl("delete", "environment", name, "--ignore-not-found", "--wait=true", "--timeout=180s")
 
 
@@ -178,11 +189,9 @@ def provision(kubectl: Kubectl, namespace: str, golden_path: str, **parameters: 
 def test_team_channels_get_one_message_per_transition(
     kubectl: Kubectl,
     operator: OperatorProcess,
-    hooks: Receiver,
-    team_environment: dict[str, str],
-    catalog: dict[str, str],
+    team: Team,
 ) -> None:
-    env, slack, hook = team_environment["name"], team_environment["slack"], team_environment["hook"]
+    env, slack, hook, hooks, catalog = team.name, team.slack, team.hook, team.hooks, team.catalog
     ok = provision(kubectl, env, catalog["tiny"])
     wait_ready(kubectl, ok, env)
     [chat] = wait_delivered(hooks, slack, ok, "Ready")
@@ -191,7 +200,7 @@ def test_team_channels_get_one_message_per_transition(
     assert "connection details in Secret" in chat.text
     document = signed.json
     assert document["event"] == "Ready"
-    assert document["team"] == team_environment["team"]
+    assert document["team"] == team.team
     assert document["environment"] == env
     assert document["goldenPath"] == catalog["tiny"]
     assert signed.headers[render.DELIVERY_HEADER] == document["id"]
@@ -235,11 +244,9 @@ def test_team_channels_get_one_message_per_transition(
 def test_a_webhook_down_for_a_while_gets_the_message_late_and_a_dead_one_is_reported(
     kubectl: Kubectl,
     operator: OperatorProcess,
-    hooks: Receiver,
-    team_environment: dict[str, str],
-    catalog: dict[str, str],
+    team: Team,
 ) -> None:
-    env, slack, hook = team_environment["name"], team_environment["slack"], team_environment["hook"]
+    env, slack, hook, hooks, catalog = team.name, team.slack, team.hook, team.hooks, team.catalog
     hooks.fail(hook, 3)  # the webhook answers 500 three times, then recovers
     late = provision(kubectl, env, catalog["tiny"])
     wait_ready(kubectl, late, env)
@@ -304,12 +311,10 @@ def _sample(metrics: str, series: str) -> float:
 def test_environment_expiry_budget_and_drift_are_announced(
     kubectl: Kubectl,
     operator: OperatorProcess,
-    hooks: Receiver,
-    team_environment: dict[str, str],
-    catalog: dict[str, str],
+    team: Team,
     tmp_path: Path,
 ) -> None:
-    env, hook = team_environment["name"], team_environment["hook"]
+    env, hook, hooks, catalog = team.name, team.hook, team.hooks, team.catalog
     marker = tmp_path / "marker"
     marker.write_text("v1")
     drifting = provision(kubectl, env, catalog["drifting"], marker=str(marker))
@@ -382,20 +387,18 @@ def platform_channel(kubectl: Kubectl, hooks: Receiver) -> Iterator[Callable[...
 def test_the_platform_channel_hears_every_team_and_filters_by_event(
     kubectl: Kubectl,
     operator: OperatorProcess,
-    hooks: Receiver,
-    team_environment: dict[str, str],
-    catalog: dict[str, str],
+    team: Team,
     platform_channel: Callable[..., str],
 ) -> None:
-    env = team_environment["name"]
+    env, hooks, catalog = team.name, team.hooks, team.catalog
     path = f"/platform/{os.urandom(4).hex()}"
     platform_channel(path, events="Failed")
     bad = provision(kubectl, env, catalog["tiny"], fail=True)
     good = provision(kubectl, env, catalog["tiny"])
     [told] = wait_delivered(hooks, path, bad, "Failed")
-    assert f"team {team_environment['team']}" in told.json["blocks"][1]["elements"][0]["text"]
+    assert f"team {team.team}" in told.json["blocks"][1]["elements"][0]["text"]
     wait_ready(kubectl, good, env)
-    wait_delivered(hooks, team_environment["hook"], good, "Ready")  # the team heard it ...
+    wait_delivered(hooks, team.hook, good, "Ready")  # the team heard it ...
     assert about(hooks.received(path), good) == []  # ... the platform, asking only for failures, did not
 
 
@@ -405,13 +408,11 @@ def test_the_platform_channel_hears_every_team_and_filters_by_event(
 def test_a_tenant_cannot_redirect_or_read_another_teams_notifications(
     kubectl: Kubectl,
     operator: OperatorProcess,
-    hooks: Receiver,
-    team_environment: dict[str, str],
-    catalog: dict[str, str],
+    team: Team,
     developers_may_create_environments: str,
     platform_channel: Callable[..., str],
 ) -> None:
-    victim, victim_team = team_environment["name"], team_environment["team"]
+    victim, victim_team, hooks, catalog = team.name, team.team, team.hooks, team.catalog
     platform_channel(f"/platform/{os.urandom(4).hex()}")
     mallory_team = unique("mteam")
     mallory = (*tenant("mallory", developers_may_create_environments), f"--as-group={mallory_team}")
@@ -485,8 +486,8 @@ def test_a_tenant_cannot_redirect_or_read_another_teams_notifications(
         )
         assert platform_seen
         # Nothing about her request reached the victim's channels.
-        assert about(hooks.received(team_environment["slack"]), theirs) == []
-        assert about(hooks.received(team_environment["hook"]), theirs) == []
+        assert about(hooks.received(team.slack), theirs) == []
+        assert about(hooks.received(team.hook), theirs) == []
     finally:
         kubectl("delete", "environment", mine, "--ignore-not-found", "--wait=false")
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from blacktop.api.common import Subject
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import ApprovalRequirement, GuardrailPolicySpec, RuleStage
-from blacktop.api.servicerequest import InputStatus
+from blacktop.api.servicerequest import Approval, InputStatus
 from blacktop.builders import composition, naming
 from blacktop.guardrails import approvals, engine
 from blacktop.guardrails.engine import Subject as MatchSubject
@@ -110,10 +110,17 @@ def test_approvers_default_to_the_owners_then_the_team() -> None:
 # -- admission -------------------------------------------------------------------------------------------
 
 
-def awaiting(digest: str = "sha256:aa", requested_by: str = "alice", self_approval: bool = False) -> dict[str, Any]:
-    approval = approvals.pending(
+def waiting(
+    previous: Approval | None = None,
+    now: datetime = NOW,
+    *,
+    requested_by: str | None = "alice",
+    self_approval: bool = False,
+) -> Approval:
+    """The Pending approval of plan sha256:aa of pay-prod/db (leads approve)."""
+    return approvals.pending(
         operation="apply",
-        digest=digest,
+        digest="sha256:aa",
         plan="1 to add, 0 to change, 0 to destroy",
         monthly_cost="20.00",
         violations=[],
@@ -122,8 +129,14 @@ def awaiting(digest: str = "sha256:aa", requested_by: str = "alice", self_approv
         requested_by=requested_by,
         namespace="pay-prod",
         name="db",
-        previous=None,
-        now=NOW,
+        previous=previous,
+        now=now,
+    )
+
+
+def awaiting(digest: str = "sha256:aa", requested_by: str = "alice", self_approval: bool = False) -> dict[str, Any]:
+    approval = waiting(requested_by=requested_by, self_approval=self_approval).model_copy(
+        update={"plan_digest": digest}
     )
     return {
         "metadata": {"name": "db", "namespace": "pay-prod", "annotations": {}},
@@ -213,35 +226,8 @@ def test_verdict_and_granted_approval() -> None:
         "sha256:aa",
     )
     assert approvals.verdict({naming.APPROVE: "sha256:aa"}, "sha256:aa") == (None, None)  # not stamped: no one
-    pending = approvals.pending(
-        operation="drift",
-        digest="sha256:aa",
-        plan="p",
-        monthly_cost=None,
-        violations=[],
-        extra_rules=[approvals.DRIFT_POLICY_RULE],
-        approvers=[],
-        self_approval=False,
-        requested_by=None,
-        namespace="n",
-        name="db",
-        previous=None,
-        now=NOW,
-    )
-    later = approvals.pending(
-        operation="drift",
-        digest="sha256:aa",
-        plan="p",
-        monthly_cost=None,
-        violations=[],
-        approvers=[],
-        self_approval=False,
-        requested_by=None,
-        namespace="n",
-        name="db",
-        previous=pending,
-        now=NOW + timedelta(hours=1),
-    )
+    pending = waiting()
+    later = waiting(pending, NOW + timedelta(hours=1))
     assert later.requested_at == pending.requested_at  # the same plan keeps waiting since it first did
     done = approvals.granted(later, "bob", NOW + timedelta(minutes=90))
     assert (done.state.value, done.approved_by, done.waited_seconds) == ("Approved", "bob", 5400)

@@ -72,6 +72,40 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
+@dataclass(frozen=True)
+class _About:
+    """The object notices are about, and where they go."""
+
+    uid: str
+    kind: str
+    name: str
+    namespace: str | None
+    environment: str
+    time: str
+    golden_path: str | None = None
+    team: str | None = None
+
+    def notice(
+        self, event: NotificationEvent, key: str, reason: str, summary: str, message: str, **details: str
+    ) -> Notice:
+        """One notice (details without value are left out)."""
+        return Notice(
+            id=notice_id(self.uid, event, key),
+            event=event,
+            kind=self.kind,
+            name=self.name,
+            namespace=self.namespace,
+            environment=self.environment,
+            reason=reason,
+            summary=_cut(summary),
+            message=_cut(message),
+            time=self.time,
+            golden_path=self.golden_path,
+            team=self.team,
+            details=tuple((k, v) for k, v in details.items() if v),
+        )
+
+
 # -- ServiceRequests ------------------------------------------------------------------------------------
 
 
@@ -142,28 +176,22 @@ def request_notices(old: RequestMark | None, body: JSON, now: datetime) -> tuple
     if old is None:
         return _mark_of(current), []
     meta = body.get("metadata") or {}
-    uid, name, namespace = str(meta.get("uid") or ""), str(meta.get("name") or ""), meta.get("namespace")
+    name, namespace = str(meta.get("name") or ""), meta.get("namespace")
     golden_path = str((body.get("spec") or {}).get("goldenPath") or "") or None
     where = f"{namespace}/{name}"
+    about = _About(
+        uid=str(meta.get("uid") or ""),
+        kind=SERVICE_REQUEST,
+        name=name,
+        namespace=namespace,
+        environment=current.status.environment or str(namespace or ""),
+        time=format_time(now),
+        golden_path=golden_path,
+    )
     made: list[Notice] = []
 
     def notice(event: NotificationEvent, key: str, reason: str, summary: str, message: str, **details: str) -> None:
-        made.append(
-            Notice(
-                id=notice_id(uid, event, key),
-                event=event,
-                kind=SERVICE_REQUEST,
-                name=name,
-                namespace=namespace,
-                environment=current.status.environment or str(namespace or ""),
-                reason=reason,
-                summary=_cut(summary),
-                message=_cut(message),
-                time=format_time(now),
-                golden_path=golden_path,
-                details=tuple((k, v) for k, v in details.items() if v),
-            )
-        )
+        made.append(about.notice(event, key, reason, summary, message, **details))
 
     mark = old
     status = current.status
@@ -263,27 +291,20 @@ def environment_notices(
     if old is None:
         return current, []
     meta = body.get("metadata") or {}
-    uid, name = str(meta.get("uid") or ""), str(meta.get("name") or "")
-    team = str((body.get("spec") or {}).get("team") or "") or None
+    name = str(meta.get("name") or "")
+    about = _About(
+        uid=str(meta.get("uid") or ""),
+        kind=ENVIRONMENT,
+        name=name,
+        namespace=None,
+        environment=name,
+        time=format_time(now),
+        team=str((body.get("spec") or {}).get("team") or "") or None,
+    )
     made: list[Notice] = []
 
     def notice(event: NotificationEvent, key: str, reason: str, summary: str, message: str, **details: str) -> None:
-        made.append(
-            Notice(
-                id=notice_id(uid, event, key),
-                event=event,
-                kind=ENVIRONMENT,
-                name=name,
-                namespace=None,
-                environment=name,
-                reason=reason,
-                summary=_cut(summary),
-                message=_cut(message),
-                time=format_time(now),
-                team=team,
-                details=tuple((k, v) for k, v in details.items() if v),
-            )
-        )
+        made.append(about.notice(event, key, reason, summary, message, **details))
 
     if current.expiring and not old.expiring and expiring is not None:
         notice(

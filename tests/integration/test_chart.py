@@ -404,11 +404,11 @@ def test_rendered_manifests_pass_a_server_side_dry_run(
     unserved = [o for o in objects if o["apiVersion"].rpartition("/")[0] not in served]
     assert {o["apiVersion"].rpartition("/")[0] for o in unserved} <= {"monitoring.coreos.com", "cert-manager.io"}
     sent = [o for o in objects if o not in unserved]
-    # The session operator manages its own ValidatingWebhookConfiguration `blacktop` (url clientConfig,
+    # The session operator manages its own webhook configurations `blacktop` (url clientConfig,
     # local mode); merging the chart's (service clientConfig) into it would set both. In a cluster only
     # one of them exists, so the chart's is checked under a name of its own.
     for obj in sent:
-        if obj["kind"] == "ValidatingWebhookConfiguration":
+        if obj["kind"] in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
             obj["metadata"]["name"] = f"{obj['metadata']['name']}-{release_namespace}"
     # Namespaced objects of other namespaces (the dashboard ConfigMap in `default`) exist too.
     body = "\n---\n".join(yaml.safe_dump(o) for o in sent)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -234,6 +235,10 @@ def test_slack_body_escapes_markup_and_shows_the_approve_command() -> None:
     body = render.slack_body(a_notice(NotificationEvent.AWAITING_APPROVAL, command="blacktop approve -n pay-dev db"))
     assert "&lt;@channel&gt; &amp; more" in body["text"]  # never a mention or a link from a message
     assert "Approve with: `blacktop approve -n pay-dev db`" in body["text"]
+    said = render.slack_body(
+        replace(a_notice(NotificationEvent.AWAITING_APPROVAL, command="kubectl x"), message="approve with: kubectl x")
+    )
+    assert said["text"].count("kubectl x") == 1  # the command once, not twice
     assert body["blocks"][0]["text"]["text"] == body["text"]
     assert "team pay" in body["blocks"][1]["elements"][0]["text"]
 

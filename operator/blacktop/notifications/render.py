@@ -53,7 +53,7 @@ def slack_body(notice: Notice) -> dict[str, Any]:
     fields = "\n".join(f"• {key}: `{_escape(value)}`" for key, value in notice.details if key != "command")
     command = dict(notice.details).get("command")
     lines = [headline, _escape(notice.message)] + ([fields] if fields else [])
-    if command:
+    if command and command not in notice.message:
         lines.append(f"Approve with: `{_escape(command)}`")
     text = "\n".join(line for line in lines if line)
     return {

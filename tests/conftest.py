@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from blacktop.kube.client import KubeClient
-from helpers import REPO, Kubectl, OperatorProcess
+from helpers import DEVELOPERS, REPO, Kubectl, OperatorProcess, try_apply, unique
 
 # name -> callable returning a log tail; filled by session fixtures, read when a test fails.
 _LOG_SOURCES: dict[str, Callable[[], str]] = {}
@@ -119,3 +119,27 @@ def operator(
     yield proc
     proc.stop()
     _LOG_SOURCES.pop("operator", None)
+
+
+@pytest.fixture
+def developers_may_create_environments(kubectl: Kubectl, installed: Path) -> Iterator[str]:
+    """RBAC lets the DEVELOPERS group create and change any environment, so the webhook is what decides."""
+    name = unique("gr-env-creators")
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": ["platform.blacktop.dev"], "resources": ["environments"], "verbs": ["*"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": DEVELOPERS}],
+    }
+    for obj in (role, binding):
+        assert try_apply(kubectl, obj).returncode == 0
+    yield DEVELOPERS
+    kubectl("delete", "clusterrolebinding", name, "--ignore-not-found")
+    kubectl("delete", "clusterrole", name, "--ignore-not-found")

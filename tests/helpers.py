@@ -26,6 +26,8 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 API = "platform.blacktop.dev/v1alpha1"
+# A group that the developers_may_create_environments fixture lets create and change Environments.
+DEVELOPERS = "blacktop-test-developers"
 
 
 def wait_for(
@@ -101,6 +103,14 @@ class OperatorProcess:
             "BLACKTOP_MODULE_CACHE_ROOT": str(self.log_file.parent / "module-cache"),
             # Every test operator serves its portal (sign-in by token) on a port of its own.
             "BLACKTOP_PORTAL_PORT": str(self.portal_port),
+            # Consumers see their sources' changes, and waiting requests retry, within seconds.
+            "BLACKTOP_INPUTS_CHECK_SECONDS": "2",
+            "BLACKTOP_DEPENDENCY_RETRY_SECONDS": "3",
+            # Notification tests post to a receiver on loopback, and see retries within seconds.
+            "BLACKTOP_NOTIFICATION_ALLOWED_URLS": "https://,http://127.0.0.1:",
+            "BLACKTOP_NOTIFICATION_BACKOFF_SECONDS": "0.3",
+            "BLACKTOP_NOTIFICATION_BACKOFF_CAP_SECONDS": "2",
+            "BLACKTOP_NOTIFICATION_MAX_ATTEMPTS": "5",
             **self.extra_env,
         }
         log = self.log_file.open("ab")

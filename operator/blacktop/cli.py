@@ -3,6 +3,7 @@
 blacktop run [--local] [--install]      the operator in the foreground (Ctrl-C stops everything);
                                         --local adds a local cluster and a PostgreSQL when missing
 blacktop install [--catalog]            CRDs, cluster RBAC, operator namespace, example catalog
+blacktop approve -n NS NAME [--digest D] approve the plan a ServiceRequest waits with
 blacktop cluster up|down|status|kubeconfig
 blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
 """
@@ -26,11 +27,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from blacktop.api.servicerequest import ApprovalState, ServiceRequestStatus
+from blacktop.builders import naming
 from blacktop.config import Settings
 from blacktop.kube.client import ClusterConfigError, KubeClient, resolve_kubeconfig
-from blacktop.kube.errors import ConflictError
+from blacktop.kube.errors import ConflictError, KubeApiError
 from blacktop.kube.install import EXAMPLES_DIR, install, load_manifests
-from blacktop.kube.resources import resource_for
+from blacktop.kube.resources import SERVICEREQUESTS, resource_for
 from blacktop.localcluster.cluster import ClusterStartError, LocalCluster
 from blacktop.localcluster.node import NodeError
 from blacktop.localcluster.postgres import PostgresServer, PostgresStartError
@@ -261,6 +264,44 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Show the plan a request waits with, and approve it: the same annotation as `kubectl annotate`,
+    so admission checks the same things (who may approve, which plan, no self-approval)."""
+    client = KubeClient.from_kubeconfig(args.kubeconfig)
+    try:
+        return asyncio.run(_approve(client, args.namespace, args.name, args.digest))
+    finally:
+        client.close()
+
+
+async def _approve(client: KubeClient, namespace: str, name: str, digest: str | None) -> int:
+    body = await client.get(SERVICEREQUESTS, name, namespace)
+    if body is None:
+        print(f"ServiceRequest {namespace}/{name} does not exist", file=sys.stderr)
+        return 1
+    approval = ServiceRequestStatus.model_validate(body.get("status") or {}).approval
+    if approval is None or approval.state is not ApprovalState.PENDING:
+        print(f"ServiceRequest {namespace}/{name} has no plan awaiting approval; nothing to do", file=sys.stderr)
+        return 1
+    rules = "; ".join(f"{r.policy}/{r.rule}: {r.message}" for r in approval.rules)
+    print(f"ServiceRequest {namespace}/{name}: {approval.operation} plan {approval.plan_digest}")
+    print(f"  plan:     {approval.plan}")
+    print(f"  cost:     {approval.monthly_cost or 'unknown'} a month")
+    print(f"  asked by: {rules}")
+    print(f"  changed by {approval.requested_by or 'unknown'}, waiting since {approval.requested_at}")
+    if digest is not None and digest != approval.plan_digest:
+        print(f"plan {digest} is not the plan awaiting approval; approving it would do nothing", file=sys.stderr)
+        return 1
+    patch = {"metadata": {"annotations": {naming.APPROVE: approval.plan_digest}}}
+    try:
+        await client.merge_patch(SERVICEREQUESTS, name, patch, namespace)
+    except KubeApiError as exc:
+        print(exc.message, file=sys.stderr)  # admission's line: who may approve, or why not
+        return 1
+    print(f"approved plan {approval.plan_digest}")
+    return 0
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     from blacktop import localcluster
 
@@ -326,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--kubeconfig")
     inst.add_argument("--catalog", action="store_true", help="also apply examples/goldenpath-*.yaml")
     inst.set_defaults(func=cmd_install)
+
+    approve = sub.add_parser("approve", help="approve the plan a ServiceRequest is waiting with")
+    approve.add_argument("name", help="the ServiceRequest")
+    approve.add_argument("-n", "--namespace", required=True, help="its namespace (the environment)")
+    approve.add_argument("--digest", help="the plan digest you reviewed (refused if another plan waits now)")
+    approve.add_argument("--kubeconfig")
+    approve.set_defaults(func=cmd_approve)
 
     cluster = sub.add_parser("cluster", help="a detached local control plane for development")
     cluster.add_argument("action", choices=["up", "down", "status", "kubeconfig"])

@@ -125,6 +125,26 @@ class Settings(BaseModel):
             )
         return self
 
+    inputs_check_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How often a Ready request with inputs looks at its sources; a changed output re-applies it.",
+    )
+    notification_queue_size: int = Field(
+        1000, ge=1, description="Notifications waiting for delivery (retries included); more are dropped and counted."
+    )
+    notification_workers: int = Field(4, ge=1, description="Notifications delivered at once.")
+    notification_max_attempts: int = Field(8, ge=1, description="Attempts per message and channel before giving up.")
+    notification_backoff_seconds: float = Field(
+        2.0, gt=0, description="First retry delay of a failed delivery; doubles (with jitter) up to the cap."
+    )
+    notification_backoff_cap_seconds: float = Field(300.0, gt=0, description="Longest delay between two attempts.")
+    notification_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one delivery (HTTP POST).")
+    notification_allowed_urls: tuple[str, ...] = Field(
+        ("https://",),
+        description="URL prefixes a team's channels may post to (the platform's own channels are not limited).",
+    )
+
     def team_group(self, team: str) -> str:
         """The group whose members belong to ``team``."""
         return self.team_group_template.format(team=team)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from blacktop.builders import webhook as webhook_builder
 from blacktop.builders.rbac import cluster_rbac
 from blacktop.kube.resources import all_resources
 from chart_support import CHART, JSON, find, helm, render
@@ -129,6 +130,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
             "Service",
             "Secret",
             "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration",
         }
         # The dashboard ConfigMap appears once the metrics work ships files/dashboard.json.
         | ({"ConfigMap"} if (CHART / "files" / "dashboard.json").exists() else set())
@@ -141,6 +143,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
             "ClusterRole",
             "ClusterRoleBinding",
             "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration",
         }:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
 
@@ -332,7 +335,8 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
         assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == ca_pem
         (rule,) = webhook["rules"]
         assert rule["apiGroups"] == ["platform.blacktop.dev"]
-        assert rule["operations"] == ["CREATE", "UPDATE"]
+        # ServiceRequests are checked on DELETE too (a source others consume is refused).
+        assert rule["operations"] == ["CREATE", "UPDATE"] + (["DELETE"] if path == "/validate-servicerequest" else [])
         assert rule["resources"] == [PLURALS[path]]
         if rule["scope"] == "Namespaced":
             (expression,) = webhook["namespaceSelector"]["matchExpressions"]
@@ -342,6 +346,15 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
             assert rule["scope"] == "Cluster"
             assert "namespaceSelector" not in webhook  # cluster-scoped objects have no namespace
     assert [w["rules"][0]["scope"] for w in config["webhooks"]].count("Namespaced") == 1
+    # The mutating webhook (requested-by/approved-by stamps) is what the operator builds in local mode.
+    (mutating,) = find(objects, "MutatingWebhookConfiguration")
+    expected = webhook_builder.build_configuration(
+        operator_namespace=NAMESPACE,
+        service={"name": "blacktop-webhook", "namespace": NAMESPACE, "port": 443},
+        ca_bundle=secret["data"]["ca.crt"],
+        kind="MutatingWebhookConfiguration",
+    )
+    assert mutating["webhooks"] == expected["webhooks"]
     # The serving certificate is signed by that CA and names the Service.
     ca = x509.load_pem_x509_certificate(ca_pem)
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
@@ -426,11 +439,11 @@ def test_rendered_manifests_pass_a_server_side_dry_run(
     unserved = [o for o in objects if o["apiVersion"].rpartition("/")[0] not in served]
     assert {o["apiVersion"].rpartition("/")[0] for o in unserved} <= {"monitoring.coreos.com", "cert-manager.io"}
     sent = [o for o in objects if o not in unserved]
-    # The session operator manages its own ValidatingWebhookConfiguration `blacktop` (url clientConfig,
+    # The session operator manages its own webhook configurations `blacktop` (url clientConfig,
     # local mode); merging the chart's (service clientConfig) into it would set both. In a cluster only
     # one of them exists, so the chart's is checked under a name of its own.
     for obj in sent:
-        if obj["kind"] == "ValidatingWebhookConfiguration":
+        if obj["kind"] in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
             obj["metadata"]["name"] = f"{obj['metadata']['name']}-{release_namespace}"
     # Namespaced objects of other namespaces (the dashboard ConfigMap in `default`) exist too.
     body = "\n---\n".join(yaml.safe_dump(o) for o in sent)

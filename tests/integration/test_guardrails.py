@@ -18,6 +18,7 @@ import yaml
 
 from helpers import (
     API,
+    DEVELOPERS,
     REPO,
     Kubectl,
     OperatorProcess,
@@ -34,8 +35,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-DEVELOPERS = "blacktop-test-developers"
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +135,8 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
     assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
 
 
-def _webhook_urls(kubectl: Kubectl) -> list[str]:
-    config = get(kubectl, "validatingwebhookconfiguration", "blacktop") or {}
+def _webhook_urls(kubectl: Kubectl, kind: str = "validatingwebhookconfiguration") -> list[str]:
+    config = get(kubectl, kind, "blacktop") or {}
     return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
 
 
@@ -147,7 +146,9 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     """A stopped operator must not leave a failurePolicy=Fail webhook behind (it would refuse every
     later apply of Blacktop's kinds); the session operator's configuration is restored afterwards."""
     saved = get(kubectl, "validatingwebhookconfiguration", "blacktop")
+    saved_mutating = get(kubectl, "mutatingwebhookconfiguration", "blacktop")
     assert saved is not None
+    assert saved_mutating is not None
     own = OperatorProcess(
         operator.kubeconfig,
         tmp_path / "operator.log",
@@ -156,7 +157,10 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     try:
         own.start()
         wait_for(
-            lambda: (urls := _webhook_urls(kubectl)) and all(f":{own.webhook_port}/" in u for u in urls),
+            lambda: (
+                (urls := _webhook_urls(kubectl) + _webhook_urls(kubectl, "mutatingwebhookconfiguration"))
+                and all(f":{own.webhook_port}/" in u for u in urls)
+            ),
             timeout=60,
             what="the new operator to point the webhook configuration at itself",
         )
@@ -172,6 +176,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
         own.stop()
         assert "admission webhook configuration blacktop removed" in own.log_text()
         assert get(kubectl, "validatingwebhookconfiguration", "blacktop") is None
+        assert get(kubectl, "mutatingwebhookconfiguration", "blacktop") is None
         # With no webhook, applies of Blacktop's kinds are not wedged.
         assert try_apply(kubectl, body, "--dry-run=server").returncode == 0
         # A broken policy that gets in while no webhook runs is reported, not enforced.
@@ -189,9 +194,10 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
             kubectl("delete", "guardrailpolicy", body["metadata"]["name"], "--ignore-not-found")
     finally:
         own.stop()
-        meta = saved["metadata"]
-        saved["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
-        assert try_apply(kubectl, saved).returncode == 0
+        for config in (saved, saved_mutating):
+            meta = config["metadata"]
+            config["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
+            assert try_apply(kubectl, config).returncode == 0
     assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
 
 
@@ -246,30 +252,6 @@ def test_policy_with_a_broken_expression_is_refused(
 
 
 # -- team boundaries ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def developers_may_create_environments(kubectl: Kubectl, installed: Path) -> Iterator[str]:
-    """RBAC lets the DEVELOPERS group create environments, so the webhook is what decides."""
-    name = unique("gr-env-creators")
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": ["platform.blacktop.dev"], "resources": ["environments"], "verbs": ["*"]}],
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": DEVELOPERS}],
-    }
-    for obj in (role, binding):
-        assert try_apply(kubectl, obj).returncode == 0
-    yield DEVELOPERS
-    kubectl("delete", "clusterrolebinding", name, "--ignore-not-found")
-    kubectl("delete", "clusterrole", name, "--ignore-not-found")
 
 
 def test_cross_team_environment_is_refused(

@@ -262,6 +262,22 @@ def test_webhook_configuration_service_mode() -> None:
         webhook.build_configuration(operator_namespace="ops", ca_bundle="x")
 
 
+def test_mutating_configuration_stamps_service_requests_only() -> None:
+    config = webhook.build_configuration(
+        operator_namespace="ops", url="https://127.0.0.1:9443", ca_bundle="x", kind=webhook.MUTATING
+    )
+    assert config["kind"] == "MutatingWebhookConfiguration"
+    (hook,) = config["webhooks"]
+    assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/mutate-servicerequest"
+    assert hook["rules"][0]["resources"] == ["servicerequests"]
+    assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    assert (hook["sideEffects"], hook["failurePolicy"], hook["reinvocationPolicy"]) == ("None", "Fail", "Never")
+    validating = webhook.build_configuration(operator_namespace="ops", url="https://h", ca_bundle="x")
+    operations = {h["name"]: h["rules"][0]["operations"] for h in validating["webhooks"]}
+    assert operations["validate-servicerequest.platform.blacktop.dev"] == ["CREATE", "UPDATE", "DELETE"]
+    assert operations["validate-environment.platform.blacktop.dev"] == ["CREATE", "UPDATE"]
+
+
 # -- environment cost -----------------------------------------------------------------------------------
 
 

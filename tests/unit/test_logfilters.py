@@ -17,6 +17,16 @@ def passes(message: str, level: int, logger_level: int = logging.INFO) -> tuple[
     return KopfLines().filter(record), record.levelno
 
 
+def test_waiting_for_inputs_or_dependents_is_info_not_error() -> None:
+    for message in (
+        "Handler 'service_request_changed' failed temporarily: WaitingForInputs: waiting for input(s) from db",
+        "Handler 'service_request_deleted' failed temporarily: WaitingForDependents: deleting: waiting for api",
+    ):
+        assert passes(message, logging.ERROR) == (True, logging.INFO)
+    failed = "Handler 'service_request_changed' failed temporarily: ApplyFailed: apply failed"
+    assert passes(failed, logging.ERROR) == (True, logging.ERROR)
+
+
 @pytest.mark.parametrize(
     "message",
     [
@@ -26,6 +36,8 @@ def passes(message: str, level: int, logger_level: int = logging.INFO) -> tuple[
         "Timer 'environment_resync' succeeded.",
         "Timer 'service_request_drift' succeeded.",
         "Webhook 'validate-environment' succeeded.",
+        "Handler 'notifications-servicerequests' succeeded.",
+        "Timer 'service_request_inputs' succeeded.",
     ],
 )
 def test_routine_successes_drop_to_debug(message: str) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from blacktop.metrics.collector import InventoryCollector
 from blacktop.metrics.inventory import Inventory
@@ -278,3 +278,27 @@ def test_a_failed_drift_run_is_classified_by_its_drifted_condition() -> None:
     drift_failures = {"operation": "drift", "result": "failed", "golden_path": "tiny"}
     assert value(metrics, "blacktop_runs_total", failure_class="ProviderError", **drift_failures) == 1
     assert value(metrics, "blacktop_runs_total", failure_class="Provisioned", **drift_failures) is None
+
+
+def test_approvals_are_counted_and_their_wait_is_a_stage_and_waiting_requests_a_gauge() -> None:
+    metrics = create_metrics()
+    pending = {
+        "operation": "apply",
+        "state": "Pending",
+        "planDigest": "sha256:a",
+        "requestedAt": "2026-01-10T11:00:00Z",
+    }
+    approved = {**pending, "state": "Approved", "approvedBy": "bob", "waitedSeconds": 1800}
+    metrics.observe_object("ServiceRequest", request("w1", stage="Planning"))
+    metrics.observe_object("ServiceRequest", request("w1", stage="AwaitingApproval", approval=pending))
+    metrics.observe_object("ServiceRequest", request("w2", stage="WaitingForInputs"))
+    text = generate_latest(metrics.registry).decode()
+    assert 'blacktop_service_requests_waiting{stage="AwaitingApproval"} 1.0' in text
+    assert 'blacktop_service_requests_waiting{stage="WaitingForInputs"} 1.0' in text
+    assert value(metrics, "blacktop_approvals_total", operation="apply", result="requested") == 1
+    metrics.observe_object("ServiceRequest", request("w1", stage="AwaitingApproval", approval=pending))  # no news
+    metrics.observe_object("ServiceRequest", request("w1", stage="Applying", approval=approved))
+    assert value(metrics, "blacktop_approvals_total", operation="apply", result="requested") == 1
+    assert value(metrics, "blacktop_approvals_total", operation="apply", result="approved") == 1
+    assert value(metrics, "blacktop_stage_duration_seconds_sum", stage="approval") == 1800
+    assert value(metrics, "blacktop_approvals_total", operation="drift", result="approved") == 0

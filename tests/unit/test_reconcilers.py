@@ -30,6 +30,7 @@ from blacktop.controllers.upgrades import ProvisioningUpgrader
 from blacktop.kube.errors import InvalidError
 from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, GUARDRAILPOLICIES, SERVICEREQUESTS, resource_for
 from blacktop.terraform import state as states
+from blacktop.terraform.module import ModuleCache
 from fakes import LEASE, REPO, Harness, harness
 from helpers import API, tiny_golden_path
 
@@ -1137,6 +1138,306 @@ async def test_missing_revisions_and_unreachable_git_servers_are_reported(h: Har
     ready = next(c for c in gp["status"]["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == Reason.SOURCE_UNAVAILABLE
     assert "listing the refs of http://127.0.0.1:1/modules.git failed" in ready["message"]
+
+
+# -- notifications ----------------------------------------------------------------------------------
+
+
+@reaches(Reason.EXPIRING_SOON, Reason.NOTIFICATION_CHANNEL_INVALID)
+async def test_an_environment_says_it_expires_and_whether_its_channels_work(h: Harness) -> None:
+    channels = [{"name": "chat", "type": "Slack", "secretRef": {"name": "chat-hook"}}]
+    namespace = await h.environment(ttl="20h", notifications=channels)
+    env = h.client.stored(ENVIRONMENTS, namespace)
+    assert env is not None
+    conditions = {c["type"]: c for c in env["status"]["conditions"]}
+    assert (conditions["Expiring"]["status"], conditions["Expiring"]["reason"]) == ("True", Reason.EXPIRING_SOON)
+    assert conditions["Ready"]["status"] == "True"  # neither an expiry nor a chat hook makes it unusable
+    configured = conditions["NotificationsConfigured"]
+    assert (configured["status"], configured["reason"]) == ("False", Reason.NOTIFICATION_CHANNEL_INVALID)
+    assert f"channel chat: Secret {namespace}/chat-hook does not exist" in configured["message"]
+    h.client.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "chat-hook", "namespace": namespace},
+            "data": {"url": "aHR0cHM6Ly9ob29rcy5leGFtcGxlL1QvQi9zZWNyZXQ="},  # https://hooks.example/T/B/secret
+        }
+    )
+    await environment.reconcile_environment(h.ctx, env)
+    env = h.client.stored(ENVIRONMENTS, namespace)
+    assert env is not None
+    configured = next(c for c in env["status"]["conditions"] if c["type"] == "NotificationsConfigured")
+    assert (configured["status"], configured["message"]) == ("True", "channels ready: chat")
+    assert "hooks.example" not in json.dumps(env)  # the URL is never quoted
+    long_lived = await h.environment("payments-staging", ttl="72h")
+    stored = h.client.stored(ENVIRONMENTS, long_lived)
+    assert stored is not None
+    assert {c["type"] for c in stored["status"]["conditions"]} == {"Ready", "NamespaceReady", "MonitoringConfigured"}
+
+
+@reaches(Reason.NOTIFICATION_FAILED)
+async def test_a_message_given_up_is_an_event_on_the_environment_naming_the_channel(h: Harness) -> None:
+    from blacktop.api.notifications import ChannelType, NotificationEvent
+    from blacktop.controllers import notifications
+    from blacktop.notifications.delivery import Target
+    from blacktop.notifications.notices import Notice
+
+    namespace = await h.environment()
+    notice = Notice(
+        id="n1",
+        event=NotificationEvent.FAILED,
+        kind="ServiceRequest",
+        name="db",
+        namespace=namespace,
+        environment=namespace,
+        reason=Reason.APPLY_FAILED,
+        summary="failed",
+        message="boom",
+        time=format_time(h.clock.now),
+    )
+    hook = Target(f"{namespace}/hook", "team", ChannelType.WEBHOOK, "https://hooks.example/secret", "k")
+    await notifications.report_failure(h.ctx, notice, hook, "HTTP 503 after 8 attempt(s)")
+    [(kind, reason, message)] = [e for e in h.client.events(namespace) if e[1] == Reason.NOTIFICATION_FAILED]
+    assert (kind, reason) == ("Warning", Reason.NOTIFICATION_FAILED)
+    assert message == (
+        f"notification Failed about ServiceRequest {namespace}/db to channel {namespace}/hook failed: "
+        "HTTP 503 after 8 attempt(s)"
+    )
+    platform = Target("platform-chat", "platform", ChannelType.SLACK, "https://hooks.example/p")
+    await notifications.report_failure(h.ctx, notice, platform, "HTTP 500")
+    # The platform's own channels are the SREs' business (log and metrics), not the team's.
+    assert h.client.event_reasons(namespace).count(Reason.NOTIFICATION_FAILED) == 1
+
+
+# -- approvals --------------------------------------------------------------------------------------
+
+
+def approval_policy(**require: Any) -> dict[str, Any]:
+    """A Plan-stage rule every plan fails, asking for approval instead of denying."""
+    return {
+        "apiVersion": API,
+        "kind": "GuardrailPolicy",
+        "metadata": {"name": "needs-a-lead"},
+        "spec": {
+            "match": {"kinds": ["ServiceRequest"]},
+            "rules": [
+                {
+                    "name": "lead",
+                    "stage": "Plan",
+                    "expression": "false",
+                    "message": "a lead approves",
+                    "requireApproval": require or {"approvers": [{"kind": "Group", "name": "leads"}]},
+                }
+            ],
+        },
+    }
+
+
+def annotate(h: Harness, name: str, namespace: str, **values: str) -> None:
+    """Set annotations as an update (and the mutating webhook's stamps) would leave them."""
+    body = h.body(name, namespace)
+    body["metadata"]["annotations"] = {**(body["metadata"].get("annotations") or {}), **values}
+    h.client.put(body)
+
+
+@reaches(Reason.AWAITING_APPROVAL, Reason.APPROVED, Reason.PROVISIONED)
+async def test_a_plan_waits_for_approval_and_only_that_plan_is_applied_once_approved(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.client.put(approval_policy())
+    body = h.request("db", namespace, size="small")
+    annotate(h, "db", namespace, **{"blacktop.dev/requested-by": "alice"})
+    assert await h.reconcile("db", namespace) is None  # no retry: it waits for a human
+    status = h.status("db", namespace)
+    assert status["stage"] == "AwaitingApproval"
+    assert h.runners.operations == ["init", "plan", "show"]  # nothing applied
+    assert status["lastRun"]["result"] == "AwaitingApproval"
+    approval = status["approval"]
+    digest = approval["planDigest"]
+    assert digest.startswith("sha256:")
+    assert (approval["state"], approval["operation"], approval["requestedBy"]) == ("Pending", "apply", "alice")
+    assert approval["plan"] == "1 to add, 0 to change, 0 to destroy"
+    assert approval["monthlyCost"] == "1.00"
+    assert approval["approvers"] == [{"kind": "Group", "name": "leads"}]
+    assert approval["rules"] == [{"policy": "needs-a-lead", "rule": "lead", "message": "a lead approves"}]
+    assert (
+        approval["command"]
+        == f"kubectl annotate servicerequest -n {namespace} db blacktop.dev/approve={digest} --overwrite"
+    )
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", Reason.AWAITING_APPROVAL)
+    assert f"plan {digest} (1 to add, 0 to change, 0 to destroy) awaits approval by Group leads" in ready["message"]
+    assert h.condition("db", namespace, "Reconciling") is not None  # waiting, not stalled (kstatus: in progress)
+    # A resumed operator plans again: the same plan, still waiting since it first did.
+    h.clock.advance(300)
+    assert await h.reconcile("db", namespace) is None
+    again = h.status("db", namespace)["approval"]
+    assert (again["planDigest"], again["requestedAt"]) == (digest, approval["requestedAt"])
+    assert "apply" not in h.runners.operations
+
+    annotate(h, "db", namespace, **{"blacktop.dev/approve": digest, "blacktop.dev/approved-by": "bob"})
+    assert await h.reconcile("db", namespace) is None
+    status = h.status("db", namespace)
+    assert status["stage"] == "Ready"
+    assert h.runners.operations[-2:] == ["apply", "output"]
+    done = status["approval"]
+    assert (done["state"], done["approvedBy"], done["waitedSeconds"]) == ("Approved", "bob", 300)
+    assert done["approvedAt"] == format_time(h.clock.now)
+    approved = [m for _, r, m in h.client.events("db") if r == Reason.APPROVED]
+    assert approved == [f"apply plan {digest} (1 to add, 0 to change, 0 to destroy) approved by bob after 300s"]
+    assert body["metadata"]["uid"] == h.body("db", namespace)["metadata"]["uid"]
+
+
+@reaches(Reason.AWAITING_APPROVAL, Reason.APPROVAL_SUPERSEDED)
+async def test_a_new_spec_voids_the_approval_and_a_plan_without_changes_never_waits(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.client.put(approval_policy())
+    h.request("db", namespace, size="small")
+    assert await h.reconcile("db", namespace) is None
+    first = h.status("db", namespace)["approval"]["planDigest"]
+    annotate(h, "db", namespace, **{"blacktop.dev/approve": first, "blacktop.dev/approved-by": "bob"})
+    assert await h.reconcile("db", namespace) is None
+    assert h.status("db", namespace)["stage"] == "Ready"
+    body = h.body("db", namespace)
+    body["spec"]["parameters"] = {"size": "large"}
+    await h.ctx.client.replace(body)  # a new generation: a new plan, the old approval holds for the old one
+    h.runners.calls.clear()
+    assert await h.reconcile("db", namespace) is None
+    status = h.status("db", namespace)
+    second = status["approval"]["planDigest"]
+    assert second != first
+    assert (status["stage"], status["approval"]["state"]) == ("AwaitingApproval", "Pending")
+    assert "apply" not in h.runners.operations
+    superseded = [m for _, r, m in h.client.events("db") if r == Reason.APPROVAL_SUPERSEDED]
+    assert len(superseded) == 1
+    assert f"the approval of plan {first} does not apply to the plan now waiting ({second}" in superseded[0]
+    # Nothing left to change (e.g. someone applied it by hand): nothing to approve, the request is Ready.
+    h.runners.script.changes = False
+    h.runners.script.plan = {"resource_changes": []}
+    assert await h.reconcile("db", namespace) is None
+    status = h.status("db", namespace)
+    assert status["stage"] == "Ready"
+    assert "approval" not in status  # this Ready needed no human: nothing waits, nothing was approved for it
+
+
+@reaches(Reason.DRIFT_DETECTED, Reason.AWAITING_APPROVAL, Reason.APPROVED, Reason.DRIFT_CORRECTED)
+async def test_a_drift_correction_waits_for_approval_under_correct_with_approval(h: Harness) -> None:
+    namespace = await due_for_drift(h, "CorrectWithApproval")
+    await drift.check_drift(h.ctx, namespace, "db")
+    status = h.status("db", namespace)
+    assert status["stage"] == "Ready"  # Ready is provisioning's: the running service is fine
+    approval = status["approval"]
+    assert (approval["operation"], approval["state"]) == ("drift", "Pending")
+    assert approval["rules"][0]["rule"] == "driftPolicy"
+    assert approval["approvers"] == [{"kind": "Group", "name": "payments"}]  # no owners: the team
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert "not corrected yet: the correction plan" in drifted["message"]
+    assert "apply" not in h.runners.operations
+    assert h.client.event_reasons("db").count(Reason.AWAITING_APPROVAL) == 1
+    h.clock.advance(11 * 60)
+    await drift.check_drift(h.ctx, namespace, "db")  # the same drift: asked once
+    assert h.client.event_reasons("db").count(Reason.AWAITING_APPROVAL) == 1
+    annotate(
+        h, "db", namespace, **{"blacktop.dev/approve": approval["planDigest"], "blacktop.dev/approved-by": "carol"}
+    )
+    assert await drift.check_drift(h.ctx, namespace, "db", force=True) is not None  # the approval wakes it
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert drifted["reason"] == Reason.DRIFT_CORRECTED
+    assert h.status("db", namespace)["approval"]["approvedBy"] == "carol"
+
+
+# -- composition ------------------------------------------------------------------------------------
+
+
+async def consumer_world(h: Harness) -> str:
+    """A Ready environment, `tiny`, and the `consumer` golden path (its module is a test fixture), and a
+    request `api` whose inputs are `db`'s endpoint and (sensitive) token; returns the namespace."""
+    root = h.ctx.settings.workspace_root.parent / "modules"
+    for source in (REPO / "terraform-modules" / "tiny", REPO / "tests" / "fixtures" / "modules" / "consumer"):
+        shutil.copytree(source, root / source.name)
+    h.ctx.settings = h.ctx.settings.model_copy(update={"modules_root": root})
+    h.ctx.modules = ModuleCache(root)
+    namespace = await ready_world(h)
+    await h.golden_path(
+        {
+            "apiVersion": API,
+            "kind": "GoldenPath",
+            "metadata": {"name": "consumer"},
+            "spec": {"description": "c", "module": "consumer", "outputs": [{"name": "endpoint"}]},
+        }
+    )
+    api = h.request("api", namespace, "consumer")
+    api["spec"]["inputs"] = [
+        {"variable": "upstream", "from": {"serviceRequest": "db", "output": "endpoint"}},
+        {"variable": "upstream_token", "from": {"serviceRequest": "db", "output": "token"}},
+    ]
+    h.client.put(api)
+    return namespace
+
+
+@reaches(Reason.WAITING_FOR_INPUTS, Reason.PROVISIONED, Reason.INPUTS_CHANGED)
+async def test_a_consumer_waits_for_its_source_gets_its_outputs_unseen_and_follows_their_changes(h: Harness) -> None:
+    namespace = await consumer_world(h)
+    failure = await h.reconcile("api", namespace)
+    assert isinstance(failure, Failure)
+    assert (failure.reason, failure.delay) == (Reason.WAITING_FOR_INPUTS, h.ctx.settings.dependency_retry_seconds)
+    status = h.status("api", namespace)
+    assert status["stage"] == "WaitingForInputs"
+    assert [(i["variable"], i["ready"]) for i in status["inputs"]] == [("upstream", False), ("upstream_token", False)]
+    assert (
+        "waiting for input(s) from db (for upstream), db (for upstream_token)"
+        in h.condition("api", namespace)["message"]
+    )
+    assert h.runners.opened == []
+
+    h.request("db", namespace, size="small")
+    assert await h.reconcile("db", namespace) is None
+    assert await h.reconcile("api", namespace) is None
+    target = h.runners.opened[-1]
+    assert target.variables["upstream"] == "tiny://db.small.svc:8080"
+    assert target.variables["upstream_token"] == "s3cr3t-t0ken"
+    assert set(target.secrets) == {"tiny://db.small.svc:8080", "s3cr3t-t0ken"}  # redacted from every output
+    status = h.status("api", namespace)
+    assert status["stage"] == "Ready"
+    revision = status["inputs"][0]["revision"]
+    assert revision
+    assert [i["ready"] for i in status["inputs"]] == [True, True]
+    assert "s3cr3t-t0ken" not in json.dumps(h.body("api", namespace))
+    assert all("s3cr3t-t0ken" not in m for _, _, m in h.client.events())
+
+    from blacktop.controllers import servicerequest
+
+    assert await servicerequest.reapply_for_inputs(h.ctx, namespace, "api") is False  # nothing changed
+    h.runners.script.outputs = {**OUTPUTS, "token": ("a-rotated-token", True)}
+    assert await h.reconcile("db", namespace) is None  # the source applied again, with another token
+    opened = len(h.runners.opened)
+    assert await servicerequest.reapply_for_inputs(h.ctx, namespace, "api") is True
+    assert len(h.runners.opened) == opened + 1
+    assert h.runners.opened[-1].variables["upstream_token"] == "a-rotated-token"
+    assert h.status("api", namespace)["inputs"][1]["revision"] != revision
+    assert Reason.INPUTS_CHANGED in h.client.event_reasons("api")
+    reapplied = h.ctx.metrics.registry.get_sample_value("blacktop_input_reapplies_total", {"golden_path": "consumer"})
+    assert reapplied == 1
+
+
+@reaches(Reason.WAITING_FOR_DEPENDENTS)
+async def test_a_source_is_destroyed_only_after_its_consumers(h: Harness) -> None:
+    namespace = await consumer_world(h)
+    h.request("db", namespace, size="small")
+    assert await h.reconcile("db", namespace) is None
+    assert await h.reconcile("api", namespace) is None
+    failure = await h.finalize("db", namespace)
+    assert isinstance(failure, Failure)
+    assert (failure.reason, failure.delay) == (Reason.WAITING_FOR_DEPENDENTS, h.ctx.settings.deletion_poll_seconds)
+    assert "waiting for api (they consume its outputs) to be deleted first" in failure.message
+    assert "destroy" not in h.runners.operations
+    assert await h.finalize("api", namespace) is None  # the consumer's destroy still reads its inputs
+    assert h.runners.opened[-1].variables["upstream"] == "tiny://db.small.svc:8080"
+    await h.ctx.client.delete(SERVICEREQUESTS, "api", namespace)
+    assert await h.finalize("db", namespace) is None
+    assert h.runners.operations[-1] == "destroy"
 
 
 # -- every Reason has a test ------------------------------------------------------------------------

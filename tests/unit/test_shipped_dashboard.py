@@ -115,6 +115,7 @@ def test_rules_use_existing_metrics() -> None:
         "BlacktopDeletionStuck",
         "BlacktopTeamBudgetNearlySpent",
         "BlacktopEnvironmentPastTTL",
+        "BlacktopNotificationsFailing",
     }
 
 

@@ -27,6 +27,7 @@ class ConditionType:
     DELETING = "Deleting"
     UPGRADE_AVAILABLE = "UpgradeAvailable"  # ServiceRequest: a different revision is due for it
     ROLLED_OUT = "RolledOut"  # GoldenPath: every request that follows rollouts runs the target revision
+    NOTIFICATIONS_CONFIGURED = "NotificationsConfigured"
 
 
 class Reason:
@@ -82,6 +83,15 @@ class Reason:
     ROLLOUT_COMPLETE = "RolloutComplete"
     ROLLOUT_WAITING = "WaitingForOwners"
     UPGRADED = "Upgraded"
+    EXPIRING_SOON = "ExpiringSoon"  # Environment: the TTL runs out within 24 hours
+    NOTIFICATION_CHANNEL_INVALID = "NotificationChannelInvalid"  # a channel's Secret is missing or incomplete
+    NOTIFICATION_FAILED = "NotificationFailed"  # Event: a message could not be delivered (after its retries)
+    AWAITING_APPROVAL = "AwaitingApproval"  # a plan waits for a human's approval
+    APPROVED = "Approved"  # Event: a plan was approved (by whom, after how long)
+    APPROVAL_SUPERSEDED = "ApprovalSuperseded"  # Event: an approval names an earlier plan than the one waiting
+    WAITING_FOR_INPUTS = "WaitingForInputs"  # composition: a source request is not Ready (or lacks the output)
+    INPUTS_CHANGED = "InputsChanged"  # Event: a source's outputs changed, so the consumer is applied again
+    WAITING_FOR_DEPENDENTS = "WaitingForDependents"  # deleting: requests that consume its outputs go first
 
 
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 
 from pydantic import Field
@@ -22,8 +23,12 @@ from blacktop.api.common import (
     immutable,
     parse_duration,
 )
+from blacktop.api.notifications import NotificationChannel
 
 __all__ = ["parse_duration"]
+
+# An environment whose TTL runs out within this window is Expiring (a condition, a notice, a gauge).
+EXPIRING_WITHIN = timedelta(hours=24)
 
 
 class Quota(SpecModel):
@@ -146,6 +151,13 @@ class EnvironmentSpec(SpecModel):
         default_factory=NetworkPolicySpec,
         json_schema_extra={"default": {}},
         description="Network isolation of the namespace.",
+    )
+    notifications: list[NotificationChannel] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Where to send what happens to the environment and its ServiceRequests (Ready, Failed, "
+        "AwaitingApproval, Drifted, Expiring, BudgetNearlySpent): Slack-compatible or HMAC-signed JSON webhooks.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
 

@@ -39,6 +39,7 @@ class DriftPolicy(StrEnum):
 
     REPORT = "Report"
     CORRECT = "Correct"
+    CORRECT_WITH_APPROVAL = "CorrectWithApproval"  # the drift plan waits for approval, then is applied
 
 
 class OutputMapping(SpecModel):
@@ -183,7 +184,11 @@ class GoldenPathSpec(SpecModel):
     credentials_secret_ref: SecretRef | None = Field(
         None, description="Secret whose keys are passed to the module as environment variables (provider credentials)."
     )
-    drift_policy: DriftPolicy = Field(DriftPolicy.REPORT, description="Report drift, or Correct it by applying again.")
+    drift_policy: DriftPolicy = Field(
+        DriftPolicy.REPORT,
+        description="Report drift, Correct it by applying again, or CorrectWithApproval: apply the drift plan once "
+        "someone approves it (the environment's owners, or its team's group).",
+    )
     drift_check_interval: str = Field(
         "10m", pattern=DURATION, max_length=32, description="How often to check for drift."
     )

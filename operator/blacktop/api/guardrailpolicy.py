@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from blacktop.api.common import (
     DNS_LABEL,
@@ -13,7 +13,9 @@ from blacktop.api.common import (
     ShortName,
     SpecModel,
     StatusModel,
+    Subject,
     Tier,
+    cel,
 )
 
 
@@ -48,8 +50,33 @@ class Match(SpecModel):
     kinds: list[MatchKind] = Field(default_factory=list, max_length=2, description="Environment and/or ServiceRequest.")
 
 
+class ApprovalRequirement(SpecModel):
+    """Instead of denying: stop after the plan until someone named here approves that very plan."""
+
+    approvers: list[Subject] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Who may approve (users or groups); empty: the Environment's owners, or its team's group "
+        "when it names none. Platform admins may always approve.",
+    )
+    allow_self_approval: bool = Field(
+        False, description="Whether the user who made the change may approve it themselves (default: no)."
+    )
+
+
 class Rule(SpecModel):
     """A CEL expression that must evaluate to true for the request to pass."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.requireApproval) || self.stage == 'Plan'",
+                    "requireApproval needs stage: Plan (the request stops after its plan to wait for approval)",
+                )
+            ]
+        }
+    )
 
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Rule name, shown in denials.")
     expression: str = Field(
@@ -60,6 +87,11 @@ class Rule(SpecModel):
         max_length=1024, description="Shown when the rule fails; {{ <cel expression> }} placeholders are interpolated."
     )
     stage: RuleStage = Field(RuleStage.ADMISSION, description="Admission (at kubectl apply) or Plan (before apply).")
+    require_approval: ApprovalRequirement | None = Field(
+        None,
+        description="When the rule fails in an Enforce policy, wait for approval of the plan instead of denying "
+        "(Plan stage only; plans without changes never wait). Warn and Audit policies only warn and record.",
+    )
 
 
 class GuardrailPolicySpec(SpecModel):

@@ -12,6 +12,7 @@ from blacktop.api.common import (
     ConditionedStatus,
     SpecModel,
     StatusModel,
+    Subject,
     cel,
     immutable,
 )
@@ -23,10 +24,36 @@ class Stage(StrEnum):
     PENDING = "Pending"
     VALIDATING = "Validating"
     PLANNING = "Planning"
+    WAITING_FOR_INPUTS = "WaitingForInputs"  # composition: a source request is not Ready yet
+    AWAITING_APPROVAL = "AwaitingApproval"  # a Plan-stage rule asks a human to approve this plan
     APPLYING = "Applying"
     READY = "Ready"
     DELETING = "Deleting"
     FAILED = "Failed"
+
+
+class InputSource(SpecModel):
+    """Where an input's value comes from: an output of another ServiceRequest in the same namespace."""
+
+    service_request: str = Field(
+        max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the ServiceRequest in this namespace."
+    )
+    output: str = Field(
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+        description="One of the outputs its golden path declares (`kubectl get goldenpath <name> -o yaml`).",
+    )
+
+
+class Input(SpecModel):
+    """A module variable filled from another request's output (e.g. a service's database uri)."""
+
+    variable: str = Field(
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The module variable of this request's golden path that receives the value.",
+    )
+    from_: InputSource = Field(alias="from", description="The source request and output.")
 
 
 class ServiceRequestSpec(SpecModel):
@@ -57,6 +84,13 @@ class ServiceRequestSpec(SpecModel):
             "Pin the request to this revision of its golden path (kubectl get goldenpathrevisions): rollouts never "
             "move it. Changing it moves the request (an upgrade or a rollback). Unset: follow the golden path's rollouts."
         ),
+    )
+    inputs: list[Input] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Module variables taken from other ServiceRequests' outputs in this namespace; the request "
+        "waits until its sources are Ready and is applied again when their outputs change.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["variable"]},
     )
 
 
@@ -89,10 +123,59 @@ class RunInfo(StatusModel):
     lock_id: str | None = Field(None, description="State lock ID taken by the run.")
 
 
+class ApprovalState(StrEnum):
+    """Where an approval stands."""
+
+    PENDING = "Pending"  # the plan waits for a human
+    APPROVED = "Approved"  # a human approved this plan; it was (or is being) applied
+
+
+class ApprovalRule(StatusModel):
+    """A rule that asked for approval."""
+
+    policy: str = Field(description="The GuardrailPolicy.")
+    rule: str = Field(description="The rule.")
+    message: str = Field("", description="The rule's message.")
+
+
+class Approval(StatusModel):
+    """The human step of a request: which plan waits (or waited) for whom, and who approved it."""
+
+    operation: str = Field(description="apply (provisioning) or drift (a drift correction).")
+    state: ApprovalState = Field(description="Pending or Approved.")
+    plan_digest: str = Field(description="Digest of the plan to approve: annotate blacktop.dev/approve=<it>.")
+    plan: str = Field("", description="What the plan does, e.g. '1 to add, 0 to change, 0 to destroy'.")
+    monthly_cost: str | None = Field(None, description="Monthly cost of the request with this plan.")
+    rules: list[ApprovalRule] = Field(default_factory=list, description="The rules that asked for approval.")
+    approvers: list[Subject] = Field(default_factory=list, description="Who may approve (platform admins too).")
+    self_approval: bool = Field(False, description="Whether the requester may approve their own request.")
+    requested_by: str | None = Field(None, description="Who made the change that needs approval.")
+    requested_at: str = Field(description="When the plan started waiting (RFC 3339).")
+    approved_by: str | None = Field(None, description="Who approved the plan.")
+    approved_at: str | None = Field(None, description="When it was approved (RFC 3339).")
+    waited_seconds: int | None = Field(None, description="Seconds the plan waited for its approval.")
+    command: str = Field("", description="The kubectl command that approves this plan (or: blacktop approve).")
+
+
+class InputStatus(StatusModel):
+    """Where one input stands (never its value)."""
+
+    variable: str = Field(description="The module variable.")
+    service_request: str = Field(description="The source ServiceRequest.")
+    output: str = Field(description="The source's output.")
+    ready: bool = Field(False, description="Whether the source is Ready and delivers the output.")
+    revision: str | None = Field(
+        None, description="resourceVersion of the source's connection Secret the last apply used."
+    )
+
+
 class ServiceRequestStatus(ConditionedStatus):
     """Progress and result of the request."""
 
-    stage: Stage | None = Field(None, description="Pending, Validating, Planning, Applying, Ready, Deleting or Failed.")
+    stage: Stage | None = Field(
+        None,
+        description="Pending, Validating, WaitingForInputs, Planning, AwaitingApproval, Applying, Ready, Deleting or Failed.",
+    )
     environment: str | None = Field(None, description="The Environment the request belongs to.")
     connection_secret: str | None = Field(None, description="Name of the Secret with the connection details.")
     plan: PlanSummary | None = Field(None, description="Summary of the last plan.")
@@ -106,3 +189,7 @@ class ServiceRequestStatus(ConditionedStatus):
     last_drift_check_time: str | None = Field(None, description="When drift was last checked (RFC 3339).")
     revision: int | None = Field(None, description="The golden path revision the request was last applied with.")
     commit: str | None = Field(None, description="The module commit of that revision (git sources).")
+    approval: Approval | None = Field(
+        None, description="The last approval this request needed (Pending: waiting; Approved: who and when)."
+    )
+    inputs: list[InputStatus] = Field(default_factory=list, description="The request's inputs and their sources.")

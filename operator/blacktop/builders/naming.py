@@ -16,8 +16,17 @@ LABEL_TIER = f"{DOMAIN}/tier"
 LABEL_SERVICE_REQUEST = f"{DOMAIN}/service-request"
 LABEL_GOLDEN_PATH = f"{DOMAIN}/golden-path"
 LABEL_AGGREGATE_TO_EDITOR = f"{DOMAIN}/aggregate-to-environment-editor"
+# On a Secret in the operator's namespace: a platform-wide notification channel (value Slack or Webhook).
+LABEL_NOTIFICATION_CHANNEL = f"{DOMAIN}/notification-channel"
 
 FINALIZER = f"{DOMAIN}/finalizer"
+
+# Annotations people and the admission webhook write on ServiceRequests. Not under DOMAIN: Kopf keeps
+# its own marks there and ignores changes to them, and an approval must wake the request up.
+USER_DOMAIN = "blacktop.dev"
+APPROVE = f"{USER_DOMAIN}/approve"  # set by an approver: the digest of the plan they approve
+APPROVED_BY = f"{USER_DOMAIN}/approved-by"  # stamped by admission: who set APPROVE
+REQUESTED_BY = f"{USER_DOMAIN}/requested-by"  # stamped by admission: who last changed the spec
 
 EDITOR_CLUSTER_ROLE = "blacktop-environment-editor"
 EDITOR_ROLE_BINDING = "blacktop-environment-editors"

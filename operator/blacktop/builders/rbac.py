@@ -16,6 +16,7 @@ JSON = dict[str, Any]
 
 SERVICE_REQUESTS_ROLE = "blacktop-environment-editor-servicerequests"
 CATALOG_READER_ROLE = "blacktop-catalog-reader"
+REQUEST_APPROVER_ROLE = "blacktop-request-approver"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
 
 
@@ -77,6 +78,24 @@ def catalog_reader_cluster_role() -> JSON:
     }
 
 
+def request_approver_cluster_role() -> JSON:
+    """For approvers outside a team (e.g. its leads): read requests and annotate them with an approval.
+
+    Not bound by Blacktop: the platform team binds it to the groups its policies name as approvers
+    (a ClusterRoleBinding, or a RoleBinding per namespace). `patch` also reaches the spec, which the
+    admission webhook keeps for the team: only the approval annotation is theirs to set.
+    """
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": REQUEST_APPROVER_ROLE, "labels": dict(_LABELS)},
+        "rules": [
+            {"apiGroups": [GROUP], "resources": ["servicerequests"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": [GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
+        ],
+    }
+
+
 def catalog_reader_binding() -> JSON:
     """Every authenticated user can browse the catalog (`kubectl get goldenpaths`)."""
     return {
@@ -95,4 +114,5 @@ def cluster_rbac() -> list[JSON]:
         editor_cluster_role(),
         catalog_reader_cluster_role(),
         catalog_reader_binding(),
+        request_approver_cluster_role(),
     ]

@@ -1,6 +1,9 @@
-"""The ValidatingWebhookConfiguration `blacktop`: which kinds go to which webhook path, and how. Pure.
+"""The webhook configurations `blacktop`: which kinds go to which webhook path, and how. Pure.
 
-One webhook per kind, its URL path the Kopf handler id (`validate-environment`, ...). The same
+The ValidatingWebhookConfiguration has one webhook per kind, its URL path the Kopf handler id
+(`validate-environment`, ...; ServiceRequests also on DELETE, so a request others consume cannot go
+first). The MutatingWebhookConfiguration has one, `mutate-servicerequest`: it stamps who last changed
+a request's spec and who approved its plan (annotations nobody can forge). The same
 shape serves local mode (``url`` client config, applied by the operator itself) and the Helm chart
 (``service`` client config). Blacktop builds it instead of letting Kopf manage it because Kopf's
 managed configuration has a fixed 30 s timeout and no namespace selector; here the timeout is 5 s,
@@ -19,13 +22,18 @@ NAME = "blacktop"
 TIMEOUT_SECONDS = 5
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
-# (handler id = URL path, plural, namespaced)
-WEBHOOKS: tuple[tuple[str, str, bool], ...] = (
-    ("validate-environment", "environments", False),
-    ("validate-servicerequest", "servicerequests", True),
-    ("validate-guardrailpolicy", "guardrailpolicies", False),
-    ("validate-goldenpath", "goldenpaths", False),
+CHANGES = ("CREATE", "UPDATE")
+# (handler id = URL path, plural, namespaced, operations)
+WEBHOOKS: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
+    ("validate-environment", "environments", False, CHANGES),
+    ("validate-servicerequest", "servicerequests", True, (*CHANGES, "DELETE")),
+    ("validate-guardrailpolicy", "guardrailpolicies", False, CHANGES),
+    ("validate-goldenpath", "goldenpaths", False, CHANGES),
 )
+MUTATING_WEBHOOKS: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
+    ("mutate-servicerequest", "servicerequests", True, CHANGES),
+)
+VALIDATING, MUTATING = "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"
 
 
 def excluded_namespaces(operator_namespace: str) -> list[str]:
@@ -33,7 +41,10 @@ def excluded_namespaces(operator_namespace: str) -> list[str]:
     return sorted({*SYSTEM_NAMESPACES, operator_namespace})
 
 
-def _webhook(path: str, plural: str, namespaced: bool, client_config: dict[str, Any], excluded: list[str]) -> Any:
+def _webhook(
+    hook: tuple[str, str, bool, tuple[str, ...]], client_config: dict[str, Any], excluded: list[str], *, mutating: bool
+) -> Any:
+    path, plural, namespaced, operations = hook
     webhook: dict[str, Any] = {
         "name": f"{path}.{GROUP}",
         "admissionReviewVersions": ["v1"],
@@ -42,17 +53,19 @@ def _webhook(path: str, plural: str, namespaced: bool, client_config: dict[str, 
             {
                 "apiGroups": [GROUP],
                 "apiVersions": [VERSION],
-                "operations": ["CREATE", "UPDATE"],
+                "operations": list(operations),
                 "resources": [plural],
                 "scope": "Namespaced" if namespaced else "Cluster",
             }
         ],
         "failurePolicy": "Fail",
         "matchPolicy": "Equivalent",
-        # Audit violations are recorded in the policy's status, but never for dry runs.
-        "sideEffects": "NoneOnDryRun",
+        # Audit violations are recorded in the policy's status, but never for dry runs; stamping has none.
+        "sideEffects": "None" if mutating else "NoneOnDryRun",
         "timeoutSeconds": TIMEOUT_SECONDS,
     }
+    if mutating:
+        webhook["reinvocationPolicy"] = "Never"
     if namespaced:
         webhook["namespaceSelector"] = {
             "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded}]
@@ -66,25 +79,29 @@ def build_configuration(
     ca_bundle: str,
     url: str | None = None,
     service: dict[str, Any] | None = None,
+    kind: str = VALIDATING,
 ) -> dict[str, Any]:
-    """The configuration for a webhook server at ``url`` (base URL) or behind ``service`` (name, namespace, port).
+    """The configuration (``kind``: validating or mutating) for a webhook server at ``url`` (base URL)
+    or behind ``service`` (name, namespace, port).
 
     ``ca_bundle`` is the base64 PEM of the CA that signed the serving certificate.
     """
     if (url is None) == (service is None):
         raise ValueError("give exactly one of url and service")
     excluded = excluded_namespaces(operator_namespace)
+    mutating = kind == MUTATING
     webhooks = []
-    for path, plural, namespaced in WEBHOOKS:
+    for hook in MUTATING_WEBHOOKS if mutating else WEBHOOKS:
+        path = hook[0]
         if url is not None:
             client_config: dict[str, Any] = {"url": f"{url.rstrip('/')}/{path}", "caBundle": ca_bundle}
         else:
             assert service is not None
             client_config = {"service": {**service, "path": f"/{path}"}, "caBundle": ca_bundle}
-        webhooks.append(_webhook(path, plural, namespaced, client_config, excluded))
+        webhooks.append(_webhook(hook, client_config, excluded, mutating=mutating))
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
+        "kind": kind,
         "metadata": {"name": NAME, "labels": {naming.MANAGED_BY: naming.MANAGER}},
         "webhooks": webhooks,
     }

@@ -20,14 +20,14 @@ from pydantic import ValidationError
 
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
-from blacktop.builders import parameters
+from blacktop.builders import composition, parameters
 from blacktop.config import Settings
 from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
 from blacktop.controllers.goldenpath import schema_problem
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
-from blacktop.guardrails import boundaries, context, engine
-from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
+from blacktop.guardrails import approvals, boundaries, context, engine
+from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform.findings import disallowed_providers
 
@@ -80,8 +80,11 @@ async def review_environment(
 async def review_service_request(
     ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None, *, dryrun: bool
 ) -> Review:
-    """Team boundary within the environment, the golden path's parameter schema, then the
+    """An approval (who may approve which plan), then for a spec change: the team boundary within the
+    environment, the golden path's parameter schema, the inputs (sources, outputs, cycles), the
     Admission-stage rules (budget included)."""
+    if denial := approvals.approval_denial(body, old, userinfo, ctx.settings.platform_admin_groups):
+        return Review(denial=denial)
     if spec_unchanged(body, old):
         return Review()
     namespace = str(body.get("metadata", {}).get("namespace") or "")
@@ -91,12 +94,25 @@ async def review_service_request(
         ctx.client.list(SERVICEREQUESTS, namespace),
         active_policies(ctx),
     )
+    by_name = {gp["metadata"]["name"]: gp for gp in golden_paths}
+    golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
+    inputs = await _review_inputs(ctx, body, siblings, by_name, golden)
     verdict = decide_service_request(
-        ctx.settings, body, old, userinfo, env=env, golden_paths=golden_paths, siblings=siblings, policies=policies
+        ctx.settings,
+        body,
+        old,
+        userinfo,
+        env=env,
+        golden_paths=golden_paths,
+        siblings=siblings,
+        policies=policies,
+        inputs=inputs,
     )
     if verdict.decision is None:
         return Review(denial=verdict.denial)
-    return _answer(verdict.decision, ctx, body, dryrun)
+    review = _answer(verdict.decision, ctx, body, dryrun)
+    review.warnings = inputs.warnings + review.warnings
+    return review
 
 
 @dataclass
@@ -127,12 +143,15 @@ def decide_service_request(
     siblings: Iterable[JSON],
     policies: Iterable[engine.CompiledPolicy],
     check_team_boundary: bool = True,
+    inputs: composition.InputReview | None = None,
 ) -> Verdict:
     """The admission decision from the objects it depends on, with no I/O and no side effect.
 
     The webhook calls it with what it just read; the portal's request builder calls it with the
     operator's cached view, so a form shows the very refusal ``kubectl apply`` would get. Without
     an identity (``check_team_boundary`` False) the team boundary is left to ``kubectl apply``.
+    ``inputs`` is the review of the request's inputs (its sources' outputs; read by the caller, as
+    it reads modules), refused after the parameters.
     """
     if env is not None and check_team_boundary:
         team = str((env.get("spec") or {}).get("team") or "")
@@ -143,6 +162,8 @@ def decide_service_request(
     golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
     if golden is not None and (denial := parameters_denial(golden, body)):
         return Verdict(denial=denial)
+    if inputs is not None and inputs.denials:
+        return Verdict(denial="\n".join(f"denied: {d}" for d in inputs.denials))
     variables = context.request_variables(
         body,
         old,
@@ -171,6 +192,71 @@ def parameters_denial(golden_path: JSON, body: JSON) -> str | None:
     given = (body.get("spec") or {}).get("parameters")
     _, errors = parameters.validate(schema, given if isinstance(given, dict) else {})
     return parameters.refusal(errors) if errors else None
+
+
+def _spec_of(golden_path: JSON | None) -> GoldenPathSpec | None:
+    try:
+        return GoldenPathSpec.model_validate((golden_path or {}).get("spec") or {}) if golden_path else None
+    except ValidationError:
+        return None
+
+
+async def _module_findings(ctx: Context, spec: GoldenPathSpec | None) -> tuple[set[str], set[str]] | None:
+    """(variables, outputs) of a golden path's module, or None when it cannot be read here."""
+    if spec is None:
+        return None
+    try:
+        info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module)
+    except modules.ModuleError:
+        return None
+    return set(info.findings.variables), set(info.findings.outputs)
+
+
+async def _review_inputs(
+    ctx: Context, body: JSON, siblings: list[JSON], golden_paths: dict[str, JSON], golden: JSON | None
+) -> composition.InputReview:
+    """The request's inputs against its namespace; modules are read only for requests that have inputs."""
+    if not composition.inputs_of(body):
+        return composition.InputReview()
+    specs = {name: spec for name, gp in golden_paths.items() if (spec := _spec_of(gp)) is not None}
+    consumer = await _module_findings(ctx, _spec_of(golden))
+    sources = {str((s.get("spec") or {}).get("goldenPath") or "") for s in siblings}
+    outputs: dict[str, set[str] | None] = {}
+    for name in sources & set(specs):
+        found = None if specs[name].outputs else await _module_findings(ctx, specs[name])
+        outputs[name] = composition.delivered_outputs(specs[name], found[1] if found else None)
+    return composition.review_inputs(
+        body,
+        siblings,
+        specs,
+        outputs_of=outputs.get,
+        variables=consumer[0] if consumer else None,
+    )
+
+
+async def review_service_request_deletion(ctx: Context, body: JSON) -> Review:
+    """A request whose outputs others consume is not deleted while they exist, unless its whole
+    environment or namespace goes (then its finalizer waits for them: consumers are destroyed first)."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    siblings = await ctx.client.list(SERVICEREQUESTS, namespace)
+    denial = composition.deletion_denial(name, siblings)
+    if denial is None:
+        return Review()
+    ns = await ctx.client.get(resource_for("v1", "Namespace"), namespace)
+    if ((ns or {}).get("status") or {}).get("phase") == "Terminating" or (ns or {}).get("metadata", {}).get(
+        "deletionTimestamp"
+    ):
+        return Review()
+    env = await lookup.environment_of(ctx, namespace)
+    if env is not None and env["metadata"].get("deletionTimestamp"):
+        return Review()
+    return Review(denial=denial)
+
+
+def stamp_service_request(body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """The annotations the mutating webhook sets on a request (see guardrails.approvals.stamps)."""
+    return approvals.stamps(body, old, userinfo)
 
 
 def review_policy(body: JSON, old: JSON | None) -> Review:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from blacktop.config import Settings
 from blacktop.kube.client import Client
 from blacktop.metrics.registry import Metrics, create_metrics
+from blacktop.notifications.delivery import Notifier
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.runner import Runners
 from blacktop.terraform.sources import ModuleSources
@@ -65,6 +66,8 @@ class Context:
         self.prices: dict[str, str | None] = {}
         # Work started beside a response (guardrail recordings); referenced so it is not garbage-collected.
         self.background: set[asyncio.Task[None]] = set()
+        # Notifications (the memory of what was announced, and the delivery queue), started at start-up.
+        self.notifier: Notifier | None = None
         # Kopf serialises change handlers per object, but timers and watches of child objects run beside
         # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)

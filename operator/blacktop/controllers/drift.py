@@ -5,7 +5,10 @@ Blacktop plans (which refreshes from the real infrastructure) in a run of its ow
 (:mod:`blacktop.controllers.runs`: recorded, under the request's state lock). No changes:
 ``Drifted=False``. Changes: ``Drifted=True`` (DriftDetected) with an Event; and when the golden
 path's ``driftPolicy`` is ``Correct``, the saved plan is judged by the Plan-stage guardrails and
-applied at once, and the request reports ``DriftCorrected``. A check that cannot run (server down,
+applied at once, and the request reports ``DriftCorrected``. Under ``CorrectWithApproval`` (or when
+a Plan-stage rule asks for approval of the correction), the drift plan waits in ``status.approval``
+until someone allowed approves its digest; the approval triggers a check at once, which applies the
+plan if it is still the one approved. A check that cannot run (server down,
 state locked) says so in the Drifted condition (Unknown) and never touches Ready: the provisioning
 path owns that.
 """
@@ -22,7 +25,7 @@ from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import DriftPolicy
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import parameters
-from blacktop.controllers import delivery, guardrails, lookup, revisions, runs, views
+from blacktop.controllers import approvals, delivery, guardrails, lookup, revisions, runs, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
@@ -54,7 +57,7 @@ class _Due:
     parameters: dict[str, Any]
 
 
-async def _due(ctx: Context, namespace: str, name: str) -> _Due | None:
+async def _due(ctx: Context, namespace: str, name: str, *, force: bool = False) -> _Due | None:
     """Decode the request (fresh: the timer's copy may be stale) and decide whether a check is due."""
     body = await ctx.client.get(SERVICEREQUESTS, name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -72,22 +75,23 @@ async def _due(ctx: Context, namespace: str, name: str) -> _Due | None:
         golden = await revisions.at_revision(ctx, body, golden)
     except Failure:
         return None
-    if not is_due(status, parse_duration(golden.spec.drift_check_interval), tracker.now):
+    if not force and not is_due(status, parse_duration(golden.spec.drift_check_interval), tracker.now):
         return None
     params, errors = parameters.validate(golden.spec.parameters, request.spec.parameters)
     return None if errors else _Due(tracker, request, env, golden, params)
 
 
-async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequestStatus | None:
-    """Check one request for drift if it is due; None when it was not checked."""
+async def check_drift(ctx: Context, namespace: str, name: str, *, force: bool = False) -> ServiceRequestStatus | None:
+    """Check one request for drift if it is due (``force``: now, e.g. its correction was approved);
+    None when it was not checked."""
     # Decode and decide.
-    due = await _due(ctx, namespace, name)
+    due = await _due(ctx, namespace, name, force=force)
     if due is None:
         return None
     tracker = due.tracker
     # Act.
     try:
-        inputs = await resolve(ctx, due.request, due.environment, due.golden_path, due.parameters)
+        inputs = await resolve(ctx, due.request, due.environment, due.golden_path, due.parameters, settled=False)
         async with runs.run(ctx, inputs, tracker, "drift") as run:
             await _plan_and_correct(ctx, inputs, tracker, run)
     except (runs.RunFailed, Failure) as failed:
@@ -113,6 +117,7 @@ async def _plan_and_correct(ctx: Context, inputs: Inputs, tracker: Tracker, run:
     plan: PlanResult = await run.step(run.runner.plan())
     if not plan.changes:
         tracker.set(ConditionType.DRIFTED, False, Reason.NO_CHANGES, "the infrastructure matches the module")
+        approvals.forget_pending(tracker.status, "drift")  # nothing left to approve
         return
     shown = await run.runner.show_plan()  # a plan that cannot be shown is still drift, only less precise
     summary = shown.summary if shown.ok else None
@@ -127,29 +132,57 @@ async def _plan_and_correct(ctx: Context, inputs: Inputs, tracker: Tracker, run:
     body = inputs.request.body
     if before is None or before.status != "True" or before.message != message:  # once, not every check
         await events.post_event(ctx.client, body, events.WARNING, Reason.DRIFT_DETECTED, message)
-    if inputs.golden_path.spec.drift_policy == DriftPolicy.CORRECT:
+    if inputs.golden_path.spec.drift_policy in (DriftPolicy.CORRECT, DriftPolicy.CORRECT_WITH_APPROVAL):
         await _correct(ctx, inputs, tracker, run, _Drift(shown, message, changes, before))
 
 
-async def _correction_denial(
-    ctx: Context, inputs: Inputs, tracker: Tracker, shown: ShownPlan
-) -> tuple[str, str] | None:
+async def _correction_verdict(ctx: Context, inputs: Inputs, tracker: Tracker, shown: ShownPlan) -> guardrails.Verdict:
     """A correction is an apply like any other: the Plan-stage guardrails judge its plan first, and a
-    plan that cannot be shown is never applied blind. (reason, message) of a refusal, else None."""
+    plan that cannot be shown is never applied blind."""
     if not shown.ok:
-        return Reason.PLAN_FAILED, "the plan could not be shown: " + shown.detail
+        return guardrails.Verdict(denial=(Reason.PLAN_FAILED, "the plan could not be shown: " + shown.detail))
     return await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
 
 
+async def _approved(ctx: Context, inputs: Inputs, tracker: Tracker, drift: _Drift, verdict: guardrails.Verdict) -> bool:
+    """Whether the correction may be applied now: nobody has to approve it, or its plan was approved.
+    A waiting correction is reported in Drifted (Ready is provisioning's), with an Event once."""
+    with_approval = inputs.golden_path.spec.drift_policy == DriftPolicy.CORRECT_WITH_APPROVAL
+    if not verdict.approvals and not with_approval:
+        approvals.forget_pending(tracker.status, "drift")
+        return True
+    asked = verdict.approvals
+    if await approvals.gate(ctx, inputs, tracker, drift.shown, asked, operation="drift", drift_policy=with_approval):
+        return True
+    annotations = inputs.request.body["metadata"].get("annotations") or {}
+    waiting = (
+        f"{drift.message}; not corrected yet: the correction {approvals.waiting_message(tracker.status, annotations)}"
+    )
+    tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, waiting)
+    if drift.before is None or drift.before.message != waiting:
+        await events.post_event(
+            ctx.client,
+            inputs.request.body,
+            events.NORMAL,
+            Reason.AWAITING_APPROVAL,
+            approvals.waiting_message(tracker.status, annotations),
+        )
+    return False
+
+
 async def _correct(ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run, drift: _Drift) -> None:
-    """Apply the drift plan (driftPolicy Correct), unless the guardrails refuse it."""
+    """Apply the drift plan (driftPolicy Correct, or CorrectWithApproval once approved), unless the
+    guardrails refuse it."""
     body = inputs.request.body
-    denial = await _correction_denial(ctx, inputs, tracker, drift.shown)
+    verdict = await _correction_verdict(ctx, inputs, tracker, drift.shown)
+    denial = verdict.denial
     if denial is not None:
         refused = f"{drift.message}; not corrected: {denial[1]}"
         tracker.set(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, refused)
         if drift.before is None or drift.before.message != refused:
             await events.post_event(ctx.client, body, events.WARNING, denial[0], f"drift not corrected: {denial[1]}")
+        return
+    if not await _approved(ctx, inputs, tracker, drift, verdict):
         return
     applied = await run.runner.apply_plan()
     if not applied.ok:

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from blacktop.api.common import format_time, parse_time
 from blacktop.api.conditions import ConditionType, Reason
-from blacktop.api.environment import EnvironmentSpec, EnvironmentStatus, parse_duration
+from blacktop.api.environment import EXPIRING_WITHIN, EnvironmentSpec, EnvironmentStatus, parse_duration
 from blacktop.builders import cost as cost_model
 from blacktop.builders import environment as builders
 from blacktop.builders import naming
-from blacktop.controllers import monitoring
+from blacktop.controllers import monitoring, notifications
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.tracker import StatusTracker
@@ -82,6 +82,17 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     tracker.status.namespace = builders.namespace_name(env)
     deadline = expires_at(env, spec)
     tracker.status.expires_at = format_time(deadline) if deadline else None
+    if deadline and deadline - tracker.now <= EXPIRING_WITHIN:
+        # Checked on every reconcile (and resync), so it turns True within a resync of the 24 h mark.
+        tracker.set(
+            ConditionType.EXPIRING,
+            True,
+            Reason.EXPIRING_SOON,
+            f"the TTL runs out at {format_time(deadline)}, within 24 hours: the environment, its service "
+            "requests and what they provisioned will then be deleted; raise spec.ttl to keep it longer",
+        )
+    else:
+        tracker.clear(ConditionType.EXPIRING)
 
     conflict = await _namespace_conflict(ctx, env)
     if conflict:
@@ -108,6 +119,7 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     for ref in children.absent:
         await ctx.client.delete(resource_for(ref.api_version, ref.kind), ref.name, ref.namespace)
     await monitoring.configure_environment(ctx, env, tracker)
+    await _check_notifications(ctx, tracker, spec)
 
     try:
         requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
@@ -125,6 +137,28 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         summary += f"; expires at {format_time(deadline)}"
     tracker.ready(summary, Reason.RECONCILED)
     return await _finish(ctx, tracker)
+
+
+async def _check_notifications(ctx: Context, tracker: StatusTracker[EnvironmentStatus], spec: EnvironmentSpec) -> None:
+    """NotificationsConfigured says whether each channel's Secret is usable (never Ready's business: a
+    missing chat hook must not make an environment unusable). Absent without channels."""
+    if not spec.notifications:
+        tracker.clear(ConditionType.NOTIFICATIONS_CONFIGURED)
+        return
+    try:
+        problems = await notifications.team_channel_problems(ctx, tracker.status.namespace or "", spec)
+    except KubeApiError as exc:
+        problems = [f"the channels' Secrets could not be read: {exc.message}"]
+    if problems:
+        tracker.set(
+            ConditionType.NOTIFICATIONS_CONFIGURED,
+            False,
+            Reason.NOTIFICATION_CHANNEL_INVALID,
+            "; ".join(problems) + " (see the README, Notifications)",
+        )
+    else:
+        names = ", ".join(c.name for c in spec.notifications)
+        tracker.set(ConditionType.NOTIFICATIONS_CONFIGURED, True, Reason.RECONCILED, f"channels ready: {names}")
 
 
 async def _finish(ctx: Context, tracker: StatusTracker[EnvironmentStatus]) -> EnvironmentStatus:

@@ -7,13 +7,16 @@ PolicyCompliant=False (reason PolicyDenied, or the built-in protection's reason)
 the rule and the offending resource addresses, and is returned to the caller, which stops the run
 before apply: provisioning reports Ready=False and Stalled (a human must change the request or the
 policy) with a Warning Event; a drift correction is an apply too, and a denied correction leaves the
-drift reported, uncorrected. Warn and Audit violations are recorded in their policies' status; Warn
-also posts a Warning Event.
+drift reported, uncorrected. A failing Enforce rule with ``requireApproval`` does not deny: the
+verdict lists it, and the caller has the plan wait for approval (:mod:`blacktop.controllers.approvals`).
+Warn and Audit violations are recorded in their policies' status; Warn also posts a Warning Event.
+Rules never see the values of inputs taken from other requests: the plan's variables mask them.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from blacktop.api.conditions import ConditionType, Reason
@@ -29,20 +32,40 @@ from blacktop.guardrails.plan import plan_problems
 from blacktop.kube import events
 
 JSON = dict[str, Any]
+MASKED = "(input of another request)"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the Plan stage says: a denial (reason, message), or the Enforce rules that ask for approval
+    instead (none: the plan may be applied)."""
+
+    denial: tuple[str, str] | None = None
+    approvals: tuple[engine.Violation, ...] = ()
+
+
+def _masked(plan: JSON, variables: list[str]) -> JSON:
+    """The plan as rules see it: the values of variables that came from other requests' outputs are
+    masked, so no rule message can quote one into status."""
+    values = plan.get("variables")
+    if not variables or not isinstance(values, dict):
+        return plan
+    return {**plan, "variables": {k: ({"value": MASKED} if k in variables else v) for k, v in values.items()}}
 
 
 async def judge_plan(
     ctx: Context, inputs: Inputs, plan: JSON, *, tracker: StatusTracker[ServiceRequestStatus]
-) -> tuple[str, str] | None:
-    """Set PolicyCompliant for ``plan``; the (reason, message) of a denial, or None when it may be applied."""
+) -> Verdict:
+    """Set PolicyCompliant for ``plan``; its verdict: a denial, approvals it waits for, or neither."""
     problems = plan_problems(plan, ctx.settings.allowed_providers)
     if problems:
         reason = Reason.PROVIDER_NOT_ALLOWED if "provider" in problems[0] else Reason.FORBIDDEN_PROVISIONER
         message = "denied by built-in protection: " + "; ".join(problems)
         tracker.set(ConditionType.POLICY_COMPLIANT, False, reason, message)
-        return reason, message
+        return Verdict(denial=(reason, message))
 
     body, env, golden = inputs.request.body, inputs.environment.body, inputs.golden_path
+    plan = _masked(plan, [i.variable for i in inputs.request.spec.inputs])
     variables = context.request_variables(body, None, env, golden.body, None, plan=plan, golden_spec=golden.spec)
     policies = await active_policies(ctx)
     started = time.monotonic()
@@ -54,16 +77,17 @@ async def judge_plan(
     if decision.denials:
         message = decision.denial_text()
         tracker.set(ConditionType.POLICY_COMPLIANT, False, Reason.POLICY_DENIED, message)
-        return Reason.POLICY_DENIED, message
+        return Verdict(denial=(Reason.POLICY_DENIED, message))
+    asked = "".join(f"; {v.text}" for v in decision.approvals)
     if decision.warnings:
         text = "; ".join(v.text for v in decision.warnings)
-        tracker.set(ConditionType.POLICY_COMPLIANT, True, Reason.POLICY_WARNED, text)
+        tracker.set(ConditionType.POLICY_COMPLIANT, True, Reason.POLICY_WARNED, text + asked)
         await events.post_event(ctx.client, body, events.WARNING, Reason.POLICY_WARNED, text)
     else:
         tracker.set(
             ConditionType.POLICY_COMPLIANT,
             True,
             Reason.RECONCILED,
-            f"the plan passes the built-in protections and {decision.evaluated} Plan-stage rule(s)",
+            f"the plan passes the built-in protections and {decision.evaluated} Plan-stage rule(s){asked}",
         )
-    return None
+    return Verdict(approvals=tuple(decision.approvals))

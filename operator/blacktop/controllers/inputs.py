@@ -1,8 +1,9 @@
 """What a run of a request works on, gathered once: the module, its variables, the credentials, the state.
 
 Provisioning, destroy and drift checks all run the golden path's module with the same inputs: the
-standard variables (where the request runs) and its parameters, limited to those the module
-declares; the golden path's provider credentials; the request's state. :func:`resolve` gathers them
+standard variables (where the request runs), its parameters and its inputs (other requests'
+outputs, :mod:`blacktop.controllers.composition`), limited to those the module declares; the golden
+path's provider credentials; the request's state. :func:`resolve` gathers them
 into one :class:`Inputs` before any run starts, so a missing dependency is reported before a lock
 is taken, and everything after it reads typed fields. (A check that skips a run whose inputs did not
 change would compare them here.)
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from blacktop.api.conditions import Reason
-from blacktop.controllers import modulesource
+from blacktop.api.servicerequest import InputStatus
+from blacktop.controllers import composition, modulesource
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
@@ -37,6 +39,7 @@ class Inputs:
     golden_path: GoldenPathView
     parameters: dict[str, Any]  # validated against the golden path's schema, defaults applied
     target: RunTarget
+    request_inputs: tuple[InputStatus, ...] = ()  # where spec.inputs stand (their values are in target only)
 
 
 def standard_variables(request: RequestView, env: EnvironmentRef, golden: GoldenPathView) -> dict[str, Any]:
@@ -68,9 +71,16 @@ async def _credentials(ctx: Context, golden: GoldenPathView) -> dict[str, str]:
 
 
 async def resolve(
-    ctx: Context, request: RequestView, env: EnvironmentRef, golden: GoldenPathView, parameters: dict[str, Any]
+    ctx: Context,
+    request: RequestView,
+    env: EnvironmentRef,
+    golden: GoldenPathView,
+    parameters: dict[str, Any],
+    *,
+    settled: bool = True,
 ) -> Inputs:
-    """The inputs of a run; raises Failure when the module or the credentials are missing."""
+    """The inputs of a run; raises Failure when the module or the credentials are missing, and
+    InputsNotReady when a source does not deliver (``settled``: from sources Ready for their spec)."""
     try:
         # The revision's files: a git commit from the module cache, or a folder parsed once per digest.
         info = await modulesource.module_info(ctx, golden.spec, golden.module_digest)
@@ -78,6 +88,11 @@ async def resolve(
         reason = Reason.SOURCE_UNAVAILABLE if isinstance(exc, SourceError) else Reason.MODULE_NOT_FOUND
         raise Failure(reason, str(exc), delay=ctx.settings.dependency_retry_seconds) from None
     candidates = {**standard_variables(request, env, golden), **parameters}
+    # Other requests' outputs (spec.inputs): into the variable file and the redaction list, nowhere else.
+    taken = await composition.resolve(ctx, request, settled=settled)
+    if not taken.ready:
+        raise composition.InputsNotReady(taken, delay=ctx.settings.dependency_retry_seconds)
+    candidates.update(taken.values)
     credentials = await _credentials(ctx, golden)
     target = RunTarget(
         name=request.key,
@@ -85,5 +100,13 @@ async def resolve(
         variables={k: v for k, v in candidates.items() if k in info.findings.variables},
         credentials=credentials,
         state=state_of(ctx.settings.namespace, request.uid),
+        secrets=tuple(taken.values.values()),
     )
-    return Inputs(request=request, environment=env, golden_path=golden, parameters=parameters, target=target)
+    return Inputs(
+        request=request,
+        environment=env,
+        golden_path=golden,
+        parameters=parameters,
+        target=target,
+        request_inputs=taken.statuses,
+    )

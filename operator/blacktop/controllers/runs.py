@@ -43,6 +43,7 @@ from blacktop.terraform.state import new_lock_id
 
 R = TypeVar("R", bound=RunResult)
 SUCCEEDED, FAILED = "Succeeded", "Failed"
+WAITING = "AwaitingApproval"  # the run planned, and its plan waits for a human: neither success nor failure
 
 
 class RunFailed(Exception):  # noqa: N818 (reads as what happened: the run failed)
@@ -83,6 +84,10 @@ class Run:
         or a step's failure is reported by the caller itself."""
         self.info.result = FAILED
 
+    def waiting(self) -> None:
+        """End the run after its plan, which waits for approval (metrics count no result for it)."""
+        self.info.result = WAITING
+
     async def progress(self, stage: Stage, what: str) -> None:
         """Say in status what the run does now (Ready=False, Reconciling), e.g. ``applying tiny``."""
         _progress(self._tracker, stage, what, self.info)
@@ -102,7 +107,7 @@ def _slot(ctx: Context) -> Slot:
 
 def _finish(ctx: Context, info: RunInfo, *, failed: bool) -> None:
     info.finished_at = format_time(ctx.now())
-    info.result = FAILED if failed or info.result == FAILED else SUCCEEDED
+    info.result = FAILED if failed or info.result == FAILED else (WAITING if info.result == WAITING else SUCCEEDED)
 
 
 @asynccontextmanager

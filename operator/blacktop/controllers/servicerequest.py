@@ -4,7 +4,10 @@ Level-based and idempotent: every call re-plans from the current spec, so a spec
 operator or a retry after a failure all converge the same way. Each reconcile reads in four steps:
 decode (the request, its Environment and GoldenPath into typed views, once), decide (a pure
 :func:`check` of what they allow), act (one run through :mod:`blacktop.controllers.runs`: init,
-plan, show, the Plan-stage guardrails, apply, outputs), write status (the tracker). Progress is
+plan, show, the Plan-stage guardrails, the approval a rule may ask for
+(:mod:`blacktop.controllers.approvals`), apply, outputs), write status (the tracker). Inputs from
+other requests are read with the run's other inputs; a request whose sources are not Ready waits
+(WaitingForInputs), and one others consume is destroyed only after them. Progress is
 visible in status as it happens (stage, Reconciling, the plan summary); failures carry a classified
 reason and the redacted tail of the tool's message, and are retried with capped exponential backoff.
 """
@@ -21,7 +24,18 @@ from blacktop.api.common import cents_to_money, format_time
 from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import cost, parameters
-from blacktop.controllers import delivery, guardrails, lookup, monitoring, revisions, runs, statelock, views
+from blacktop.controllers import (
+    approvals,
+    composition,
+    delivery,
+    guardrails,
+    lookup,
+    monitoring,
+    revisions,
+    runs,
+    statelock,
+    views,
+)
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
@@ -123,6 +137,7 @@ async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int |
     inputs = await _resolve(
         ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=Stage.PENDING
     )
+    tracker.status.inputs = list(inputs.request_inputs)
     progress = (Stage.PLANNING, f"planning {golden.name}")
     async with runs.attempt(ctx, inputs, tracker, "apply", progress=progress) as run:
         applied = await _plan_and_apply(ctx, inputs, tracker, run)
@@ -154,9 +169,18 @@ async def _resolve(
     params: dict[str, Any],
     waiting: Stage,
 ) -> Inputs:
-    """The run's inputs; a missing module or credentials Secret is reported (Reconciling) and retried."""
+    """The run's inputs; a missing module or credentials Secret, or a source of its inputs that is not
+    Ready (stage WaitingForInputs, each input's state in status), is reported (Reconciling) and retried."""
     try:
-        return await resolve(ctx, request, env, golden, params)
+        # Provisioning takes inputs from settled sources only; a destroy takes what they deliver now.
+        return await resolve(ctx, request, env, golden, params, settled=waiting is not Stage.DELETING)
+    except composition.InputsNotReady as sources:
+        if waiting is not Stage.DELETING:
+            tracker.status.stage = Stage.WAITING_FOR_INPUTS
+        tracker.status.inputs = list(sources.resolved.statuses)
+        tracker.not_ready(sources.reason, sources.message, stalled=False)
+        await tracker.write(ctx.client, SERVICEREQUESTS)
+        raise
     except Failure as missing:
         tracker.status.stage = waiting
         tracker.not_ready(missing.reason, missing.message, stalled=False)
@@ -167,19 +191,32 @@ async def _resolve(
 async def _plan_and_apply(
     ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run
 ) -> tuple[RunResult, Outputs] | None:
-    """init, plan, show, guardrails, apply, outputs; None when a guardrail denied the plan."""
+    """init, plan, show, guardrails, approval, apply, outputs; None when a guardrail denied the plan or
+    the plan waits for approval."""
     runner, status, name = run.runner, tracker.status, inputs.golden_path.name
     await run.step(runner.init())
     await run.step(runner.plan())
     shown = await run.step(runner.show_plan())
     status.plan = shown.summary
     tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {shown.summary.counts()}")
-    denial = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
-    if denial is not None:  # nothing is applied; a human changes the request or the policy
+    verdict = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
+    if verdict.denial is not None:  # nothing is applied; a human changes the request or the policy
         run.failed()
         status.stage = Stage.FAILED
-        tracker.not_ready(*denial, stalled=True)
+        tracker.not_ready(*verdict.denial, stalled=True)
         return None
+    if verdict.approvals and not shown.summary.empty:  # a plan that changes nothing never waits
+        if not await approvals.gate(ctx, inputs, tracker, shown, verdict.approvals, operation="apply"):
+            run.waiting()  # nothing is applied until someone allowed approves this very plan
+            status.stage = Stage.AWAITING_APPROVAL
+            tracker.not_ready(
+                Reason.AWAITING_APPROVAL,
+                approvals.waiting_message(status, inputs.request.body["metadata"].get("annotations") or {}),
+                stalled=False,
+            )
+            return None
+    else:
+        approvals.forget_pending(status, "apply")
     await run.progress(Stage.APPLYING, f"applying {name}")
     applied = await run.step(runner.apply_plan())
     outputs = await run.step(runner.outputs())
@@ -216,6 +253,13 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
     # Decode.
     request = views.request_view(body)
+    # Decide: requests that consume this one's outputs are destroyed first (their destroy reads them).
+    if dependents := await composition.dependents_of(ctx, request):
+        message = f"deleting: waiting for {', '.join(dependents)} (they consume its outputs) to be deleted first"
+        tracker.set(ConditionType.READY, False, Reason.WAITING_FOR_DEPENDENTS, message)
+        tracker.set(ConditionType.RECONCILING, True, Reason.WAITING_FOR_DEPENDENTS, message)
+        await tracker.write(ctx.client, SERVICEREQUESTS)
+        raise Failure(Reason.WAITING_FOR_DEPENDENTS, message, delay=ctx.settings.deletion_poll_seconds)
     state = state_of(ctx.settings.namespace, request.uid)
     recorded = statelock.recorded_lock_ids(tracker.status.last_run)
     if not await statelock.state_exists(ctx, state):
@@ -250,3 +294,16 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         ctx.client, body, events.NORMAL, Reason.DESTROYED, f"{golden.name} destroyed in {destroyed.seconds:.1f}s"
     )
     await ctx.runners.discard(request.key)
+
+
+async def reapply_for_inputs(ctx: Context, namespace: str, name: str) -> bool:
+    """Apply a Ready consumer again when a source's outputs changed (the inputs timer); True if it did."""
+    body = await ctx.client.get(SERVICEREQUESTS, name, namespace)  # fresh: the timer's copy may be stale
+    if body is None or body["metadata"].get("deletionTimestamp") or not await composition.due(ctx, body):
+        return False
+    golden_path = str((body.get("spec") or {}).get("goldenPath") or "")
+    ctx.metrics.observe_input_reapply(golden_path)
+    message = "a source's outputs changed: applying again with the new inputs"
+    await events.post_event(ctx.client, body, events.NORMAL, Reason.INPUTS_CHANGED, message)
+    await reconcile_service_request(ctx, body)
+    return True

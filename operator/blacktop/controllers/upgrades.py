@@ -133,13 +133,19 @@ async def _plan_at(
             await run.step(run.runner.init())
             await run.step(run.runner.plan())
             shown = await run.step(run.runner.show_plan())
-            denial = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=scratch)
+            verdict = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=scratch)
     except runs.RunFailed as failed:
         await tracker.write(ctx.client, SERVICEREQUESTS)  # lastRun says the plan run failed
         return Outcome(ok=False, reason=failed.reason, message=f"{failed.step}: {failed.detail}")
     except Failure as failure:
         return Outcome(ok=False, reason=failure.reason, message=failure.message)
     await tracker.write(ctx.client, SERVICEREQUESTS)
-    if denial is not None:
-        return Outcome(ok=False, reason=denial[0], message=denial[1])
+    if verdict.denial is not None:
+        return Outcome(ok=False, reason=verdict.denial[0], message=verdict.denial[1])
+    if verdict.approvals:
+        # A rollout never approves on a human's behalf: the owner moves the request (spec.revision),
+        # and that change waits for its approval like any other.
+        rules = "; ".join(v.text for v in verdict.approvals)
+        message = f"the plan at revision {revision} needs an approval ({rules}); pin spec.revision to move it"
+        return Outcome(ok=False, reason=Reason.AWAITING_APPROVAL, message=message)
     return Outcome(ok=True, message=f"plan: {shown.summary.counts()}")

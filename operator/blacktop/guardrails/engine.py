@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from blacktop.api.guardrailpolicy import GuardrailPolicySpec, Match, Mode, RuleStage
+from blacktop.api.guardrailpolicy import ApprovalRequirement, GuardrailPolicySpec, Match, Mode, RuleStage
 from blacktop.guardrails import cel
 
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -40,6 +40,7 @@ class CompiledRule:
     condition: cel.Program
     # Literal text and compiled placeholders, in order.
     message: tuple[str | cel.Program, ...]
+    approval: ApprovalRequirement | None = None  # a failure asks for approval instead of denying
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ def compile_policy(name: str, spec: GuardrailPolicySpec) -> CompiledPolicy:
         except cel.CelCompileError as exc:
             problems.append(f"rule {rule.name}: message: {exc}")
             continue
-        rules.append(CompiledRule(rule.name, rule.stage, condition, message))
+        if rule.require_approval is not None and rule.stage is not RuleStage.PLAN:
+            problems.append(f"rule {rule.name}: requireApproval needs stage: Plan (the request stops after its plan)")
+            continue
+        rules.append(CompiledRule(rule.name, rule.stage, condition, message, rule.require_approval))
     if problems:
         raise PolicyCompileError(name, problems)
     return CompiledPolicy(name=name, mode=spec.mode, match=spec.match, rules=tuple(rules))
@@ -149,11 +153,14 @@ class Violation:
     message: str
     # At the Plan stage: the addresses of the resource changes that violate the rule on their own.
     resources: tuple[str, ...] = ()
+    approval: ApprovalRequirement | None = None  # set when the violation asks for approval (Enforce)
 
     @property
     def text(self) -> str:
         """The one line users read: which policy, which rule, why (and which resources, on a plan)."""
         where = f" [resources: {', '.join(self.resources)}]" if self.resources else ""
+        if self.approval is not None:
+            return f"approval required by GuardrailPolicy {self.policy}/{self.rule}: {self.message}{where}"
         if self.mode is Mode.ENFORCE:
             return f"denied by GuardrailPolicy {self.policy}/{self.rule}: {self.message}{where}"
         return f"GuardrailPolicy {self.policy}/{self.rule} ({self.mode.value}): {self.message}{where}"
@@ -166,6 +173,7 @@ class Decision:
     denials: list[Violation] = field(default_factory=list)
     warnings: list[Violation] = field(default_factory=list)
     audits: list[Violation] = field(default_factory=list)
+    approvals: list[Violation] = field(default_factory=list)  # Enforce rules that ask for approval instead
     passed: list[tuple[str, str, Mode]] = field(default_factory=list)  # (policy, rule, mode) that held
     evaluated: int = 0  # rules evaluated (for metrics and benchmarks)
 
@@ -182,7 +190,12 @@ class Decision:
         """(policy, rule, mode, outcome) of every evaluated rule: allowed, denied, warned or audited."""
         for policy, rule, mode in self.passed:
             yield policy, rule, mode, "allowed"
-        for violations, outcome in ((self.denials, "denied"), (self.warnings, "warned"), (self.audits, "audited")):
+        for violations, outcome in (
+            (self.denials, "denied"),
+            (self.warnings, "warned"),
+            (self.audits, "audited"),
+            (self.approvals, "approval"),
+        ):
             for v in violations:
                 yield v.policy, v.rule, v.mode, outcome
 
@@ -271,7 +284,11 @@ def evaluate(
                 continue
             resources = offending_resources(rule, variables) if stage is RuleStage.PLAN else ()
             message = _message(rule, bindings, note or None)
-            violation = Violation(policy.name, rule.name, policy.mode, stage, message, resources)
+            asks = rule.approval if policy.mode is Mode.ENFORCE else None
+            violation = Violation(policy.name, rule.name, policy.mode, stage, message, resources, asks)
+            if asks is not None:
+                decision.approvals.append(violation)
+                continue
             {Mode.ENFORCE: decision.denials, Mode.WARN: decision.warnings, Mode.AUDIT: decision.audits}[
                 policy.mode
             ].append(violation)

@@ -21,6 +21,7 @@ MODULES = (
     "guardrailpolicy",
     "metrics",
     "portal",
+    "notifications",
     "servicerequest",
 )
 

@@ -1,9 +1,11 @@
-"""Kopf wiring of admission: the HTTPS webhook server and the four validating handlers.
+"""Kopf wiring of admission: the HTTPS webhook server, the four validating handlers (ServiceRequests'
+also on DELETE) and the one mutating handler (a ServiceRequest's requested-by/approved-by stamps).
 
 Handler ids are the webhook URL paths (`validate-environment`, ...). A denial is a
 ``kopf.AdmissionError`` (kubectl prints its message); Warn-mode violations become admission
 warnings (kubectl prints them as ``Warning: ...``). In local mode (webhook_manage_config) the
-ValidatingWebhookConfiguration is applied once the server listens, and removed on a clean stop.
+Validating- and MutatingWebhookConfiguration are applied once the server listens, and removed on a
+clean stop.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import atexit
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 
@@ -117,11 +119,14 @@ async def _service_request(
     return await controller.review_service_request(ctx, body, old, userinfo, dryrun=dryrun)
 
 
-def _register(kind: KindInfo, review: _Review) -> None:
+Operation = Literal["CREATE", "UPDATE", "DELETE"]
+
+
+def _register(kind: KindInfo, review: _Review, operations: tuple[Operation, ...] = ("CREATE", "UPDATE")) -> None:
     """The validating handler of ``kind`` at the webhook path ``validate-<kind>``: a denial is an
     AdmissionError (kubectl prints it), warnings are admission warnings, each review is timed."""
 
-    @kopf.on.validate(GROUP, VERSION, kind.plural, id=f"validate-{kind.singular}", operations=["CREATE", "UPDATE"])
+    @kopf.on.validate(GROUP, VERSION, kind.plural, id=f"validate-{kind.singular}", operations=list(operations))
     async def validate(
         *,
         body: kopf.Body,
@@ -132,17 +137,28 @@ def _register(kind: KindInfo, review: _Review) -> None:
         **kwargs: Any,
     ) -> None:
         started, old, ctx = time.monotonic(), kwargs.get("old"), context_of(memo)
-        answer = await review(ctx, dict(body), dict(old) if old else None, userinfo, dryrun)
+        if kwargs.get("operation") == "DELETE":  # ServiceRequests only; body is the object being deleted
+            answer = await controller.review_service_request_deletion(ctx, dict(body))
+        else:
+            answer = await review(ctx, dict(body), dict(old) if old else None, userinfo, dryrun)
         ctx.metrics.observe_admission_review(kind.kind, answer.denial is None, time.monotonic() - started)
         warnings.extend(answer.warnings)
         if answer.denial:
             raise kopf.AdmissionError(answer.denial, code=403)
 
 
-for _kind, _review in (
-    (ENVIRONMENT, _environment),
-    (SERVICE_REQUEST, _service_request),
-    (GUARDRAIL_POLICY, _policy),
-    (GOLDEN_PATH, _golden_path),
-):
-    _register(_kind, _review)
+_register(ENVIRONMENT, _environment)
+# A ServiceRequest others consume is refused deletion, naming them (controllers.admission).
+_register(SERVICE_REQUEST, _service_request, ("CREATE", "UPDATE", "DELETE"))
+_register(GUARDRAIL_POLICY, _policy)
+_register(GOLDEN_PATH, _golden_path)
+
+
+@kopf.on.mutate(GROUP, VERSION, SERVICE_REQUEST.plural, id="mutate-servicerequest", operations=["CREATE", "UPDATE"])
+async def mutate_service_request(
+    *, body: kopf.Body, userinfo: Mapping[str, Any], patch: kopf.Patch, **kwargs: Any
+) -> None:
+    """Stamp who last changed the spec and who approved (any hand-made value is put back)."""
+    old = kwargs.get("old")
+    for key, value in controller.stamp_service_request(dict(body), dict(old) if old else None, userinfo).items():
+        patch.metadata.annotations[key] = value

@@ -17,18 +17,23 @@ import logging
 ROUTINE_IDS = (
     "metrics-",
     "portal-",
+    "notifications-",
     "environment-child-",
     "environment-cost",
     "environment_resync",
     "environment_ttl",
     "golden_path_resync",
     "service_request_drift",
+    "service_request_inputs",
     "validate-",
+    "mutate-",
 )
 # How Kopf names a handler in its lines, by kind of handler.
 _KINDS = ("Handler", "Timer", "Webhook")
 _SUCCEEDED = " succeeded."
 _DENIED = " failed permanently: "
+# Retries that are waits, not failures: a consumer waiting for its sources, a source for its consumers.
+_WAITS = (" failed temporarily: WaitingForInputs: ", " failed temporarily: WaitingForDependents: ")
 
 
 def _handler_id(message: str) -> str | None:
@@ -37,6 +42,12 @@ def _handler_id(message: str) -> str | None:
     if kind not in _KINDS or "'" not in rest:
         return None
     return rest.split("'", 1)[0]
+
+
+def _expected(handler: str, message: str) -> bool:
+    """A denial by the webhook, or a retry that waits for other requests: the system working."""
+    denied = handler.startswith("validate-") and _DENIED in message
+    return denied or any(wait in message for wait in _WAITS)
 
 
 def _relevel(record: logging.LogRecord, level: int) -> None:
@@ -53,7 +64,7 @@ class KopfLines(logging.Filter):
             return True
         if record.levelno == logging.INFO and message.endswith(_SUCCEEDED) and handler.startswith(ROUTINE_IDS):
             _relevel(record, logging.DEBUG)
-        elif record.levelno == logging.ERROR and handler.startswith("validate-") and _DENIED in message:
+        elif record.levelno == logging.ERROR and _expected(handler, message):
             _relevel(record, logging.INFO)
         # A record re-levelled below the logger's level must not reach the handlers either.
         return record.levelno >= logging.getLogger(record.name).getEffectiveLevel()

@@ -59,6 +59,12 @@ _RESOURCES = [
     # Create-only reviews: the portal asks who a token is and what its user may see.
     Resource("authentication.k8s.io/v1", "TokenReview", "tokenreviews", namespaced=False),
     Resource("authorization.k8s.io/v1", "SubjectAccessReview", "subjectaccessreviews", namespaced=False),
+    Resource(
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        namespaced=False,
+    ),
     Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", namespaced=True),
     Resource("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", namespaced=True),
     Resource("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", namespaced=True),

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from blacktop.api.environment import EXPIRING_WITHIN
 from blacktop.metrics.inventory import (
     ENVIRONMENT,
     GOLDEN_PATH,
@@ -28,8 +29,6 @@ from blacktop.metrics.inventory import (
     RequestView,
 )
 
-# An environment whose TTL runs out within this window counts as expiring.
-EXPIRING_WITHIN = timedelta(hours=24)
 # A deletion still pending after this long is stuck (a destroy failing, a finalizer held).
 STUCK_AFTER = timedelta(minutes=15)
 READINESS = ("true", "false", UNKNOWN)
@@ -68,6 +67,11 @@ def _families() -> dict[str, GaugeMetricFamily]:
             "Environments whose TTL has run out but which still exist, by tier.",
             labels=["tier"],
         ),
+        "waiting": GaugeMetricFamily(
+            "blacktop_service_requests_waiting",
+            "ServiceRequests waiting, by stage: AwaitingApproval (for a human) or WaitingForInputs (for their sources).",
+            labels=["stage"],
+        ),
         "stuck": GaugeMetricFamily(
             "blacktop_deletions_stuck",
             "Objects being deleted for longer than 15 minutes, by kind.",
@@ -95,6 +99,7 @@ class InventoryCollector(Collector):
         _adoption_and_cost(families, environments, requests)
         _expiry(families, environments, now)
         _stuck(families["stuck"], environments, golden_paths, requests, now)
+        _waiting(families["waiting"], requests)
         return list(families.values())
 
 
@@ -167,3 +172,17 @@ def _stuck(
     tally = Tally(kind for kind, since in deleting if since is not None and now - since > STUCK_AFTER)
     for kind in KINDS:
         family.add_metric([kind], tally[kind])
+
+
+WAITING_STAGES = ("AwaitingApproval", "WaitingForInputs")
+
+
+def _waiting(family: GaugeMetricFamily, requests: list[RequestView]) -> None:
+    # A drift plan waiting for approval leaves the request Ready: its approval says it waits.
+    tally = Tally(
+        "AwaitingApproval" if req.approval is not None and req.approval.state == "Pending" else req.stage
+        for req in requests
+        if req.deleting_since is None
+    )
+    for stage in WAITING_STAGES:
+        family.add_metric([stage], tally[stage])

@@ -97,6 +97,18 @@ class RequestView:
     lead_time_seconds: float | None
     drifted: bool
     drifted_reason: str | None  # a drift run's outcome is told by Drifted, not by Ready
+    stage: str | None = None
+    approval: ApprovalView | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    """The request's last approval, as its status says."""
+
+    operation: str
+    state: str
+    digest: str
+    waited_seconds: float | None
 
 
 def environment_view(body: JSON) -> EnvironmentView:
@@ -132,6 +144,16 @@ def request_view(body: JSON) -> RequestView:
     ready = _condition(body, ConditionType.READY)
     drifted = _condition(body, ConditionType.DRIFTED)
     lead = status.get("leadTimeSeconds")
+    approval = status.get("approval") or None
+    approval_view = None
+    if isinstance(approval, dict) and approval.get("planDigest"):
+        waited = approval.get("waitedSeconds")
+        approval_view = ApprovalView(
+            operation=str(approval.get("operation") or UNKNOWN),
+            state=str(approval.get("state") or UNKNOWN),
+            digest=str(approval["planDigest"]),
+            waited_seconds=float(waited) if isinstance(waited, int | float) else None,
+        )
     return RequestView(
         golden_path=str(spec.get("goldenPath") or UNKNOWN),
         environment=str(status.get("environment") or meta.get("namespace") or UNKNOWN),
@@ -144,6 +166,8 @@ def request_view(body: JSON) -> RequestView:
         lead_time_seconds=float(lead) if isinstance(lead, int | float) else None,
         drifted=bool(drifted and drifted.get("status") == "True"),
         drifted_reason=str(drifted["reason"]) if drifted and drifted.get("reason") else None,
+        stage=str(status["stage"]) if status.get("stage") else None,
+        approval=approval_view,
     )
 
 
@@ -161,6 +185,8 @@ class Transitions:
     lead_time: tuple[str, str, float] | None = None  # golden path, tier, seconds
     runs: list[FinishedRun] = field(default_factory=list)
     drift_golden_path: str | None = None
+    approvals_requested: list[str] = field(default_factory=list)  # operations whose plan began to wait
+    approvals_granted: list[tuple[str, float | None]] = field(default_factory=list)  # (operation, waited s)
     golden_path: tuple[str, tuple[str, ...]] | None = None  # a golden path seen: name, tiers
 
 
@@ -176,7 +202,8 @@ def request_transitions(old: RequestView | None, new: RequestView, tier: str, *,
     if new.first_ready_time and not old.first_ready_time and new.lead_time_seconds is not None:
         found.lead_time = (new.golden_path, tier, new.lead_time_seconds)
     run = new.run
-    if run is not None and run.result and run != old.run:
+    # A run whose plan waits for approval has no result yet (its apply is counted when it happens).
+    if run is not None and run.result in ("Succeeded", "Failed") and run != old.run:
         failed = run.result.lower() == "failed"
         reason = new.drifted_reason if run.operation == "drift" else new.ready_reason
         failure = (reason or UNKNOWN) if failed else None
@@ -186,6 +213,12 @@ def request_transitions(old: RequestView | None, new: RequestView, tier: str, *,
         found.runs.append(FinishedRun("destroy", new.golden_path, None))
     if new.drifted and not old.drifted:
         found.drift_golden_path = new.golden_path
+    approval, before = new.approval, old.approval
+    if approval is not None and (before is None or (before.digest, before.state) != (approval.digest, approval.state)):
+        if approval.state == "Pending":
+            found.approvals_requested.append(approval.operation)
+        elif approval.state == "Approved":
+            found.approvals_granted.append((approval.operation, approval.waited_seconds))
     return found
 
 

@@ -32,7 +32,7 @@ STAGE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 # The stages a request's time is spent in (label values of blacktop_stage_duration_seconds).
-STAGES = ("queued", "init", "plan", "policy", "apply", "destroy")
+STAGES = ("queued", "init", "plan", "policy", "approval", "apply", "destroy")
 # Run operations and results (label values of blacktop_runs_total).
 OPERATIONS = ("apply", "destroy", "drift")
 SUCCEEDED, FAILED = "succeeded", "failed"
@@ -47,7 +47,14 @@ FAILURE_CLASSES = (
     Reason.TIMEOUT,
 )
 # Guardrail decision outcomes (label values of blacktop_guardrail_decisions_total).
-OUTCOMES = ("allowed", "denied", "warned", "audited")
+OUTCOMES = ("allowed", "denied", "warned", "audited", "approval")
+# Notifications (label values of blacktop_notifications_total): what was told, through which kind of
+# channel, of whom (a team's channel, the platform's, or none when it never got routed), and how it ended.
+NOTIFICATION_EVENTS = ("Ready", "Failed", "AwaitingApproval", "Drifted", "Expiring", "BudgetNearlySpent")
+NOTIFICATION_CHANNELS = ("Slack", "Webhook", "none")
+NOTIFICATION_SCOPES = ("team", "platform", "none")
+NOTIFICATION_RESULTS = ("delivered", "failed", "dropped")
+NOTIFICATION_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,12 @@ class Metrics:
     runs_in_flight: Gauge
     runs_queued: Gauge
     event_loop_lag: Gauge
+    approvals: Counter
+    input_reapplies: Counter
+    notifications: Counter
+    notification_retries: Counter
+    notifications_queued: Gauge
+    notification_latency: Histogram
     inventory: Inventory
 
     @property
@@ -101,6 +114,13 @@ class Metrics:
             self.observe_run(run.operation, run.golden_path, run.failure_class)
         if found.drift_golden_path is not None:
             self.drift_detected.labels(golden_path=found.drift_golden_path).inc()
+        for operation in found.approvals_requested:
+            self.approvals.labels(operation=operation, result="requested").inc()
+        for operation, waited in found.approvals_granted:
+            self.approvals.labels(operation=operation, result="approved").inc()
+            if waited is not None:
+                # Waiting for a human is its own stage of the lead time.
+                self.observe_stage("approval", waited)
 
     def observe_run(self, operation: str, golden_path: str, failure_class: str | None) -> None:
         """Count one finished run; ``failure_class`` is the Ready reason of a failed run, None on success."""
@@ -129,6 +149,40 @@ class Metrics:
         for tier in tiers:
             self.lead_time.labels(golden_path=golden_path, tier=tier)
         self.drift_detected.labels(golden_path=golden_path)
+        self.input_reapplies.labels(golden_path=golden_path)
+
+    def observe_input_reapply(self, golden_path: str) -> None:
+        """Count one consumer applied again for its inputs (a source became ready or changed its outputs)."""
+        self.input_reapplies.labels(golden_path=golden_path).inc()
+
+    def observe_notification(self, event: str, channel_type: str, scope: str, result: str) -> None:
+        """Count one notification's end: ``result`` delivered, failed (after its retries) or dropped."""
+        if result not in NOTIFICATION_RESULTS:
+            raise ValueError(f"notification result {result!r} is not one of {NOTIFICATION_RESULTS}")
+        self.notifications.labels(event=event, channel_type=channel_type, scope=scope, result=result).inc()
+
+    def observe_notification_latency(self, channel_type: str, seconds: float) -> None:
+        """Record how long a delivered notification took from its transition (retries included)."""
+        self.notification_latency.labels(channel_type=channel_type).observe(seconds)
+
+    def prepare_notifications(self) -> None:
+        """Zero-valued failure series, so ``rate()`` catches the first failed or dropped message."""
+        for event in NOTIFICATION_EVENTS:
+            for channel, scope in (
+                ("Slack", "team"),
+                ("Webhook", "team"),
+                ("Slack", "platform"),
+                ("Webhook", "platform"),
+            ):
+                for result in NOTIFICATION_RESULTS:
+                    self.notifications.labels(event=event, channel_type=channel, scope=scope, result=result)
+            self.notifications.labels(event=event, channel_type="none", scope="none", result="dropped")
+            self.notifications.labels(event=event, channel_type="none", scope="none", result="failed")
+        for channel in NOTIFICATION_CHANNELS:
+            self.notification_retries.labels(channel_type=channel)
+        for operation in ("apply", "drift"):
+            for result in ("requested", "approved"):
+                self.approvals.labels(operation=operation, result=result)
 
     @asynccontextmanager
     async def run_slot(self, semaphore: asyncio.Semaphore, stage: str) -> AsyncIterator[None]:
@@ -155,7 +209,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     registry = registry or CollectorRegistry(auto_describe=True)
     inventory = Inventory()
     registry.register(InventoryCollector(inventory))
-    return Metrics(
+    metrics = Metrics(
         registry=registry,
         lead_time=Histogram(
             "blacktop_provisioning_lead_time_seconds",
@@ -166,7 +220,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         stage_duration=Histogram(
             "blacktop_stage_duration_seconds",
-            "Time spent per provisioning stage: queued (waiting for a run slot), init, plan, policy, apply, destroy.",
+            "Time spent per provisioning stage: queued (waiting for a run slot), init, plan, policy, approval "
+            "(waiting for a human), apply, destroy.",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=registry,
@@ -207,5 +262,44 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "How late the operator's event loop woke up for its last lag probe (a blocked loop delays everything).",
             registry=registry,
         ),
+        approvals=Counter(
+            "blacktop_approvals",
+            "Plans that began to wait for approval (requested) and that were approved, by operation (apply, drift).",
+            ["operation", "result"],
+            registry=registry,
+        ),
+        input_reapplies=Counter(
+            "blacktop_input_reapplies",
+            "Consumers applied again because an input became ready or a source's outputs changed, by golden path.",
+            ["golden_path"],
+            registry=registry,
+        ),
+        notifications=Counter(
+            "blacktop_notifications",
+            "Notifications by event, channel type (Slack, Webhook; none: never routed), scope (team, platform) and "
+            "result (delivered, failed after its retries, dropped because the queue was full).",
+            ["event", "channel_type", "scope", "result"],
+            registry=registry,
+        ),
+        notification_retries=Counter(
+            "blacktop_notification_retries",
+            "Notification deliveries that failed and were scheduled again, by channel type.",
+            ["channel_type"],
+            registry=registry,
+        ),
+        notifications_queued=Gauge(
+            "blacktop_notifications_queued",
+            "Notifications waiting for delivery or for their next attempt (BLACKTOP_NOTIFICATION_QUEUE_SIZE bounds it).",
+            registry=registry,
+        ),
+        notification_latency=Histogram(
+            "blacktop_notification_delivery_seconds",
+            "Time from a transition being seen to its notification being delivered (retries included), by channel type.",
+            ["channel_type"],
+            buckets=NOTIFICATION_LATENCY_BUCKETS,
+            registry=registry,
+        ),
         inventory=inventory,
     )
+    metrics.prepare_notifications()
+    return metrics

@@ -44,6 +44,7 @@ class RunTarget:
     variables: Mapping[str, Any]
     credentials: Mapping[str, str]  # provider credentials: environment variables, never logged
     state: StateRef
+    secrets: tuple[str, ...] = ()  # further values redacted from every output (inputs from other requests)
 
 
 @dataclass

@@ -190,7 +190,7 @@ class SubprocessRunners:
             timeout=self.timeout,
             grace=self.grace,
             slot=slot,
-            secrets=tuple(target.credentials.values()),
+            secrets=(*target.credentials.values(), *target.secrets),
         )
 
     async def discard(self, name: str) -> None:

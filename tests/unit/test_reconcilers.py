@@ -31,6 +31,7 @@ from blacktop.kube.errors import InvalidError
 from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, GUARDRAILPOLICIES, SERVICEREQUESTS, resource_for
 from blacktop.terraform import state as states
 from blacktop.terraform.module import ModuleCache
+from blacktop.terraform.sources import ModuleSources
 from fakes import LEASE, REPO, Harness, harness
 from helpers import API, tiny_golden_path
 
@@ -1359,6 +1360,9 @@ async def consumer_world(h: Harness) -> str:
         shutil.copytree(source, root / source.name)
     h.ctx.settings = h.ctx.settings.model_copy(update={"modules_root": root})
     h.ctx.modules = ModuleCache(root)
+    h.ctx.sources = ModuleSources(
+        h.ctx.settings.module_cache_root, root, max_entries=4, max_bytes=1 << 24, timeout=10.0
+    )
     namespace = await ready_world(h)
     await h.golden_path(
         {

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from blacktop.api.kinds import ALL_KINDS
 from blacktop.builders.rbac import cluster_rbac
 from blacktop.kube.resources import all_resources
 from chart_support import CHART, JSON, find, helm, render
@@ -132,7 +133,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
         # The dashboard ConfigMap appears once the metrics work ships files/dashboard.json.
         | ({"ConfigMap"} if (CHART / "files" / "dashboard.json").exists() else set())
     )
-    assert len(find(objects, "CustomResourceDefinition")) == 4
+    assert len(find(objects, "CustomResourceDefinition")) == len(ALL_KINDS)
     # Nothing but the cluster-scoped kinds escapes the release namespace.
     for obj in objects:
         if obj["kind"] not in {

@@ -25,6 +25,10 @@ class ConditionType:
     DRIFTED = "Drifted"
     MONITORING_CONFIGURED = "MonitoringConfigured"
     DELETING = "Deleting"
+    TARGET_MET = "TargetMet"  # a PlatformScorecard's figure meets its target
+    # Set on a ServiceRequest by approvals (issue 17) when a person approved it; the scorecard counts
+    # it as a human step unless the reason is AUTO_APPROVED.
+    APPROVED = "Approved"
 
 
 class Reason:
@@ -66,6 +70,13 @@ class Reason:
     RETRIES_EXHAUSTED = "RetriesExhausted"
     COMPILE_ERROR = "CompileError"
     ACTIVE = "Active"
+    TARGET_MET = "TargetMet"
+    TARGET_MISSED = "TargetMissed"
+    NO_DATA = "NoData"
+    NO_TARGET = "NoTarget"
+    INVALID_TARGET = "InvalidTarget"
+    COUNTED = "Counted"
+    AUTO_APPROVED = "AutoApproved"
 
 
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:

@@ -15,6 +15,7 @@ from blacktop.api.common import (
     cel,
     immutable,
 )
+from blacktop.api.history import RequestHistory
 
 
 class Stage(StrEnum):
@@ -87,3 +88,14 @@ class ServiceRequestStatus(ConditionedStatus):
     monthly_cost: str | None = Field(None, description="Monthly cost by the golden path's cost model.")
     outputs: list[str] = Field(default_factory=list, description="Names (never values) of the outputs in the Secret.")
     last_drift_check_time: str | None = Field(None, description="When drift was last checked (RFC 3339).")
+
+
+# The CRD's status schema: the reconciler's ServiceRequestStatus plus `history`. The history is
+# written by the scorecard's history recorder alone (controllers/history.py); the reconciler decodes
+# and writes ServiceRequestStatus, which leaves it out, so its merge patches never touch it.
+class ServiceRequestStatusSchema(ServiceRequestStatus):
+    """Progress and result of the request, and the history the platform scorecard is derived from."""
+
+    history: RequestHistory | None = Field(
+        None, description="What the platform scorecard needs from the request's past (changes, trouble, human steps)."
+    )

@@ -67,6 +67,7 @@ CERT_MANAGER: dict[str, Any] = {"webhook": {"certificate": {"mode": "certManager
 NO_WEBHOOK: dict[str, Any] = {"webhook": {"enabled": False}, "environmentRBAC": {"create": False}}
 PLURALS = {
     "/validate-environment": "environments",
+    "/validate-feedback": "feedbacks",
     "/validate-goldenpath": "goldenpaths",
     "/validate-guardrailpolicy": "guardrailpolicies",
     "/validate-servicerequest": "servicerequests",
@@ -280,6 +281,7 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
     webhooks = {w["clientConfig"]["service"]["path"]: w for w in config["webhooks"]}
     assert sorted(webhooks) == [
         "/validate-environment",
+        "/validate-feedback",
         "/validate-goldenpath",
         "/validate-guardrailpolicy",
         "/validate-servicerequest",
@@ -307,7 +309,7 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
         else:
             assert rule["scope"] == "Cluster"
             assert "namespaceSelector" not in webhook  # cluster-scoped objects have no namespace
-    assert [w["rules"][0]["scope"] for w in config["webhooks"]].count("Namespaced") == 1
+    assert [w["rules"][0]["scope"] for w in config["webhooks"]].count("Namespaced") == 2
     # The serving certificate is signed by that CA and names the Service.
     ca = x509.load_pem_x509_certificate(ca_pem)
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from blacktop import crdgen
-from blacktop.api.kinds import ALL_KINDS
 from blacktop.api.conditions import Reason
+from blacktop.api.kinds import ALL_KINDS
 from chart_support import CHART, HEALTH_LUA, argocd_health
 from helpers import REPO
 

@@ -69,8 +69,8 @@ def request(
     if history is not None:
         status["history"] = history.model_dump(by_alias=True, mode="json")
     managed = [{"manager": "kubectl", "operation": "Update", "time": at(spec_written or 0), "fieldsV1": {"f:spec": {}}}]
-    managed.append({"manager": "blacktop", "operation": "Update", "subresource": "status", "time": at(9999),
-                    "fieldsV1": {"f:status": {}}})  # fmt: skip
+    status_write = {"manager": "blacktop", "subresource": "status", "time": at(9999), "fieldsV1": {"f:status": {}}}
+    managed.append(status_write)
     meta = {"name": "db", "namespace": "e1", "uid": "u1", "generation": generation, "creationTimestamp": at(0)}
     meta["managedFields"] = managed
     return {"metadata": meta, "spec": {"goldenPath": "tiny"}, "status": status}

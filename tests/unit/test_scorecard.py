@@ -293,16 +293,23 @@ def test_self_service_rate_counts_human_steps_and_trouble() -> None:
 
 
 def test_change_lead_time_and_frequency() -> None:
+    db = RequestHistory(
+        generation=3, changes=[change(1, 9 * DAY, 30), change(2, DAY, 10 * MIN), change(3, HOUR, 20 * MIN)]
+    )
+    # q's generation 3 is pending for two hours; its generation 2 is older than the 30 days.
+    q = RequestHistory(
+        generation=3, changed_at=ago(2 * HOUR), changes=[change(1, 8 * DAY, 30), change(2, 40 * DAY, MIN)]
+    )
+    noop = RequestHistory(generation=1, changes=[change(1, DAY, 30, applied=False)])
     observed = world(
         envs=[env("a", "alpha", 10 * DAY), env("b", "beta", 10 * DAY)],
         requests=[
-            req("db", "a", 9 * DAY, history=RequestHistory(generation=3, changes=[change(1, 9 * DAY, 30), change(2, DAY, 10 * MIN), change(3, HOUR, 20 * MIN)])),
-            req("q", "b", 9 * DAY, golden_path="queue", history=RequestHistory(
-                generation=3, changed_at=ago(2 * HOUR), changes=[change(1, 8 * DAY, 30, applied=True), change(2, 40 * DAY, MIN)])),
-            req("noop", "b", 2 * DAY, history=RequestHistory(generation=1, changes=[change(1, DAY, 30, applied=False)])),
+            req("db", "a", 9 * DAY, history=db),
+            req("q", "b", 9 * DAY, golden_path="queue", history=q),
+            req("noop", "b", 2 * DAY, history=noop),
         ],
         gps=[gp("tiny"), gp("queue")],
-    )  # fmt: skip
+    )
     scorecard, _ = card(observed)
     lead = scorecard.figure(Metric.CHANGE_LEAD_TIME)
     assert lead.value == 2 * HOUR  # q's generation 3 is pending for two hours: the slowest of three

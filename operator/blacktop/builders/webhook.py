@@ -26,6 +26,7 @@ WEBHOOKS: tuple[tuple[str, str, bool], ...] = (
     ("validate-servicerequest", "servicerequests", True),
     ("validate-guardrailpolicy", "guardrailpolicies", False),
     ("validate-goldenpath", "goldenpaths", False),
+    ("validate-feedback", "feedbacks", True),
 )
 
 

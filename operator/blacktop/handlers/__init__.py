@@ -11,6 +11,7 @@ from blacktop.handlers import (
     goldenpath,
     guardrailpolicy,
     metrics,
+    scorecard,
     servicerequest,
     startup,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "goldenpath",
     "guardrailpolicy",
     "metrics",
+    "scorecard",
     "servicerequest",
     "startup",
 ]

@@ -1,4 +1,4 @@
-"""Kopf wiring of admission: the HTTPS webhook server and the four validating handlers.
+"""Kopf wiring of admission: the HTTPS webhook server and the validating handlers, one per kind.
 
 Handler ids are the webhook URL paths (`validate-environment`, ...). A denial is a
 ``kopf.AdmissionError`` (kubectl prints its message); Warn-mode violations become admission
@@ -134,3 +134,10 @@ async def validate_golden_path(*, body: kopf.Body, warnings: list[str], memo: ko
     started, old = time.monotonic(), kwargs.get("old")
     review = await controller.review_golden_path(context_of(memo), dict(body), dict(old) if old else None)
     _verdict(memo, "GoldenPath", started, review, warnings)
+
+
+@kopf.on.validate(GROUP, VERSION, "feedbacks", id="validate-feedback", operations=["CREATE", "UPDATE"])
+async def validate_feedback(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
+    started, old = time.monotonic(), kwargs.get("old")
+    review = await controller.review_feedback(context_of(memo), dict(body), dict(old) if old else None)
+    _verdict(memo, "Feedback", started, review, warnings)

@@ -16,6 +16,7 @@ import logging
 # Ids of handlers that run on every event or tick (see the handlers modules).
 ROUTINE_IDS = (
     "metrics-",
+    "scorecard-",
     "environment-child-",
     "environment-cost",
     "environment_resync",

@@ -29,6 +29,16 @@ FIELD_MANAGER = "blacktop"
 _TIMEOUT = (5.0, 60.0)
 
 
+def kubeconfig_namespace(path: str | os.PathLike[str] | None = None) -> str | None:
+    """The namespace of the kubeconfig's current context (what kubectl uses without -n), if it names one."""
+    try:
+        _, active = k8s_config.list_kube_config_contexts(config_file=str(path) if path is not None else None)
+    except (ConfigException, FileNotFoundError, TypeError):
+        return None
+    namespace = ((active or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
 class KubeClient:
     """Async facade over one authenticated ``ApiClient``."""
 

@@ -9,7 +9,7 @@ its ``status.history`` (see :mod:`blacktop.builders.history`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,9 @@ from blacktop.builders.history import last_change_time
 
 JSON = dict[str, Any]
 UNKNOWN = "unknown"
+# The golden-path label of a request or rating naming no golden path of the catalog: what a tenant
+# writes in a spec must never grow a label set.
+NOT_IN_CATALOG = "(unknown)"
 # Workload kinds counted for golden-path adoption (top-level ones: a ReplicaSet or a Job belongs to one).
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "CronJob")
 
@@ -190,11 +193,18 @@ def observe(
 ) -> Observed:
     """The facts of the listed objects (workloads of every kind in :data:`WORKLOAD_KINDS`)."""
     envs = {f.name: f for f in (environment_facts(b) for b in environments) if f is not None}
+    catalog = sorted({str(b["metadata"]["name"]) for b in golden_paths if b.get("metadata", {}).get("name")})
+    known = set(catalog)
+    found = [f for f in (request_facts(b, envs) for b in requests) if f is not None]
+    ratings = [f for f in (feedback_facts(b, envs) for b in feedback) if f is not None]
     return Observed(
         environments=envs,
-        requests=[f for f in (request_facts(b, envs) for b in requests) if f is not None],
-        golden_paths=sorted({str(b["metadata"]["name"]) for b in golden_paths if b.get("metadata", {}).get("name")}),
-        feedback=[f for f in (feedback_facts(b, envs) for b in feedback) if f is not None],
+        requests=[r if r.golden_path in known else replace(r, golden_path=NOT_IN_CATALOG) for r in found],
+        golden_paths=catalog,
+        feedback=[
+            f if f.golden_path is None or f.golden_path in known else replace(f, golden_path=NOT_IN_CATALOG)
+            for f in ratings
+        ],
         workloads=[f for f in (workload_facts(b) for b in workloads) if f is not None],
         known_teams=tuple(sorted(set(known_teams))),
     )

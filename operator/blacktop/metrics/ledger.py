@@ -20,7 +20,9 @@ records outside every window are dropped, and each list has a cap (oldest first)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from blacktop.api.common import format_time, parse_time
 from blacktop.api.scorecard import (
@@ -30,7 +32,7 @@ from blacktop.api.scorecard import (
     ScorecardLedger,
     TeamRecord,
 )
-from blacktop.metrics.facts import Observed, RequestFacts, retired_facts
+from blacktop.metrics.facts import NOT_IN_CATALOG, Observed, RequestFacts, request_facts, retired_facts
 
 ONBOARDING_WINDOW = timedelta(days=90)
 REQUEST_WINDOW = timedelta(days=30)  # the longest window a request's facts count in
@@ -74,6 +76,14 @@ def retire(request: RequestFacts) -> RetiredRequest:
     )
 
 
+def retired_from_body(body: dict[str, Any], team: str, tier: str, now: datetime) -> RetiredRequest | None:
+    """The ledger's record of a request whose object just went away (its last body), or None."""
+    facts = request_facts(body, {})
+    if facts is None:
+        return None
+    return retire(replace(facts, team=team, tier=tier, deleted_at=facts.deleted_at or now))
+
+
 def next_ledger(
     previous: ScorecardLedger, observed: Observed, retired: Iterable[RetiredRequest], now: datetime
 ) -> ScorecardLedger:
@@ -92,7 +102,10 @@ def _retired(
     previous: ScorecardLedger, observed: Observed, retired: Iterable[RetiredRequest], now: datetime
 ) -> list[RetiredRequest]:
     by_uid = {r.uid: r for r in previous.retired_requests}
+    catalog = set(observed.golden_paths)
     for record in retired:
+        if record.golden_path not in catalog:  # bounded labels, as for live requests (facts.observe)
+            record = record.model_copy(update={"golden_path": NOT_IN_CATALOG})  # noqa: PLW2901
         by_uid[record.uid] = record
     for request in observed.requests:
         if request.deleted_at is not None:  # deleting: its history is final but for the destroy

@@ -286,6 +286,29 @@ def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180
     return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
 
 
+def service_account_kubeconfig(admin_kubeconfig: Path, token: str, path: Path, namespace: str | None = None) -> Path:
+    """A kubeconfig that authenticates with nothing but ``token`` (a ServiceAccount's), in ``namespace``."""
+    config = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    context: dict[str, str] = {"cluster": "test", "user": "token"}
+    if namespace:
+        context["namespace"] = namespace
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": cluster}],
+                "users": [{"name": "token", "user": {"token": token}}],
+                "contexts": [{"name": "test", "context": context}],
+                "current-context": "test",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
 # -- the operator's endpoints ---------------------------------------------------------------------------
 
 

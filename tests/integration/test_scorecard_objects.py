@@ -1,6 +1,6 @@
 """The PlatformScorecard objects on the real apiserver and the session operator: one per metric, kept
 current, targets validated by the CRD and followed within seconds. (The figures themselves are checked
-against a history the test makes in tests/e2e/test_scorecard.py, on a control plane of their own.)"""
+against a history the test makes in tests/e2e/test_scorecard_history.py, on a control plane of their own.)"""
 
 from __future__ import annotations
 

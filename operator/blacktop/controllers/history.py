@@ -24,6 +24,8 @@ from blacktop.metrics.ledger import retired_from_body
 logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
+# managedFields show status.history as this manager's: nobody else writes it.
+FIELD_MANAGER = "blacktop-scorecard"
 
 
 def _current(body: JSON) -> RequestHistory:
@@ -55,7 +57,9 @@ async def record_history(ctx: Context, body: JSON, *, deleted: bool = False) -> 
         return None
     payload = {"status": {"history": history.model_dump(by_alias=True, mode="json")}}
     try:
-        await ctx.client.merge_patch(SERVICEREQUESTS, name, payload, namespace, subresource="status")
+        await ctx.client.merge_patch(
+            SERVICEREQUESTS, name, payload, namespace, subresource="status", field_manager=FIELD_MANAGER
+        )
     except NotFoundError:
         return None  # gone meanwhile: its DELETED event retires it
     except KubeApiError as exc:

@@ -35,7 +35,7 @@ from blacktop.builders import naming
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
-from blacktop.kube.errors import ConflictError, KubeApiError
+from blacktop.kube.errors import ConflictError
 from blacktop.kube.resources import (
     ENVIRONMENTS,
     FEEDBACKS,
@@ -70,7 +70,7 @@ async def run_scorecard(ctx: Context, interval: float) -> None:
             try:
                 await refresh_scorecard(ctx)
                 failures = 0
-            except KubeApiError as exc:
+            except Exception as exc:  # the loop must outlive any one failure (an apiserver away, a bug)
                 failures += 1
                 delay = min(MAX_BACKOFF_SECONDS, 2.0**failures)
                 logger.warning("could not refresh the platform scorecard (retrying in %.0fs): %s", delay, exc)

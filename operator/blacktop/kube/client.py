@@ -173,13 +173,15 @@ class KubeClient:
         namespace: str | None = None,
         *,
         subresource: str | None = None,
+        field_manager: str | None = None,
     ) -> JSON:
-        """JSON merge patch (RFC 7386) on an object or its subresource."""
+        """JSON merge patch (RFC 7386) on an object or its subresource (``field_manager``: who owns what it sets)."""
         return await self.request(
             "PATCH",
             resource.path(namespace, name, subresource),
             body=patch,
             content_type="application/merge-patch+json",
+            query={"fieldManager": field_manager} if field_manager else None,
         )
 
     async def delete(

@@ -88,12 +88,17 @@ def _owns_spec(entry: JSON) -> bool:
     return isinstance(fields, dict) and "f:spec" in fields and entry.get("subresource") in (None, "")
 
 
-def spec_changed_at(metadata: JSON) -> datetime | None:
+def spec_written_at(metadata: JSON) -> datetime | None:
     """When the spec was last written: the newest managedFields entry that owns ``spec`` (never a
-    status write). The creation time when no entry says (``kubectl create`` of generation 1)."""
+    status write), or None when no entry says."""
     times = [_time(e.get("time")) for e in metadata.get("managedFields") or [] if _owns_spec(e)]
     known = [t for t in times if t is not None]
-    return max(known) if known else _time(metadata.get("creationTimestamp"))
+    return max(known) if known else None
+
+
+def spec_changed_at(metadata: JSON) -> datetime | None:
+    """:func:`spec_written_at`, else the creation time."""
+    return spec_written_at(metadata) or _time(metadata.get("creationTimestamp"))
 
 
 def last_change_time(metadata: JSON) -> datetime | None:
@@ -165,7 +170,9 @@ def next_history(body: JSON, *, now: datetime, platform_edits: Mapping[int, str]
     generation = int(meta.get("generation") or 1)
 
     if generation > history.generation:
-        changed = _time(meta.get("creationTimestamp")) if generation == 1 else spec_changed_at(meta)
+        # Generation 1 is the creation; a later one is the spec's last write, or (when the object
+        # does not say) the first time the recorder sees it.
+        changed = _time(meta.get("creationTimestamp")) if generation == 1 else spec_written_at(meta)
         changed_at = format_time(changed or now)
         # A change while in trouble is someone retrying by hand (not on the first sighting: then
         # nothing is known of how the generation came about).

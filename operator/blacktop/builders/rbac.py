@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blacktop.api.kinds import GROUP
 from blacktop.builders import naming
 
 JSON = dict[str, Any]
@@ -20,7 +21,6 @@ SERVICE_REQUESTS_ROLE = "blacktop-environment-editor-servicerequests"
 FEEDBACK_ROLE = "blacktop-environment-editor-feedback"
 FEEDBACK_READER_ROLE = "blacktop-feedback-reader"
 CATALOG_READER_ROLE = "blacktop-catalog-reader"
-_GROUP = "platform.blacktop.dev"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
 
 
@@ -57,11 +57,11 @@ def _editor_role(name: str, plural: str) -> JSON:
         },
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": [plural],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
             },
-            {"apiGroups": [_GROUP], "resources": [f"{plural}/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": [f"{plural}/status"], "verbs": ["get"]},
         ],
     }
 
@@ -82,7 +82,7 @@ def feedback_reader_cluster_role() -> JSON:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": FEEDBACK_READER_ROLE, "labels": dict(_LABELS)},
-        "rules": [{"apiGroups": [_GROUP], "resources": ["feedbacks"], "verbs": ["get", "list", "watch"]}],
+        "rules": [{"apiGroups": [GROUP], "resources": ["feedbacks"], "verbs": ["get", "list", "watch"]}],
     }
 
 
@@ -94,7 +94,7 @@ def catalog_reader_cluster_role() -> JSON:
         "metadata": {"name": CATALOG_READER_ROLE, "labels": dict(_LABELS)},
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": ["goldenpaths", "guardrailpolicies", "environments", "platformscorecards"],
                 "verbs": ["get", "list", "watch"],
             }

@@ -172,7 +172,7 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
     except ValidationError:
         return Review()  # the CRD schema answers for the shape
     try:
-        info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module)
+        info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
     except modules.ModuleError:
         return Review()
     problems = list(info.findings.violations)

@@ -34,7 +34,7 @@ JSON = dict[str, Any]
 
 async def reconcile_feedback(ctx: Context, body: JSON) -> FeedbackStatus:
     """Write the status of one Feedback (only when it changed)."""
-    tracker = StatusTracker(body, FeedbackStatus)
+    tracker = StatusTracker(body, FeedbackStatus, now=ctx.now())
     meta = body["metadata"]
     try:
         spec = FeedbackSpec.model_validate(body.get("spec") or {})

@@ -10,7 +10,6 @@ or gone, hands its facts to the scorecard's ledger (through the book) before the
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from blacktop.api.history import RequestHistory
@@ -18,7 +17,6 @@ from blacktop.builders.history import next_history
 from blacktop.controllers.context import Context
 from blacktop.kube.errors import KubeApiError, NotFoundError
 from blacktop.kube.resources import SERVICEREQUESTS
-from blacktop.metrics.inventory import UNKNOWN
 from blacktop.metrics.ledger import retired_from_body
 
 logger = logging.getLogger(__name__)
@@ -39,11 +37,9 @@ async def record_history(ctx: Context, body: JSON, *, deleted: bool = False) -> 
     """Record what ``body`` (one watch event's object) adds to its history; None when nothing was written."""
     meta = body["metadata"]
     book = ctx.metrics.scorecard
-    now = datetime.now(UTC)
+    now = ctx.now()
     if deleted:
-        environments, _, _ = ctx.metrics.inventory.snapshot()
-        env = environments.get(str(meta.get("namespace")))
-        record = retired_from_body(body, env.team if env else UNKNOWN, env.tier if env else UNKNOWN, now)
+        record = retired_from_body(body, now)
         if record is not None:
             book.retire(record)
         return None

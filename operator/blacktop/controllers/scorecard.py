@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -147,7 +147,7 @@ def _targets(objects: list[JSON]) -> tuple[dict[Metric, str | None], tuple[str, 
 
 async def refresh_scorecard(ctx: Context, now: datetime | None = None) -> Scorecard:
     """Compute the scorecard from the cluster now, write it everywhere it shows, and return it."""
-    now = now or datetime.now(UTC)
+    now = now or ctx.now()
     book = ctx.metrics.scorecard
     (envs, requests, golden_paths, feedback, objects, *workloads), (ledger, had_ledger) = await asyncio.gather(
         _list_all(ctx), _read_ledger(ctx)
@@ -223,7 +223,10 @@ def _verdict_message(figure: Figure) -> tuple[bool | None, str]:
 
 
 async def _write_status(ctx: Context, body: JSON, figure: Figure) -> PlatformScorecardStatus:
-    tracker = StatusTracker(body, PlatformScorecardStatus)
+    before = get_condition(
+        PlatformScorecardStatus.model_validate(body.get("status") or {}).conditions, ConditionType.TARGET_MET
+    )
+    tracker = StatusTracker(body, PlatformScorecardStatus, now=ctx.now())
     status = tracker.status
     status.description = figure.description
     status.value = figure.value
@@ -236,7 +239,6 @@ async def _write_status(ctx: Context, body: JSON, figure: Figure) -> PlatformSco
         BreakdownEntry(dimension=e.dimension, key=e.key, value=e.value, display=e.display) for e in figure.breakdown
     ]
     met, message = _verdict_message(figure)
-    before = get_condition(tracker.previous.conditions, ConditionType.TARGET_MET)
     tracker.set(ConditionType.TARGET_MET, met, figure.reason, message)
     if figure.reason == Reason.INVALID_TARGET:
         tracker.not_ready(Reason.INVALID_TARGET, f"{message}; fix spec.target or remove it", stalled=True)

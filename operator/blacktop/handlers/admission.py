@@ -15,14 +15,23 @@ from typing import Any
 
 import kopf
 
+from blacktop.api.kinds import (
+    ENVIRONMENT,
+    FEEDBACK,
+    GOLDEN_PATH,
+    GROUP,
+    GUARDRAIL_POLICY,
+    SERVICE_REQUEST,
+    VERSION,
+    KindInfo,
+)
 from blacktop.config import Settings
 from blacktop.controllers import admission as controller
 from blacktop.controllers import webhook
-from blacktop.handlers.startup import context_of
+from blacktop.controllers.context import Context
+from blacktop.handlers.wiring import context_of
 from blacktop.kube.client import KubeClient
 from blacktop.localcluster.webhookcert import serving_cert
-
-GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
 
 
 class _Server(kopf.WebhookServer):
@@ -40,7 +49,7 @@ class _Server(kopf.WebhookServer):
 
 @kopf.on.startup()
 async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config: Settings = memo.settings
     host = config.webhook_host
     cert = await asyncio.to_thread(serving_cert, config.webhook_cert_dir, (host, "localhost", "127.0.0.1"))
     memo.webhook_url = None
@@ -71,7 +80,7 @@ async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, 
 @kopf.on.cleanup()
 async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
     url = getattr(memo, "webhook_url", None)
-    if url is None or not Settings.from_env().webhook_manage_config:
+    if url is None or not memo.settings.webhook_manage_config:
         return
     # Our own client: the shared one may already be closed by the other cleanup handler.
     client = await asyncio.to_thread(KubeClient.from_kubeconfig)
@@ -81,63 +90,69 @@ async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
         client.close()
 
 
-def _verdict(memo: kopf.Memo, kind: str, started: float, review: controller.Review, warnings: list[str]) -> None:
-    context_of(memo).metrics.observe_admission_review(kind, review.denial is None, time.monotonic() - started)
-    warnings.extend(review.warnings)
-    if review.denial:
-        raise kopf.AdmissionError(review.denial, code=403)
+# What a review needs: the context, the object, its old version on update, who asks, whether it is a dry run.
+_Review = Callable[
+    [Context, dict[str, Any], dict[str, Any] | None, Mapping[str, Any], bool], Awaitable[controller.Review]
+]
 
 
-@kopf.on.validate(GROUP, VERSION, "environments", id="validate-environment", operations=["CREATE", "UPDATE"])
-async def validate_environment(
-    *,
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    warnings: list[str],
-    dryrun: bool,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_environment(
-        context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
-    )
-    _verdict(memo, "Environment", started, review, warnings)
+async def _policy(
+    _: Context, body: dict[str, Any], old: dict[str, Any] | None, __: Mapping[str, Any], ___: bool
+) -> controller.Review:
+    return controller.review_policy(body, old)
 
 
-@kopf.on.validate(GROUP, VERSION, "servicerequests", id="validate-servicerequest", operations=["CREATE", "UPDATE"])
-async def validate_service_request(
-    *,
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    warnings: list[str],
-    dryrun: bool,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_service_request(
-        context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
-    )
-    _verdict(memo, "ServiceRequest", started, review, warnings)
+async def _golden_path(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, _: Mapping[str, Any], __: bool
+) -> controller.Review:
+    return await controller.review_golden_path(ctx, body, old)
 
 
-@kopf.on.validate(GROUP, VERSION, "guardrailpolicies", id="validate-guardrailpolicy", operations=["CREATE", "UPDATE"])
-async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = controller.review_policy(dict(body), dict(old) if old else None)
-    _verdict(memo, "GuardrailPolicy", started, review, warnings)
+async def _environment(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, userinfo: Mapping[str, Any], dryrun: bool
+) -> controller.Review:
+    return await controller.review_environment(ctx, body, old, userinfo, dryrun=dryrun)
 
 
-@kopf.on.validate(GROUP, VERSION, "goldenpaths", id="validate-goldenpath", operations=["CREATE", "UPDATE"])
-async def validate_golden_path(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_golden_path(context_of(memo), dict(body), dict(old) if old else None)
-    _verdict(memo, "GoldenPath", started, review, warnings)
+async def _feedback(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, _: Mapping[str, Any], __: bool
+) -> controller.Review:
+    return await controller.review_feedback(ctx, body, old)
 
 
-@kopf.on.validate(GROUP, VERSION, "feedbacks", id="validate-feedback", operations=["CREATE", "UPDATE"])
-async def validate_feedback(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_feedback(context_of(memo), dict(body), dict(old) if old else None)
-    _verdict(memo, "Feedback", started, review, warnings)
+async def _service_request(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, userinfo: Mapping[str, Any], dryrun: bool
+) -> controller.Review:
+    return await controller.review_service_request(ctx, body, old, userinfo, dryrun=dryrun)
+
+
+def _register(kind: KindInfo, review: _Review) -> None:
+    """The validating handler of ``kind`` at the webhook path ``validate-<kind>``: a denial is an
+    AdmissionError (kubectl prints it), warnings are admission warnings, each review is timed."""
+
+    @kopf.on.validate(GROUP, VERSION, kind.plural, id=f"validate-{kind.singular}", operations=["CREATE", "UPDATE"])
+    async def validate(
+        *,
+        body: kopf.Body,
+        userinfo: Mapping[str, Any],
+        warnings: list[str],
+        dryrun: bool,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        started, old, ctx = time.monotonic(), kwargs.get("old"), context_of(memo)
+        answer = await review(ctx, dict(body), dict(old) if old else None, userinfo, dryrun)
+        ctx.metrics.observe_admission_review(kind.kind, answer.denial is None, time.monotonic() - started)
+        warnings.extend(answer.warnings)
+        if answer.denial:
+            raise kopf.AdmissionError(answer.denial, code=403)
+
+
+for _kind, _review in (
+    (ENVIRONMENT, _environment),
+    (SERVICE_REQUEST, _service_request),
+    (GUARDRAIL_POLICY, _policy),
+    (GOLDEN_PATH, _golden_path),
+    (FEEDBACK, _feedback),
+):
+    _register(_kind, _review)

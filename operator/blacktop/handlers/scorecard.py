@@ -14,12 +14,11 @@ from typing import Any
 
 import kopf
 
+from blacktop.api.kinds import GROUP, VERSION
 from blacktop.controllers.feedback import reconcile_feedback
 from blacktop.controllers.history import record_history
 from blacktop.controllers.scorecard import run_scorecard
-from blacktop.handlers.startup import context_of
-
-GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
+from blacktop.handlers.wiring import context_of
 
 
 def _spec_changed(body: kopf.Body) -> bool:

@@ -16,15 +16,9 @@ from blacktop.handlers import logfilters
 from blacktop.kube.client import KubeClient
 
 
-def context_of(memo: Any) -> Context:
-    """The shared reconcile context that start-up put into Kopf's memo."""
-    ctx: Context = memo.ctx
-    return ctx
-
-
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config: Settings = memo.settings  # the CLI's, put into the memo by run_operator
     logfilters.install()
     # Kopf's own marks carry our prefix, so `kubectl get -o yaml` shows whose they are.
     settings.persistence.finalizer = naming.FINALIZER
@@ -49,11 +43,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.execution.executor = executor
     asyncio.get_running_loop().set_default_executor(executor)
-    memo.ctx = Context(client=KubeClient.from_kubeconfig(), settings=config)
+    memo.kube = KubeClient.from_kubeconfig()
+    memo.ctx = Context(client=memo.kube, settings=config)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    ctx = getattr(memo, "ctx", None)
-    if ctx is not None:
-        ctx.client.close()
+    client = getattr(memo, "kube", None)
+    if client is not None:
+        client.close()

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-GROUP = "platform.blacktop.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from blacktop.api.kinds import API_VERSION
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,14 @@ from blacktop.api.scorecard import (
     ScorecardLedger,
     TeamRecord,
 )
-from blacktop.metrics.facts import NOT_IN_CATALOG, Observed, RequestFacts, request_facts, retired_facts
+from blacktop.metrics.facts import (
+    NOT_IN_CATALOG,
+    UNKNOWN,
+    Observed,
+    RequestFacts,
+    request_facts,
+    retired_facts,
+)
 
 ONBOARDING_WINDOW = timedelta(days=90)
 REQUEST_WINDOW = timedelta(days=30)  # the longest window a request's facts count in
@@ -76,12 +83,13 @@ def retire(request: RequestFacts) -> RetiredRequest:
     )
 
 
-def retired_from_body(body: dict[str, Any], team: str, tier: str, now: datetime) -> RetiredRequest | None:
-    """The ledger's record of a request whose object just went away (its last body), or None."""
+def retired_from_body(body: dict[str, Any], now: datetime) -> RetiredRequest | None:
+    """The ledger's record of a request whose object just went away (its last body), or None; its
+    team and tier are its environment's, filled in when the ledger folds it (:func:`next_ledger`)."""
     facts = request_facts(body, {})
     if facts is None:
         return None
-    return retire(replace(facts, team=team, tier=tier, deleted_at=facts.deleted_at or now))
+    return retire(replace(facts, deleted_at=facts.deleted_at or now))
 
 
 def next_ledger(
@@ -106,6 +114,9 @@ def _retired(
     for record in retired:
         if record.golden_path not in catalog:  # bounded labels, as for live requests (facts.observe)
             record = record.model_copy(update={"golden_path": NOT_IN_CATALOG})  # noqa: PLW2901
+        env = observed.environments.get(record.environment)
+        if record.team == UNKNOWN and env is not None:  # told by its last body alone: its environment says
+            record = record.model_copy(update={"team": env.team, "tier": env.tier})  # noqa: PLW2901
         by_uid[record.uid] = record
     for request in observed.requests:
         if request.deleted_at is not None:  # deleting: its history is final but for the destroy

@@ -1,12 +1,15 @@
 """Reading a golden path's module from disk: where it is, what it needs, what it must not do.
 
 The module path comes from a GoldenPath; it is resolved inside the operator's modules root and may
-never escape it (``..``, absolute paths, symlinks out of the root).
+never escape it (``..``, absolute paths, symlinks out of the root). A :class:`ModuleCache` parses a
+module once per digest: the GoldenPath reconciler hashes the files to notice changes, provisioning
+and drift checks reuse what the digest on the golden path's status says was parsed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,10 @@ def digest(path: Path) -> str:
 def inspect(root: Path, module: str) -> ModuleInfo:
     """Resolve, parse and analyse a module (blocking file I/O: call it in a thread)."""
     path = resolve(root, module)
+    return _parse(module, path, digest(path))
+
+
+def _parse(module: str, path: Path, sha: str) -> ModuleInfo:
     parsed = {}
     for file in sorted(path.iterdir()):
         if file.suffix not in (".tf", ".tofu"):
@@ -63,4 +70,36 @@ def inspect(root: Path, module: str) -> ModuleInfo:
             raise ModuleError(f"module {module!r}: cannot parse {file.name}: {first_line}") from exc
     if not parsed:
         raise ModuleError(f"module {module!r} has no .tf files")
-    return ModuleInfo(path=path, digest=digest(path), findings=analyse(parsed))
+    return ModuleInfo(path=path, digest=sha, findings=analyse(parsed))
+
+
+class ModuleCache:
+    """The modules under one root, each parsed once per digest (one entry per module: bounded by the
+    catalog). Methods do blocking file I/O: call them in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()  # called from worker threads
+        self._by_module: dict[str, ModuleInfo] = {}
+
+    def inspect(self, module: str) -> ModuleInfo:
+        """The module as it is on disk now: hashed every time, parsed only when its digest is new."""
+        path = resolve(self.root, module)
+        sha = digest(path)
+        with self._lock:
+            cached = self._by_module.get(module)
+        if cached is not None and cached.digest == sha and cached.path == path:
+            return cached
+        info = _parse(module, path, sha)
+        with self._lock:
+            self._by_module[module] = info
+        return info
+
+    def known(self, module: str, sha: str | None) -> ModuleInfo:
+        """The module with digest ``sha`` (what its golden path's status says), without touching the
+        files when it was seen; otherwise as on disk now."""
+        with self._lock:
+            cached = self._by_module.get(module)
+        if cached is not None and sha is not None and cached.digest == sha:
+            return cached
+        return self.inspect(module)

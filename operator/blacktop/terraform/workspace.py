@@ -2,9 +2,9 @@
 
 The shipped module folder is never run in place. Each request gets its own directory (kept between
 runs so installed providers are reused), refreshed from the module before every run. State lives in
-the cluster through the built-in ``kubernetes`` backend: a Secret plus a Lease lock per request in
-the operator's namespace, keyed by the request's uid, so a re-created request never inherits state.
-Variables go into a JSON var file: nothing is ever interpolated into a shell.
+the cluster through the built-in ``kubernetes`` backend (:mod:`blacktop.terraform.state`). Variables
+go into a JSON var file: nothing is ever interpolated into a shell. Only the subprocess runner knows
+this layout; everything else talks to a :class:`blacktop.terraform.runner.Runner`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blacktop.terraform.state import StateRef
+
 KEEP = {".terraform", ".terraform.lock.hcl"}
 VAR_FILE = "terraform.tfvars.json"
 PLAN_FILE = "tfplan"
@@ -23,24 +25,13 @@ PLAN_FILE = "tfplan"
 
 @dataclass(frozen=True)
 class Backend:
-    """Where a request's state lives."""
+    """How the tool reaches a request's state: the kubernetes backend, with a kubeconfig or in-cluster."""
 
-    namespace: str
-    suffix: str
+    state: StateRef
     kubeconfig: str | None
 
-    @property
-    def state_secret(self) -> str:
-        """The Secret the kubernetes backend keeps the state in (default workspace)."""
-        return f"tfstate-default-{self.suffix}"
-
-    @property
-    def lock_lease(self) -> str:
-        """The Lease the kubernetes backend locks the state with."""
-        return f"lock-tfstate-default-{self.suffix}"
-
     def config(self) -> dict[str, Any]:
-        backend: dict[str, Any] = {"secret_suffix": self.suffix, "namespace": self.namespace}
+        backend: dict[str, Any] = {"secret_suffix": self.state.suffix, "namespace": self.state.namespace}
         if self.kubeconfig:
             backend["config_path"] = self.kubeconfig
         else:

@@ -32,10 +32,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def prometheus(tmp_path: Path, operator: OperatorProcess) -> Iterator[Prometheus]:
-    server = Prometheus(tmp_path, operator.metrics_port)
-    server.start()
-    yield server
-    server.stop()
+    with Prometheus(tmp_path, operator.metrics_port) as server:
+        yield server
 
 
 @pytest.fixture

@@ -86,10 +86,8 @@ def scorecard_operator(
 
 @pytest.fixture
 def prometheus(tmp_path: Path, scorecard_operator: OperatorProcess) -> Iterator[Prometheus]:
-    server = Prometheus(tmp_path, scorecard_operator.metrics_port)
-    server.start()
-    yield server
-    server.stop()
+    with Prometheus(tmp_path, scorecard_operator.metrics_port) as server:
+        yield server
 
 
 def tenant(kubectl: Kubectl, who: tuple[str, str], *args: str, input: str | None = None) -> str:
@@ -308,17 +306,8 @@ def test_the_scorecard_of_a_small_real_history(
         series = f'blacktop_scorecard_target_met{{metric="{metric}"}}'
         assert prometheus.value(series) == {"True": 1.0, "False": 0.0, "Unknown": None}[status], series
     _check_prometheus(prometheus, alpha_onboarding, beta_onboarding, db_lead, cache_lead, recovery)
-    before_restart = _snapshot(admin)
-
     # -- a crash: the restarted operator computes the same scorecard -------------------------------------------
-    scorecard_operator.kill()
-    scorecard_operator.start()
-    wait_for(
-        lambda: "blacktop_scorecard_value{" in scrape_metrics(scorecard_operator),
-        timeout=60,
-        what="the restarted operator's first scorecard",
-    )
-    assert _snapshot(admin) == before_restart
+    _crash_and_restart(admin, scorecard_operator)
     for metric, value in expected.items():
         assert close(_scraped(scorecard_operator, metric), value), metric
 
@@ -337,15 +326,7 @@ def test_the_scorecard_of_a_small_real_history(
     )
     retired = json.loads(ledger["data"]["ledger.json"])["retiredRequests"]
     assert [(r["team"], r["goldenPath"]) for r in retired] == [("beta", "flaky")]
-    after_delete_snapshot = _snapshot(admin)
-    scorecard_operator.kill()
-    scorecard_operator.start()
-    wait_for(
-        lambda: "blacktop_scorecard_value{" in scrape_metrics(scorecard_operator),
-        timeout=60,
-        what="the operator's first scorecard after the second restart",
-    )
-    assert _snapshot(admin) == after_delete_snapshot
+    _crash_and_restart(admin, scorecard_operator)
 
 
 def _check_breakdowns(shown: dict[str, dict[str, Any]]) -> None:
@@ -456,6 +437,19 @@ def _check_prometheus(
     assert not pending() & {"BlacktopTeamOnboardingSlow", "BlacktopChangeLeadTimeHigh", "BlacktopTimeToRecoveryHigh"}
     health = {r["name"]: r["health"] for g in prometheus.api("rules")["groups"] for r in g["rules"]}
     assert set(health.values()) == {"ok"}, health
+
+
+def _crash_and_restart(kubectl: Kubectl, operator: OperatorProcess) -> None:
+    """SIGKILL the operator, start it again, and check its first scorecard is the one before."""
+    before = _snapshot(kubectl)
+    operator.kill()
+    operator.start()
+    wait_for(
+        lambda: "blacktop_scorecard_value{" in scrape_metrics(operator),
+        timeout=60,
+        what="the restarted operator's first scorecard",
+    )
+    assert _snapshot(kubectl) == before
 
 
 def _snapshot(kubectl: Kubectl) -> dict[str, tuple[Any, ...]]:

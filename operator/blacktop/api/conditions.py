@@ -81,6 +81,17 @@ class Reason:
     AUTO_APPROVED = "AutoApproved"
 
 
+# The Ready reasons a failed OpenTofu run ends with (the failure classes of blacktop_runs_total).
+RUN_FAILURES = (
+    Reason.PLAN_FAILED,
+    Reason.APPLY_FAILED,
+    Reason.DESTROY_FAILED,
+    Reason.STATE_LOCKED,
+    Reason.PROVIDER_ERROR,
+    Reason.TIMEOUT,
+)
+
+
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:
     """The condition of that type, if present."""
     return next((c for c in conditions if c.type == ctype), None)

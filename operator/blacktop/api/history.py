@@ -77,3 +77,9 @@ class RequestHistory(StatusModel):
     human_steps: list[HumanStep] = Field(
         default_factory=list, max_length=MAX_HUMAN_STEPS, description="The last human steps the request needed."
     )
+
+
+class HistoryStatus(StatusModel):
+    """The part of a ServiceRequest's status the history recorder writes: ``history`` and nothing else."""
+
+    history: RequestHistory = Field(description="The request's history.")

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from blacktop.api.common import format_time, parse_time
-from blacktop.api.conditions import ConditionType, Reason
+from blacktop.api.conditions import RUN_FAILURES, ConditionType, Reason
 from blacktop.api.history import (
     MAX_CHANGES,
     MAX_EPISODES,
@@ -52,12 +52,7 @@ TROUBLE_CLASSES = (
     Reason.INVALID_SPEC,
     Reason.INVALID_PARAMETERS,
     Reason.POLICY_DENIED,
-    Reason.PLAN_FAILED,
-    Reason.APPLY_FAILED,
-    Reason.DESTROY_FAILED,
-    Reason.STATE_LOCKED,
-    Reason.PROVIDER_ERROR,
-    Reason.TIMEOUT,
+    *RUN_FAILURES,
 )
 OTHER = "Other"  # a reason not in TROUBLE_CLASSES (a newer operator's): still trouble, bounded label
 # Ready False for these is work in progress, not trouble.

@@ -2,8 +2,10 @@
 
 Runs on every watch event of a request (beside the metrics watch, no API calls of its own but the
 write): :func:`blacktop.builders.history.next_history` decides, and only a history that changed is
-written, as a merge patch of ``status.history`` alone. The reconciler never writes that field, and
-this recorder never writes another, so neither can overwrite the other. A request being deleted,
+written, as a merge patch of ``status.history`` alone (through :func:`blacktop.kube.status.write_status`,
+with a model holding nothing else: the StatusTracker writes a whole status, conditions included,
+which is the reconciler's). The reconciler never writes that field, and this recorder never writes
+another, so neither can overwrite the other. A request being deleted,
 or gone, hands its facts to the scorecard's ledger (through the book) before they disappear.
 """
 
@@ -12,11 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from blacktop.api.history import RequestHistory
+from blacktop.api.history import HistoryStatus, RequestHistory
 from blacktop.builders.history import next_history
 from blacktop.controllers.context import Context
 from blacktop.kube.errors import KubeApiError, NotFoundError
 from blacktop.kube.resources import SERVICEREQUESTS
+from blacktop.kube.status import write_status
 from blacktop.metrics.ledger import retired_from_body
 
 logger = logging.getLogger(__name__)
@@ -51,10 +54,9 @@ async def record_history(ctx: Context, body: JSON, *, deleted: bool = False) -> 
     if history == _current(body):
         book.platform_edits.forget(namespace, name, list(edits))
         return None
-    payload = {"status": {"history": history.model_dump(by_alias=True, mode="json")}}
     try:
-        await ctx.client.merge_patch(
-            SERVICEREQUESTS, name, payload, namespace, subresource="status", field_manager=FIELD_MANAGER
+        await write_status(
+            ctx.client, SERVICEREQUESTS, name, HistoryStatus(history=history), namespace, field_manager=FIELD_MANAGER
         )
     except NotFoundError:
         return None  # gone meanwhile: its DELETED event retires it

@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from blacktop.api.conditions import Reason
+from blacktop.api.conditions import RUN_FAILURES
 from blacktop.builders.history import OTHER, TROUBLE_CLASSES
 from blacktop.metrics.book import ScorecardBook
 from blacktop.metrics.collector import InventoryCollector, ScorecardCollector
@@ -45,14 +45,7 @@ OPERATIONS = ("apply", "destroy", "drift")
 SUCCEEDED, FAILED = "succeeded", "failed"
 NO_FAILURE = "none"
 # The failure classes a run can end with: the Ready reasons the ServiceRequest controller writes.
-FAILURE_CLASSES = (
-    Reason.PLAN_FAILED,
-    Reason.APPLY_FAILED,
-    Reason.DESTROY_FAILED,
-    Reason.STATE_LOCKED,
-    Reason.PROVIDER_ERROR,
-    Reason.TIMEOUT,
-)
+FAILURE_CLASSES = RUN_FAILURES
 # Guardrail decision outcomes (label values of blacktop_guardrail_decisions_total).
 OUTCOMES = ("allowed", "denied", "warned", "audited")
 

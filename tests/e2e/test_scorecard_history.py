@@ -288,6 +288,10 @@ def test_the_scorecard_of_a_small_real_history(
         "developer-satisfaction": "False",
     }
     shown = wait_figures(admin, expected, "the scorecard objects to show the history")
+    print(
+        f"by hand: alpha onboarded in {alpha_onboarding:.0f}s, beta in {beta_onboarding:.0f}s; change lead times "
+        f"db {db_lead:.0f}s, cache {cache_lead:.0f}s; cache recovered {recovery:.0f}s after its first failure"
+    )
     for metric, value in expected.items():  # the closing note of issue 15: by hand, and as shown
         print(f"{metric:24} expected {value:10.4f}  shown {shown[metric]['display']:>8} ({met(shown[metric])})")
     assert {m: met(s) for m, s in shown.items()} == verdicts

@@ -166,6 +166,7 @@ class FakeClient:
         namespace: str | None = None,
         *,
         subresource: str | None = None,
+        field_manager: str | None = None,
     ) -> JSON:
         self._call("merge_patch", resource.kind, name)
         key = (resource.api_version, resource.kind, namespace if resource.namespaced and namespace else "", name)

@@ -321,6 +321,29 @@ def install_monitoring_crds(kubectl: Kubectl) -> None:
         kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=60s")
 
 
+def service_account_kubeconfig(admin_kubeconfig: Path, token: str, path: Path, namespace: str | None = None) -> Path:
+    """A kubeconfig that authenticates with nothing but ``token`` (a ServiceAccount's), in ``namespace``."""
+    config = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    context: dict[str, str] = {"cluster": "test", "user": "token"}
+    if namespace:
+        context["namespace"] = namespace
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": cluster}],
+                "users": [{"name": "token", "user": {"token": token}}],
+                "contexts": [{"name": "test", "context": context}],
+                "current-context": "test",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
 # -- the operator's endpoints ---------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ blacktop install [--catalog]            CRDs, cluster RBAC, operator namespace, 
 blacktop approve -n NS NAME [--digest D] approve the plan a ServiceRequest waits with
 blacktop cluster up|down|status|kubeconfig
 blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
+blacktop feedback SCORE [-g GOLDEN_PATH] [-m COMMENT] [-n ENVIRONMENT]   rate a golden path or the platform
 """
 
 from __future__ import annotations
@@ -345,6 +346,30 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from blacktop.controllers.feedback import FeedbackError, give_feedback
+
+    client = KubeClient.from_kubeconfig(args.kubeconfig)
+    try:
+        given = asyncio.run(
+            give_feedback(
+                client,
+                score=args.score,
+                golden_path=args.golden_path,
+                comment=args.comment,
+                namespace=args.namespace,
+                kubeconfig=args.kubeconfig,
+            )
+        )
+    except FeedbackError as exc:
+        print(f"blacktop feedback: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(given.thanks())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blacktop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -388,6 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-base", action="store_true", help="rebuild the Debian base to pick up Debian's updates"
     )
     image.set_defaults(func=cmd_image)
+    feedback = sub.add_parser(
+        "feedback",
+        help="rate a golden path or the platform, 0-10 (counts in the scorecard's NPS)",
+        description="Rate a golden path (or the platform as a whole) from 0 (would not recommend it) to 10 "
+        "(would recommend it to any colleague). Your latest rating this quarter counts; your team and the "
+        "platform team can read it, other teams cannot.",
+    )
+    feedback.add_argument("score", type=int, choices=range(11), metavar="SCORE", help="0 to 10")
+    feedback.add_argument("-g", "--golden-path", help="the golden path rated (default: the platform as a whole)")
+    feedback.add_argument("-m", "--comment", help="what works and what does not")
+    feedback.add_argument(
+        "-n", "--namespace", help="your environment's namespace (default: the kubeconfig context's namespace)"
+    )
+    feedback.add_argument("--kubeconfig")
+    feedback.set_defaults(func=cmd_feedback)
     return parser
 
 

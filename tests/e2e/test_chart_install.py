@@ -28,6 +28,7 @@ from helpers import (
     environment_body,
     free_port,
     get,
+    service_account_kubeconfig,
     service_request,
     unique,
     wait_for,
@@ -144,26 +145,6 @@ def test_helm_install_creates_every_object(admin: Kubectl, chart_kubeconfig: Pat
     admin("delete", "namespace", namespace, "--wait=false")
 
 
-def service_account_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
-    """A kubeconfig that authenticates with nothing but ``token`` (the chart's ServiceAccount)."""
-    config = yaml.safe_load(admin_kubeconfig.read_text())
-    cluster = config["clusters"][0]["cluster"]
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "chart", "cluster": cluster}],
-                "users": [{"name": "blacktop-operator", "user": {"token": token}}],
-                "contexts": [{"name": "chart", "context": {"cluster": "chart", "user": "blacktop-operator"}}],
-                "current-context": "chart",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture
 def chart_release(admin: Kubectl, chart_kubeconfig: Path) -> Iterator[tuple[str, str]]:
     """The chart with the example catalog and no webhook (no pod runs here to serve it), and the
@@ -269,6 +250,15 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         assert base64.b64decode(connection["data"]["endpoint"]).decode() == f"tiny://{sr_name}.small.svc:8080"
         state_secret = f"tfstate-default-{done['metadata']['uid']}"
         assert get(admin, "secret", state_secret, "-n", namespace) is not None
+        # The scorecard, computed with the same rights: the objects it creates, its ledger in the
+        # release namespace, and the request's history.
+        wait_for(
+            lambda: ((get(admin, "platformscorecard", "change-frequency") or {}).get("status") or {}).get("value"),
+            timeout=60,
+            what="the scorecard to count the provisioned request",
+        )
+        assert get(admin, "configmap", "blacktop-scorecard-ledger", "-n", namespace) is not None
+        assert (get(admin, "servicerequest", sr_name, "-n", env_name) or {})["status"]["history"]["changes"]
 
         # A request that cannot work: Stalled, Ready=False with a failure reason.
         bad = json.loads(json.dumps(request))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from blacktop.api.kinds import ALL_KINDS
 from blacktop.builders import webhook as webhook_builder
 from blacktop.builders.rbac import cluster_rbac
 from blacktop.kube.resources import all_resources
@@ -68,6 +69,7 @@ CERT_MANAGER: dict[str, Any] = {"webhook": {"certificate": {"mode": "certManager
 NO_WEBHOOK: dict[str, Any] = {"webhook": {"enabled": False}, "environmentRBAC": {"create": False}}
 PLURALS = {
     "/validate-environment": "environments",
+    "/validate-feedback": "feedbacks",
     "/validate-goldenpath": "goldenpaths",
     "/validate-guardrailpolicy": "guardrailpolicies",
     "/validate-servicerequest": "servicerequests",
@@ -135,7 +137,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
         # The dashboard ConfigMap appears once the metrics work ships files/dashboard.json.
         | ({"ConfigMap"} if (CHART / "files" / "dashboard.json").exists() else set())
     )
-    assert len(find(objects, "CustomResourceDefinition")) == 5
+    assert len(find(objects, "CustomResourceDefinition")) == len(ALL_KINDS)
     # Nothing but the cluster-scoped kinds escapes the release namespace.
     for obj in objects:
         if obj["kind"] not in {
@@ -317,6 +319,7 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
     webhooks = {w["clientConfig"]["service"]["path"]: w for w in config["webhooks"]}
     assert sorted(webhooks) == [
         "/validate-environment",
+        "/validate-feedback",
         "/validate-goldenpath",
         "/validate-guardrailpolicy",
         "/validate-servicerequest",
@@ -345,7 +348,7 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
         else:
             assert rule["scope"] == "Cluster"
             assert "namespaceSelector" not in webhook  # cluster-scoped objects have no namespace
-    assert [w["rules"][0]["scope"] for w in config["webhooks"]].count("Namespaced") == 1
+    assert [w["rules"][0]["scope"] for w in config["webhooks"]].count("Namespaced") == 2
     # The mutating webhook (requested-by/approved-by stamps) is what the operator builds in local mode.
     (mutating,) = find(objects, "MutatingWebhookConfiguration")
     expected = webhook_builder.build_configuration(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from blacktop.api.kinds import ALL_KINDS
 from helpers import Kubectl, unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_crds_are_established_and_structural(kubectl: Kubectl, installed: Path) -> None:
     crds = json.loads(kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=blacktop", "-o", "json").stdout)["items"]
-    assert len(crds) == 5
+    assert len(crds) == len(ALL_KINDS)
     for crd in crds:
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions.get("Established") == "True", crd["metadata"]["name"]
@@ -26,10 +27,7 @@ def test_crds_are_established_and_structural(kubectl: Kubectl, installed: Path) 
 
 def test_api_resources_and_category(kubectl: Kubectl, installed: Path) -> None:
     resources = kubectl("api-resources", "--api-group=platform.blacktop.dev", "-o", "name").stdout.split()
-    assert sorted(resources) == sorted(
-        f"{plural}.platform.blacktop.dev"
-        for plural in ("environments", "goldenpaths", "goldenpathrevisions", "servicerequests", "guardrailpolicies")
-    )
+    assert sorted(resources) == sorted(f"{info.plural}.platform.blacktop.dev" for info in ALL_KINDS)
     assert kubectl("get", "blacktop", "--all-namespaces").returncode == 0
 
 

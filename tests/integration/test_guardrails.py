@@ -122,6 +122,7 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
     paths = sorted(h["clientConfig"]["url"].rsplit("/", 1)[1] for h in config["webhooks"])
     assert paths == [
         "validate-environment",
+        "validate-feedback",
         "validate-goldenpath",
         "validate-guardrailpolicy",
         "validate-servicerequest",
@@ -130,9 +131,11 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] <= 5
         assert hook["clientConfig"]["url"].startswith(f"https://127.0.0.1:{operator.webhook_port}/")
-    [namespaced] = [h for h in config["webhooks"] if h.get("namespaceSelector")]
-    excluded = namespaced["namespaceSelector"]["matchExpressions"][0]["values"]
-    assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
+    namespaced = [h for h in config["webhooks"] if h.get("namespaceSelector")]
+    assert len(namespaced) == 2  # ServiceRequests and Feedback
+    for hook in namespaced:
+        excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
+        assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
 
 
 def _webhook_urls(kubectl: Kubectl, kind: str = "validatingwebhookconfiguration") -> list[str]:

@@ -235,6 +235,7 @@ def test_webhook_configuration_local_mode() -> None:
         "validate-servicerequest",
         "validate-guardrailpolicy",
         "validate-goldenpath",
+        "validate-feedback",
     }
     for hook in config["webhooks"]:
         assert hook["failurePolicy"] == "Fail"
@@ -254,6 +255,7 @@ def test_webhook_configuration_service_mode() -> None:
     paths = sorted(h["clientConfig"]["service"]["path"] for h in config["webhooks"])
     assert paths == [
         "/validate-environment",
+        "/validate-feedback",
         "/validate-goldenpath",
         "/validate-guardrailpolicy",
         "/validate-servicerequest",

@@ -9,9 +9,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from blacktop.api.history import ChangeRecord, RequestHistory, TroubleEpisode
+from blacktop.api.scorecard import ScorecardLedger
 from blacktop.metrics.collector import InventoryCollector
+from blacktop.metrics.facts import observe
 from blacktop.metrics.inventory import Inventory
+from blacktop.metrics.ledger import next_ledger
 from blacktop.metrics.registry import LEAD_TIME_BUCKETS, Metrics, create_metrics
+from blacktop.metrics.scorecard import compute
 
 pytestmark = pytest.mark.unit
 
@@ -302,3 +307,93 @@ def test_approvals_are_counted_and_their_wait_is_a_stage_and_waiting_requests_a_
     assert value(metrics, "blacktop_approvals_total", operation="apply", result="approved") == 1
     assert value(metrics, "blacktop_stage_duration_seconds_sum", stage="approval") == 1800
     assert value(metrics, "blacktop_approvals_total", operation="drift", result="approved") == 0
+
+
+def _history(**fields: Any) -> dict[str, Any]:
+    return RequestHistory(**fields).model_dump(by_alias=True, mode="json")
+
+
+def test_history_transitions_feed_changes_lead_time_trouble_and_recovery() -> None:
+    metrics = create_metrics()
+    metrics.observe_object("Environment", env("e1", "payments", "staging"))
+    metrics.observe_object("GoldenPath", {"metadata": {"name": "tiny", "uid": "g"}, "spec": {"tiers": ["staging"]}})
+    assert value(metrics, "blacktop_trouble_total", failure_class="PolicyDenied", golden_path="tiny") == 0
+    assert value(metrics, "blacktop_change_lead_time_seconds_count", golden_path="tiny", tier="staging") == 0
+    assert value(metrics, "blacktop_time_to_recovery_seconds_count", failure_class="PlanFailed") == 0
+
+    metrics.observe_object("ServiceRequest", request("a"))  # the first sighting: a baseline...
+    assert value(metrics, "blacktop_changes_total", team="payments", golden_path="tiny") == 0  # ...at zero
+    first = ChangeRecord(generation=1, changed_at="t0", ready_at="t1", lead_time_seconds=30, applied=True)
+    trouble = TroubleEpisode(failure_class="PlanFailed", since="t2", failures=1)
+    metrics.observe_object("ServiceRequest", request("a", history=_history(generation=1, changes=[first])))
+    metrics.observe_object(
+        "ServiceRequest", request("a", history=_history(generation=2, changes=[first], trouble=trouble))
+    )
+    recovered = trouble.model_copy(update={"recovered_at": "t4", "recovery_seconds": 95, "failures": 3})
+    second = ChangeRecord(generation=2, changed_at="t3", ready_at="t4", lead_time_seconds=40, applied=True)
+    done = request("a", history=_history(generation=2, changes=[first, second], episodes=[recovered]))
+    metrics.observe_object("ServiceRequest", done)
+    metrics.observe_object("ServiceRequest", done)  # the same history again counts nothing twice
+
+    assert value(metrics, "blacktop_changes_total", team="payments", golden_path="tiny") == 2
+    assert value(metrics, "blacktop_change_lead_time_seconds_count", golden_path="tiny", tier="staging") == 1
+    assert value(metrics, "blacktop_change_lead_time_seconds_sum", golden_path="tiny", tier="staging") == 40
+    assert value(metrics, "blacktop_trouble_total", failure_class="PlanFailed", golden_path="tiny") == 1
+    assert value(metrics, "blacktop_time_to_recovery_seconds_count", failure_class="PlanFailed") == 1
+    assert value(metrics, "blacktop_time_to_recovery_seconds_sum", failure_class="PlanFailed") == 95
+
+
+def test_an_episode_seen_only_once_recovered_is_still_trouble_and_a_recovery() -> None:
+    """The watch may skip the moment an episode was open: its closed record still counts both."""
+    metrics = create_metrics()
+    metrics.observe_object("ServiceRequest", request("b"))
+    episode = TroubleEpisode(failure_class="Timeout", since="t", recovered_at="u", recovery_seconds=7)
+    metrics.observe_object("ServiceRequest", request("b", history=_history(episodes=[episode])))
+    assert value(metrics, "blacktop_trouble_total", failure_class="Timeout", golden_path="tiny") == 1
+    assert value(metrics, "blacktop_time_to_recovery_seconds_sum", failure_class="Timeout") == 7
+
+
+def test_scorecard_gauges_come_from_the_latest_scorecard() -> None:
+    metrics = create_metrics()
+    assert value(metrics, "blacktop_scorecard_value", metric="team-onboarding") is None  # nothing before the first
+    assert "blacktop_scorecard_value" in metrics.names  # the family is there, without series
+    observed = observe(
+        [
+            {
+                "metadata": {"name": "e1", "uid": "u", "creationTimestamp": "2026-01-10T11:00:00Z"},
+                "spec": {"team": "payments", "tier": "dev"},
+            },
+        ],
+        [
+            {
+                "metadata": {"name": "db", "namespace": "e1", "uid": "r", "creationTimestamp": "2026-01-10T11:00:00Z"},
+                "spec": {"goldenPath": "tiny"},
+                "status": {"firstReadyTime": "2026-01-10T11:12:00Z"},
+            }
+        ],
+        [{"metadata": {"name": "tiny"}}, {"metadata": {"name": "lonely"}}],
+        feedback=[
+            {"metadata": {"namespace": "e1", "creationTimestamp": "2026-01-10T11:30:00Z"}, "spec": {"score": 10}}
+        ],
+        workloads=[{"kind": "Deployment", "metadata": {"namespace": "e1"}}],
+        known_teams=["payments", "search"],
+    )
+    scorecard = compute(observed, next_ledger(ScorecardLedger(), observed, [], NOW), {}, NOW)
+    metrics.scorecard.publish(scorecard)
+
+    assert value(metrics, "blacktop_scorecard_value", metric="team-onboarding") == 720
+    assert value(metrics, "blacktop_scorecard_target", metric="team-onboarding") == 1800
+    assert value(metrics, "blacktop_scorecard_target_met", metric="team-onboarding") == 1
+    assert value(metrics, "blacktop_scorecard_target_met", metric="weekly-active-teams") == 0
+    assert value(metrics, "blacktop_scorecard_target_met", metric="change-frequency") is None  # no target
+    assert value(metrics, "blacktop_team_onboarding_seconds", team="payments", onboarded="true") == 720
+    assert value(metrics, "blacktop_teams_known") == 2
+    assert value(metrics, "blacktop_teams_active_weekly") == 1
+    assert value(metrics, "blacktop_team_last_activity_timestamp_seconds", team="search") == 0
+    assert value(metrics, "blacktop_workloads", team="payments", golden_path="(none)") == 1
+    assert value(metrics, "blacktop_golden_path_unused", golden_path="lonely") == 1
+    assert value(metrics, "blacktop_golden_path_unused", golden_path="tiny") == 0
+    assert value(metrics, "blacktop_self_service_requests", golden_path="tiny", outcome="self_served") == 1
+    assert value(metrics, "blacktop_feedback_responses", golden_path="(platform)", category="Promoter") == 1
+    assert value(metrics, "blacktop_scorecard_value", metric="developer-satisfaction") == 100
+    assert metrics.scorecard.latest is scorecard

@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from blacktop.api.common import Condition, cents_to_money, money_to_cents, parse_duration
 from blacktop.api.conditions import ConditionType, get_condition, remove_condition, set_condition
 from blacktop.api.environment import EnvironmentSpec, EnvironmentStatus, NetworkIsolation
+from blacktop.api.feedback import FeedbackSpec
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import GuardrailPolicySpec
+from blacktop.api.scorecard import PlatformScorecardSpec
 from blacktop.api.servicerequest import ServiceRequestSpec
 
 pytestmark = pytest.mark.unit
@@ -26,6 +28,8 @@ SPECS = {
     "GoldenPath": GoldenPathSpec,
     "ServiceRequest": ServiceRequestSpec,
     "GuardrailPolicy": GuardrailPolicySpec,
+    "Feedback": FeedbackSpec,
+    "PlatformScorecard": PlatformScorecardSpec,
 }
 
 

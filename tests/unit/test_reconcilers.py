@@ -22,13 +22,34 @@ import pytest
 
 from blacktop.api.common import format_time
 from blacktop.api.conditions import Reason
+from blacktop.api.scorecard import Metric
 from blacktop.api.servicerequest import ServiceRequestStatus
-from blacktop.controllers import budget, drift, environment, goldenpath, guardrailpolicy, rollout
+from blacktop.controllers import (
+    admission,
+    budget,
+    drift,
+    environment,
+    feedback,
+    goldenpath,
+    guardrailpolicy,
+    history,
+    rollout,
+    scorecard,
+)
+from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.controllers.upgrades import ProvisioningUpgrader
 from blacktop.kube.errors import InvalidError
-from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, GUARDRAILPOLICIES, SERVICEREQUESTS, resource_for
+from blacktop.kube.resources import (
+    ENVIRONMENTS,
+    GOLDENPATHS,
+    GUARDRAILPOLICIES,
+    PLATFORMSCORECARDS,
+    SERVICEREQUESTS,
+    resource_for,
+)
+from blacktop.metrics.registry import create_metrics
 from blacktop.terraform import state as states
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.sources import ModuleSources
@@ -41,6 +62,8 @@ NS = "payments-dev"
 SECRET = resource_for("v1", "Secret")
 NAMESPACE = resource_for("v1", "Namespace")
 CRD = resource_for("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+CONFIGMAP = resource_for("v1", "ConfigMap")
+JSON = dict[str, Any]
 # What `tofu show -json` says of the tiny module's plan: one built-in resource to create.
 TINY_PLAN: dict[str, Any] = {
     "resource_changes": [
@@ -1445,6 +1468,163 @@ async def test_a_source_is_destroyed_only_after_its_consumers(h: Harness) -> Non
 
 
 # -- every Reason has a test ------------------------------------------------------------------------
+
+
+# -- the scorecard: history recorder, scorecard objects and ledger, Feedback --------------------------
+
+
+async def scorecard_objects(h: Harness) -> dict[str, JSON]:
+    return {o["metadata"]["name"]: o for o in await h.client.list(PLATFORMSCORECARDS)}
+
+
+def verdict(obj: JSON) -> tuple[str, str]:
+    met = next(c for c in obj["status"]["conditions"] if c["type"] == "TargetMet")
+    return met["status"], met["reason"]
+
+
+async def recorded(h: Harness, name: str, namespace: str) -> JSON:
+    """Let the history recorder see the request as it is (as the watch would), then return its history."""
+    await history.record_history(h.ctx, h.body(name, namespace))
+    return dict(h.status(name, namespace).get("history") or {})
+
+
+@reaches(Reason.TARGET_MET, Reason.TARGET_MISSED, Reason.NO_DATA, Reason.NO_TARGET)
+async def test_the_scorecard_objects_show_each_figure_its_target_and_its_verdict(h: Harness) -> None:
+    h.runners.script.plan = TINY_PLAN  # the apply changes something
+    namespace = await provisioned(h)
+    assert (await recorded(h, "db", namespace))["changes"][0]["applied"] is True
+    first = await scorecard.refresh_scorecard(h.ctx)
+    objects = await scorecard_objects(h)
+    assert set(objects) == {m.value for m in Metric}
+    assert h.ctx.metrics.scorecard.latest is first
+    onboarding = objects["team-onboarding"]["status"]
+    assert (onboarding["value"], onboarding["target"], verdict(objects["team-onboarding"])) == (
+        0,
+        "< 30m",
+        ("True", "TargetMet"),
+    )
+    assert objects["change-frequency"]["status"]["value"] == 1
+    assert verdict(objects["change-frequency"]) == ("Unknown", "NoTarget")
+    assert verdict(objects["developer-satisfaction"]) == ("Unknown", "NoData")
+    assert objects["self-service-rate"]["status"]["value"] == 1.0
+    ledger = h.client.stored(CONFIGMAP, scorecard.LEDGER_CONFIGMAP, h.ctx.settings.namespace)
+    assert ledger is not None
+    assert [t["name"] for t in json.loads(ledger["data"]["ledger.json"])["teams"]] == ["payments"]
+    # A second team waits an hour without a Ready request: onboarding misses its target, an Event says so.
+    await h.environment("search-dev", "search")
+    h.clock.advance(3600)
+    await scorecard.refresh_scorecard(h.ctx)
+    objects = await scorecard_objects(h)
+    assert verdict(objects["team-onboarding"]) == ("False", "TargetMissed")
+    assert objects["team-onboarding"]["status"]["display"] == "1h"
+    assert h.client.event_reasons("team-onboarding") == ["Reconciled", "TargetMet", "TargetMissed"]
+
+
+@reaches()
+async def test_a_restarted_operator_computes_the_same_scorecard_and_writes_nothing(h: Harness) -> None:
+    h.runners.script.plan = TINY_PLAN
+    namespace = await provisioned(h)
+    await recorded(h, "db", namespace)
+    before = await scorecard.refresh_scorecard(h.ctx)
+    # A new process: a fresh Context (an empty book, new metrics) on the same cluster.
+    restarted = Context(h.client, h.ctx.settings, runners=h.runners, metrics=create_metrics(), clock=h.clock)
+    h.client.calls.clear()
+    after = await scorecard.refresh_scorecard(restarted)
+    assert after.figures == before.figures
+    writes = [(verb, kind) for verb, kind, _ in h.client.calls if verb not in ("get", "list")]
+    assert writes == []  # the same figures, the same ledger: nothing to write
+    assert await history.record_history(restarted, h.body("db", namespace)) is None  # nor any history
+
+
+@reaches(Reason.INVALID_TARGET)
+async def test_a_target_the_crd_would_refuse_is_reported_not_used(h: Harness) -> None:
+    h.client.put(
+        {
+            "apiVersion": API,
+            "kind": "PlatformScorecard",
+            "metadata": {"name": "change-lead-time"},
+            "spec": {"target": "soon"},
+        }
+    )
+    await scorecard.refresh_scorecard(h.ctx)
+    obj = (await scorecard_objects(h))["change-lead-time"]
+    assert verdict(obj) == ("Unknown", "InvalidTarget")
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidTarget")
+    assert "fix spec.target" in ready["message"]
+
+
+@reaches()
+async def test_a_request_that_fails_then_is_fixed_by_hand_has_its_history_recorded(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace, size="small")
+    h.runners.fail("plan", "Error: the tiny service failed to start")
+    assert await h.reconcile("db", namespace) is not None
+    failed_at = h.status("db", namespace)["lastRun"]["finishedAt"]
+    trouble = (await recorded(h, "db", namespace))["trouble"]
+    assert (trouble["failureClass"], trouble["since"]) == ("PlanFailed", failed_at)
+    h.clock.advance(120)
+    stored = h.body("db", namespace)
+    stored["spec"]["parameters"]["size"] = "medium"  # the developer's fix: generation 2
+    h.client.put(stored | {"metadata": {**stored["metadata"], "generation": 2}})
+    mid = await recorded(h, "db", namespace)
+    assert [(s["kind"], s["generation"]) for s in mid["humanSteps"]] == [("ManualRetry", 2)]
+    h.clock.advance(30)
+    assert await h.reconcile("db", namespace) is None
+    done = await recorded(h, "db", namespace)
+    (episode,) = done["episodes"]
+    assert episode["recoverySeconds"] == 150
+    assert "trouble" not in done
+    assert [c["generation"] for c in done["changes"]] == [2]
+    # A platform admin's edit, told by admission, is a human step too.
+    admission.note_platform_edit(
+        h.ctx,
+        {"metadata": {"namespace": namespace, "name": "db", "generation": 2}},
+        None,
+        {"groups": ["system:masters"]},
+    )
+    assert [s["kind"] for s in (await recorded(h, "db", namespace))["humanSteps"]] == ["ManualRetry", "PlatformEdit"]
+
+
+@reaches()
+async def test_a_deleted_request_goes_into_the_ledger_and_keeps_counting(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace, size="small")
+    h.runners.fail("plan")
+    await h.reconcile("db", namespace)
+    await recorded(h, "db", namespace)
+    await scorecard.refresh_scorecard(h.ctx)
+    gone = h.body("db", namespace)
+    await h.client.delete(SERVICEREQUESTS, "db", namespace)
+    await history.record_history(h.ctx, gone, deleted=True)  # the DELETED event: before any refresh saw it deleting
+    h.client.refuse("apply", "ConfigMap", InvalidError(422, "Invalid", "too large"))
+    with pytest.raises(InvalidError):
+        await scorecard.refresh_scorecard(h.ctx)  # the ledger cannot be written: the facts are kept for later
+    del h.client.refusals[("apply", "ConfigMap")]
+    card = await scorecard.refresh_scorecard(h.ctx)
+    assert card.figure(Metric.WEEKLY_TROUBLE).value == 1
+    assert card.figure(Metric.SELF_SERVICE_RATE).value == 0.0
+    ledger = h.client.stored(CONFIGMAP, scorecard.LEDGER_CONFIGMAP, h.ctx.settings.namespace) or {}
+    (retired,) = json.loads(ledger["data"]["ledger.json"])["retiredRequests"]
+    assert (retired["team"], retired["goldenPath"]) == ("payments", "tiny")
+
+
+@reaches(Reason.COUNTED, Reason.ENVIRONMENT_NOT_FOUND, Reason.GOLDEN_PATH_NOT_FOUND)
+async def test_feedback_says_how_it_counts(h: Harness) -> None:
+    namespace = await ready_world(h)
+
+    def rating(name: str, ns: str, **spec: Any) -> JSON:
+        body = {"apiVersion": API, "kind": "Feedback", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+        return h.client.put(body)
+
+    counted = await feedback.reconcile_feedback(h.ctx, rating("ok", namespace, score=9, goldenPath="tiny"))
+    assert (counted.team, counted.category, counted.quarter) == ("payments", "Promoter", "2026-Q1")
+    stray = await feedback.reconcile_feedback(h.ctx, rating("stray", "default", score=3))
+    assert stray.team is None
+    assert "not counted" in stray.conditions[0].message
+    unknown = await feedback.reconcile_feedback(h.ctx, rating("gone", namespace, score=6, goldenPath="retired"))
+    assert unknown.conditions[0].reason == Reason.GOLDEN_PATH_NOT_FOUND
+    assert "of the platform only" in unknown.conditions[0].message
 
 
 def test_every_reason_a_controller_sets_is_reached_by_a_test() -> None:

@@ -94,6 +94,20 @@ def test_dashboard_covers_what_the_platform_team_asks_for() -> None:
         "blacktop_service_requests",  # adoption
         "blacktop_team_monthly_cost",  # cost by team
         'blacktop_guardrail_decisions_total{outcome="denied"}',  # guardrail denials
+        # The scorecard: every figure against its target, and each figure's breakdown.
+        "blacktop_scorecard_target_met",
+        'blacktop_scorecard_value{metric=~"team-onboarding|environment-onboarding"}',
+        "blacktop_team_onboarding_seconds",
+        "blacktop_teams_active_weekly:ratio",
+        "blacktop_workloads_golden_path:ratio",
+        "golden_path:blacktop_service_requests:share",
+        "blacktop_golden_path_unused",
+        "golden_path:blacktop_self_service_requests:ratio",
+        "golden_path:blacktop_change_lead_time_seconds:p90_rate1d",
+        "team_golden_path:blacktop_changes:increase1w",
+        "failure_class:blacktop_trouble:increase1w",
+        "failure_class:blacktop_time_to_recovery_seconds:p90_rate1d",
+        "golden_path:blacktop_nps:quarter",
     ):
         assert needed in queries, f"the dashboard shows nothing of {needed}"
 
@@ -116,6 +130,16 @@ def test_rules_use_existing_metrics() -> None:
         "BlacktopTeamBudgetNearlySpent",
         "BlacktopEnvironmentPastTTL",
         "BlacktopNotificationsFailing",
+        "BlacktopTeamWaitingToOnboard",
+        "BlacktopTeamOnboardingSlow",
+        "BlacktopEnvironmentOnboardingSlow",
+        "BlacktopWeeklyActiveTeamsLow",
+        "BlacktopGoldenPathAdoptionLow",
+        "BlacktopSelfServiceRateLow",
+        "BlacktopChangeLeadTimeHigh",
+        "BlacktopTroubleIncreasing",
+        "BlacktopTimeToRecoveryHigh",
+        "BlacktopDeveloperSatisfactionLow",
     }
 
 
@@ -125,3 +149,19 @@ def test_readme_lists_every_metric() -> None:
     for family in create_metrics().registry.collect():
         name = f"{family.name}_total" if family.type == "counter" else family.name
         assert f"`{name}`" in section, f"README's Metrics section does not describe {name}"
+
+
+def test_every_scorecard_metric_has_an_alert_and_a_panel() -> None:
+    """A figure with a target alerts when it is missed; every figure is on the dashboard."""
+    from blacktop.api.scorecard import Metric
+    from blacktop.metrics.scorecard import DEFAULT_TARGETS
+
+    alerted = " ".join(r["expr"] for g in rules()["groups"] for r in g["rules"] if "alert" in r)
+    queries = " ".join(t["expr"] for p in dashboard()["panels"] for t in p.get("targets", []))
+    for metric in Metric:
+        if DEFAULT_TARGETS[metric] is not None:
+            assert f'metric="{metric.value}"' in alerted, f"no alert for {metric.value}"
+    assert "blacktop_scorecard_target_met" in queries  # one panel shows every figure's verdict
+    for recorded_rule in recorded():
+        if recorded_rule.endswith(("increase1w", "quarter", "share")) or "scorecard" in recorded_rule:
+            assert recorded_rule in queries, f"{recorded_rule} is recorded but not shown"

@@ -28,6 +28,7 @@ class ConditionType:
     UPGRADE_AVAILABLE = "UpgradeAvailable"  # ServiceRequest: a different revision is due for it
     ROLLED_OUT = "RolledOut"  # GoldenPath: every request that follows rollouts runs the target revision
     NOTIFICATIONS_CONFIGURED = "NotificationsConfigured"
+    TARGET_MET = "TargetMet"  # a PlatformScorecard's figure meets its target
 
 
 class Reason:
@@ -92,6 +93,23 @@ class Reason:
     WAITING_FOR_INPUTS = "WaitingForInputs"  # composition: a source request is not Ready (or lacks the output)
     INPUTS_CHANGED = "InputsChanged"  # Event: a source's outputs changed, so the consumer is applied again
     WAITING_FOR_DEPENDENTS = "WaitingForDependents"  # deleting: requests that consume its outputs go first
+    TARGET_MET = "TargetMet"
+    TARGET_MISSED = "TargetMissed"
+    NO_DATA = "NoData"
+    NO_TARGET = "NoTarget"
+    INVALID_TARGET = "InvalidTarget"
+    COUNTED = "Counted"
+
+
+# The Ready reasons a failed OpenTofu run ends with (the failure classes of blacktop_runs_total).
+RUN_FAILURES = (
+    Reason.PLAN_FAILED,
+    Reason.APPLY_FAILED,
+    Reason.DESTROY_FAILED,
+    Reason.STATE_LOCKED,
+    Reason.PROVIDER_ERROR,
+    Reason.TIMEOUT,
+)
 
 
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:

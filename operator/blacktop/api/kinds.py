@@ -8,10 +8,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from blacktop.api.environment import NAME_RULES, EnvironmentSpec, EnvironmentStatus
+from blacktop.api.feedback import FeedbackSpec, FeedbackStatus
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
 from blacktop.api.goldenpathrevision import REVISION_RULES, GoldenPathRevisionSpec, GoldenPathRevisionStatus
 from blacktop.api.guardrailpolicy import GuardrailPolicySpec, GuardrailPolicyStatus
-from blacktop.api.servicerequest import ServiceRequestSpec, ServiceRequestStatus
+from blacktop.api.scorecard import ROOT_RULES as SCORECARD_RULES
+from blacktop.api.scorecard import PlatformScorecardSpec, PlatformScorecardStatus
+from blacktop.api.servicerequest import ServiceRequestSpec, ServiceRequestStatusSchema
 
 GROUP = "platform.blacktop.dev"
 VERSION = "v1alpha1"
@@ -118,7 +121,7 @@ SERVICE_REQUEST = KindInfo(
     plural="servicerequests",
     namespaced=True,
     spec=ServiceRequestSpec,
-    status=ServiceRequestStatus,
+    status=ServiceRequestStatusSchema,  # with status.history, which only the scorecard's recorder writes
     description="A request for a golden path with parameters, provisioned by Blacktop in an environment.",
     short_names=["sr"],
     columns=[
@@ -149,4 +152,49 @@ GUARDRAIL_POLICY = KindInfo(
     ],
 )
 
-ALL_KINDS = [ENVIRONMENT, GOLDEN_PATH, GOLDEN_PATH_REVISION, SERVICE_REQUEST, GUARDRAIL_POLICY]
+FEEDBACK = KindInfo(
+    kind="Feedback",
+    plural="feedbacks",
+    namespaced=True,
+    spec=FeedbackSpec,
+    status=FeedbackStatus,
+    description="A developer's rating (0-10) of a golden path or the platform, in their environment's namespace.",
+    short_names=["fb"],
+    columns=[
+        {"name": "Score", "type": "integer", "jsonPath": ".spec.score"},
+        {"name": "GoldenPath", "type": "string", "jsonPath": ".spec.goldenPath"},
+        {"name": "Category", "type": "string", "jsonPath": ".status.category"},
+        {"name": "Quarter", "type": "string", "jsonPath": ".status.quarter"},
+        {"name": "Team", "type": "string", "jsonPath": ".status.team", "priority": 1},
+        *_ready(),
+        _AGE,
+    ],
+)
+
+PLATFORM_SCORECARD = KindInfo(
+    kind="PlatformScorecard",
+    plural="platformscorecards",
+    namespaced=False,
+    spec=PlatformScorecardSpec,
+    status=PlatformScorecardStatus,
+    description="One metric of the platform's scorecard: its figure, its target and whether the target is met.",
+    short_names=["scorecard", "psc"],
+    columns=[
+        {"name": "Value", "type": "string", "jsonPath": ".status.display"},
+        {"name": "Target", "type": "string", "jsonPath": ".status.target"},
+        {"name": "Met", "type": "string", "jsonPath": '.status.conditions[?(@.type=="TargetMet")].status'},
+        {"name": "Window", "type": "string", "jsonPath": ".status.window"},
+        {"name": "Summary", "type": "string", "jsonPath": ".status.summary", "priority": 1},
+    ],
+    root_validations=SCORECARD_RULES,
+)
+
+ALL_KINDS = [
+    ENVIRONMENT,
+    GOLDEN_PATH,
+    GOLDEN_PATH_REVISION,
+    SERVICE_REQUEST,
+    GUARDRAIL_POLICY,
+    FEEDBACK,
+    PLATFORM_SCORECARD,
+]

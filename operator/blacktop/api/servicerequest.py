@@ -16,6 +16,7 @@ from blacktop.api.common import (
     cel,
     immutable,
 )
+from blacktop.api.history import RequestHistory
 
 
 class Stage(StrEnum):
@@ -193,3 +194,14 @@ class ServiceRequestStatus(ConditionedStatus):
         None, description="The last approval this request needed (Pending: waiting; Approved: who and when)."
     )
     inputs: list[InputStatus] = Field(default_factory=list, description="The request's inputs and their sources.")
+
+
+# The CRD's status schema: the reconciler's ServiceRequestStatus plus `history`. The history is
+# written by the scorecard's history recorder alone (controllers/history.py); the reconciler decodes
+# and writes ServiceRequestStatus, which leaves it out, so its merge patches never touch it.
+class ServiceRequestStatusSchema(ServiceRequestStatus):
+    """Progress and result of the request, and the history the platform scorecard is derived from."""
+
+    history: RequestHistory | None = Field(
+        None, description="What the platform scorecard needs from the request's past (changes, trouble, human steps)."
+    )

@@ -2,7 +2,10 @@
 
 `blacktop-environment-editor` is an *aggregated* ClusterRole: it collects every role labelled for it
 plus everything aggregated into the built-in `edit` role, so a team member can run workloads and
-create ServiceRequests in their namespace, and the platform team can widen it by labelling a role.
+create ServiceRequests and Feedback in their namespace, and the platform team can widen it by
+labelling a role. Feedback is never aggregated into `view`: other teams, and anyone with read-only
+access to a namespace, cannot read a team's comments. `blacktop-feedback-reader` is for the
+platform team to bind (every team's ratings and comments); nothing binds it by default.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from blacktop.builders import naming
 JSON = dict[str, Any]
 
 SERVICE_REQUESTS_ROLE = "blacktop-environment-editor-servicerequests"
+FEEDBACK_ROLE = "blacktop-environment-editor-feedback"
+FEEDBACK_READER_ROLE = "blacktop-feedback-reader"
 CATALOG_READER_ROLE = "blacktop-catalog-reader"
 REQUEST_APPROVER_ROLE = "blacktop-request-approver"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
@@ -37,13 +42,13 @@ def editor_cluster_role() -> JSON:
     }
 
 
-def service_requests_cluster_role() -> JSON:
-    """Create and manage ServiceRequests; also aggregated into the built-in edit and admin roles."""
+def _editor_role(name: str, plural: str) -> JSON:
+    """Create and manage one namespaced kind; aggregated into the editor role and the built-in edit and admin."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {
-            "name": SERVICE_REQUESTS_ROLE,
+            "name": name,
             "labels": {
                 **_LABELS,
                 naming.LABEL_AGGREGATE_TO_EDITOR: "true",
@@ -54,16 +59,36 @@ def service_requests_cluster_role() -> JSON:
         "rules": [
             {
                 "apiGroups": [GROUP],
-                "resources": ["servicerequests"],
+                "resources": [plural],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
             },
-            {"apiGroups": [GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": [f"{plural}/status"], "verbs": ["get"]},
         ],
     }
 
 
+def service_requests_cluster_role() -> JSON:
+    """Create and manage ServiceRequests."""
+    return _editor_role(SERVICE_REQUESTS_ROLE, "servicerequests")
+
+
+def feedback_cluster_role() -> JSON:
+    """Rate golden paths and the platform (Feedback) in the team's namespace, and read the team's ratings."""
+    return _editor_role(FEEDBACK_ROLE, "feedbacks")
+
+
+def feedback_reader_cluster_role() -> JSON:
+    """Every team's Feedback, comments included: for the platform team to bind to itself."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": FEEDBACK_READER_ROLE, "labels": dict(_LABELS)},
+        "rules": [{"apiGroups": [GROUP], "resources": ["feedbacks"], "verbs": ["get", "list", "watch"]}],
+    }
+
+
 def catalog_reader_cluster_role() -> JSON:
-    """Read the catalog, the guardrails and the environments: what every developer may see."""
+    """Read the catalog, the guardrails, the environments and the scorecard: what every developer may see."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -71,7 +96,13 @@ def catalog_reader_cluster_role() -> JSON:
         "rules": [
             {
                 "apiGroups": [GROUP],
-                "resources": ["goldenpaths", "goldenpathrevisions", "guardrailpolicies", "environments"],
+                "resources": [
+                    "goldenpaths",
+                    "goldenpathrevisions",
+                    "guardrailpolicies",
+                    "environments",
+                    "platformscorecards",
+                ],
                 "verbs": ["get", "list", "watch"],
             }
         ],
@@ -111,7 +142,9 @@ def cluster_rbac() -> list[JSON]:
     """All cluster-wide RBAC objects, in apply order."""
     return [
         service_requests_cluster_role(),
+        feedback_cluster_role(),
         editor_cluster_role(),
+        feedback_reader_cluster_role(),
         catalog_reader_cluster_role(),
         catalog_reader_binding(),
         request_approver_cluster_role(),

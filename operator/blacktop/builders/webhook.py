@@ -29,6 +29,7 @@ WEBHOOKS: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("validate-servicerequest", "servicerequests", True, (*CHANGES, "DELETE")),
     ("validate-guardrailpolicy", "guardrailpolicies", False, CHANGES),
     ("validate-goldenpath", "goldenpaths", False, CHANGES),
+    ("validate-feedback", "feedbacks", True, CHANGES),
 )
 MUTATING_WEBHOOKS: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("mutate-servicerequest", "servicerequests", True, CHANGES),

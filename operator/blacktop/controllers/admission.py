@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from blacktop.api.common import format_time
+from blacktop.api.feedback import FeedbackSpec
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
 from blacktop.builders import composition, parameters
@@ -112,6 +115,8 @@ async def review_service_request(
         return Review(denial=verdict.denial)
     review = _answer(verdict.decision, ctx, body, dryrun)
     review.warnings = inputs.warnings + review.warnings
+    if review.denial is None and not dryrun:
+        note_platform_edit(ctx, body, old, userinfo)
     return review
 
 
@@ -257,6 +262,40 @@ async def review_service_request_deletion(ctx: Context, body: JSON) -> Review:
 def stamp_service_request(body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None) -> dict[str, str | None]:
     """The annotations the mutating webhook sets on a request (see guardrails.approvals.stamps)."""
     return approvals.stamps(body, old, userinfo)
+
+
+def note_platform_edit(ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None) -> None:
+    """A platform admin creating or changing a request's spec is a human step the request needed
+    (it was not self-service). Only admission knows who did it, so it tells the history recorder."""
+    groups = {str(g) for g in (userinfo or {}).get("groups") or []}
+    if not groups & set(ctx.settings.platform_admin_groups):
+        return
+    meta = body.get("metadata") or {}
+    # The apiserver has set the new generation before validating admission runs.
+    previous = int((old or {}).get("metadata", {}).get("generation") or 0)
+    generation = int(meta.get("generation") or previous + 1)
+    at = format_time(datetime.now(UTC))
+    ctx.metrics.scorecard.platform_edits.note(str(meta.get("namespace")), str(meta.get("name")), generation, at)
+
+
+async def review_feedback(ctx: Context, body: JSON, old: JSON | None) -> Review:
+    """A rating names a golden path of the catalog, or none (the platform as a whole)."""
+    if spec_unchanged(body, old):
+        return Review()
+    try:
+        spec = FeedbackSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return Review()  # the CRD schema answers for the shape
+    if spec.golden_path is None:
+        return Review()
+    golden_paths = sorted(gp["metadata"]["name"] for gp in await ctx.client.list(GOLDENPATHS))
+    if spec.golden_path in golden_paths:
+        return Review()
+    offered = ", ".join(golden_paths[:20]) or "none yet"
+    return Review(
+        denial=f"golden path {spec.golden_path!r} is not in the catalog (kubectl get goldenpaths: {offered}); "
+        "rate one of those, or leave goldenPath out to rate the platform as a whole"
+    )
 
 
 def review_policy(body: JSON, old: JSON | None) -> Review:

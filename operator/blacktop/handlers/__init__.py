@@ -22,6 +22,7 @@ MODULES = (
     "metrics",
     "portal",
     "notifications",
+    "scorecard",
     "servicerequest",
 )
 

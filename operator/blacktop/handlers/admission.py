@@ -1,5 +1,6 @@
-"""Kopf wiring of admission: the HTTPS webhook server, the four validating handlers (ServiceRequests'
-also on DELETE) and the one mutating handler (a ServiceRequest's requested-by/approved-by stamps).
+"""Kopf wiring of admission: the HTTPS webhook server, the validating handlers (one per kind;
+ServiceRequests' also on DELETE) and the one mutating handler (a ServiceRequest's requested-by/approved-by
+stamps).
 
 Handler ids are the webhook URL paths (`validate-environment`, ...). A denial is a
 ``kopf.AdmissionError`` (kubectl prints its message); Warn-mode violations become admission
@@ -19,7 +20,16 @@ from typing import Any, Literal
 
 import kopf
 
-from blacktop.api.kinds import ENVIRONMENT, GOLDEN_PATH, GROUP, GUARDRAIL_POLICY, SERVICE_REQUEST, VERSION, KindInfo
+from blacktop.api.kinds import (
+    ENVIRONMENT,
+    FEEDBACK,
+    GOLDEN_PATH,
+    GROUP,
+    GUARDRAIL_POLICY,
+    SERVICE_REQUEST,
+    VERSION,
+    KindInfo,
+)
 from blacktop.config import Settings
 from blacktop.controllers import admission as controller
 from blacktop.controllers import webhook
@@ -113,6 +123,12 @@ async def _environment(
     return await controller.review_environment(ctx, body, old, userinfo, dryrun=dryrun)
 
 
+async def _feedback(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, _: Mapping[str, Any], __: bool
+) -> controller.Review:
+    return await controller.review_feedback(ctx, body, old)
+
+
 async def _service_request(
     ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, userinfo: Mapping[str, Any], dryrun: bool
 ) -> controller.Review:
@@ -152,6 +168,7 @@ _register(ENVIRONMENT, _environment)
 _register(SERVICE_REQUEST, _service_request, ("CREATE", "UPDATE", "DELETE"))
 _register(GUARDRAIL_POLICY, _policy)
 _register(GOLDEN_PATH, _golden_path)
+_register(FEEDBACK, _feedback)
 
 
 @kopf.on.mutate(GROUP, VERSION, SERVICE_REQUEST.plural, id="mutate-servicerequest", operations=["CREATE", "UPDATE"])

@@ -18,6 +18,7 @@ ROUTINE_IDS = (
     "metrics-",
     "portal-",
     "notifications-",
+    "scorecard-",
     "environment-child-",
     "environment-cost",
     "environment_resync",

@@ -86,6 +86,16 @@ def resolve_kubeconfig(
     return str(default) if default.is_file() else None
 
 
+def kubeconfig_namespace(path: str | os.PathLike[str] | None = None) -> str | None:
+    """The namespace of the kubeconfig's current context (what kubectl uses without -n), if it names one."""
+    try:
+        _, active = k8s_config.list_kube_config_contexts(config_file=str(path) if path is not None else None)
+    except (ConfigException, FileNotFoundError, TypeError):
+        return None
+    namespace = ((active or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
 class Client(Protocol):
     """The verbs reconcilers use: what :class:`KubeClient` offers, and what a test's fake client offers."""
 
@@ -109,6 +119,7 @@ class Client(Protocol):
         namespace: str | None = None,
         *,
         subresource: str | None = None,
+        field_manager: str | None = None,
     ) -> JSON: ...
 
     async def delete(
@@ -279,13 +290,15 @@ class KubeClient:
         namespace: str | None = None,
         *,
         subresource: str | None = None,
+        field_manager: str | None = None,
     ) -> JSON:
-        """JSON merge patch (RFC 7386) on an object or its subresource."""
+        """JSON merge patch (RFC 7386) on an object or its subresource (``field_manager``: who owns what it sets)."""
         return await self.request(
             "PATCH",
             resource.path(namespace, name, subresource),
             body=patch,
             content_type="application/merge-patch+json",
+            query={"fieldManager": field_manager} if field_manager else None,
         )
 
     async def delete(

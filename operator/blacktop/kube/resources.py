@@ -65,6 +65,13 @@ _RESOURCES = [
         "mutatingwebhookconfigurations",
         namespaced=False,
     ),
+    # Workloads, listed for golden-path adoption (the scorecard).
+    Resource("apps/v1", "Deployment", "deployments", namespaced=True),
+    Resource("apps/v1", "StatefulSet", "statefulsets", namespaced=True),
+    Resource("apps/v1", "DaemonSet", "daemonsets", namespaced=True),
+    Resource("batch/v1", "CronJob", "cronjobs", namespaced=True),
+    # Who am I? (`blacktop feedback` names a developer's rating after them.)
+    Resource("authentication.k8s.io/v1", "SelfSubjectReview", "selfsubjectreviews", namespaced=False),
     Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", namespaced=True),
     Resource("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", namespaced=True),
     Resource("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", namespaced=True),
@@ -73,6 +80,8 @@ _RESOURCES = [
     Resource(API_VERSION, "GoldenPathRevision", "goldenpathrevisions", namespaced=False),
     Resource(API_VERSION, "ServiceRequest", "servicerequests", namespaced=True),
     Resource(API_VERSION, "GuardrailPolicy", "guardrailpolicies", namespaced=False),
+    Resource(API_VERSION, "Feedback", "feedbacks", namespaced=True),
+    Resource(API_VERSION, "PlatformScorecard", "platformscorecards", namespaced=False),
 ]
 
 _BY_KIND = {(r.api_version, r.kind): r for r in _RESOURCES}
@@ -96,3 +105,12 @@ GOLDENPATHS = resource_for(API_VERSION, "GoldenPath")
 GOLDENPATHREVISIONS = resource_for(API_VERSION, "GoldenPathRevision")
 SERVICEREQUESTS = resource_for(API_VERSION, "ServiceRequest")
 GUARDRAILPOLICIES = resource_for(API_VERSION, "GuardrailPolicy")
+FEEDBACKS = resource_for(API_VERSION, "Feedback")
+PLATFORMSCORECARDS = resource_for(API_VERSION, "PlatformScorecard")
+WORKLOAD_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("batch/v1", "CronJob"),
+)
+WORKLOADS = [resource_for(api_version, kind) for api_version, kind in WORKLOAD_KINDS]

@@ -14,8 +14,17 @@ from blacktop.kube.resources import Resource
 
 
 async def write_status(
-    client: Client, resource: Resource, name: str, status: BaseModel, namespace: str | None = None
+    client: Client,
+    resource: Resource,
+    name: str,
+    status: BaseModel,
+    namespace: str | None = None,
+    *,
+    field_manager: str | None = None,
 ) -> JSON:
-    """Replace our part of ``status`` with ``status`` (a pydantic status model)."""
+    """Replace our part of ``status`` with ``status`` (a pydantic status model; ``field_manager``:
+    whose part it is in managedFields, when not the default)."""
     payload = status.model_dump(by_alias=True, mode="json")
-    return await client.merge_patch(resource, name, {"status": payload}, namespace, subresource="status")
+    return await client.merge_patch(
+        resource, name, {"status": payload}, namespace, subresource="status", field_manager=field_manager
+    )

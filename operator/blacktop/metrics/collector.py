@@ -1,8 +1,9 @@
-"""Scrape-time gauges computed from the inventory: readiness, adoption, teams, cost, budgets, expiry.
+"""Scrape-time gauges: from the inventory (readiness, adoption, teams, cost, budgets, expiry) and
+from the latest scorecard (its figures, targets and verdicts, and the numbers behind them).
 
-Computing them at scrape time from what the operator already watches keeps them exact (no gauge to
+Computing them at scrape time from what the operator already holds keeps them exact (no gauge to
 forget to decrement when an object goes away) and costs no API calls. Every label is a bounded set:
-kind, readiness, golden path, tier, team, currency.
+kind, readiness, golden path, tier, team, currency, metric, outcome, category.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from blacktop.api.environment import EXPIRING_WITHIN
+from blacktop.metrics.book import ScorecardBook
 from blacktop.metrics.inventory import (
     ENVIRONMENT,
     GOLDEN_PATH,
@@ -186,3 +188,98 @@ def _waiting(family: GaugeMetricFamily, requests: list[RequestView]) -> None:
     )
     for stage in WAITING_STAGES:
         family.add_metric([stage], tally[stage])
+
+
+def _scorecard_families() -> dict[str, GaugeMetricFamily]:
+    return {
+        "value": GaugeMetricFamily(
+            "blacktop_scorecard_value",
+            "Each scorecard figure (seconds, ratio 0-1, count or NPS), as `kubectl get platformscorecards` shows it.",
+            labels=["metric"],
+        ),
+        "target": GaugeMetricFamily(
+            "blacktop_scorecard_target",
+            "Each scorecard figure's target in force (weekly-trouble: the count of the 7 days before).",
+            labels=["metric"],
+        ),
+        "met": GaugeMetricFamily(
+            "blacktop_scorecard_target_met",
+            "1 when the figure meets its target, 0 when it misses it (no series: no data or no target).",
+            labels=["metric"],
+        ),
+        "onboarding": GaugeMetricFamily(
+            "blacktop_team_onboarding_seconds",
+            "Time from a team's first Environment to its first Ready ServiceRequest (teams of the last 90 days); "
+            "a team not yet onboarded (onboarded=false) shows its time so far.",
+            labels=["team", "onboarded"],
+        ),
+        "activity": GaugeMetricFamily(
+            "blacktop_team_last_activity_timestamp_seconds",
+            "When each known team last created or changed an Environment or ServiceRequest (0: never).",
+            labels=["team"],
+        ),
+        "known": GaugeMetricFamily(
+            "blacktop_teams_known", "Known teams: those with an Environment, and those listed in knownTeams."
+        ),
+        "active": GaugeMetricFamily(
+            "blacktop_teams_active_weekly", "Known teams that created or changed an Environment or request in 7 days."
+        ),
+        "workloads": GaugeMetricFamily(
+            "blacktop_workloads",
+            "Workloads in environment namespaces by team and the golden path that made them ((none): made by hand).",
+            labels=["team", "golden_path"],
+        ),
+        "unused": GaugeMetricFamily(
+            "blacktop_golden_path_unused",
+            "1 for a golden path with no ServiceRequest in the last 30 days, else 0.",
+            labels=["golden_path"],
+        ),
+        "self_service": GaugeMetricFamily(
+            "blacktop_self_service_requests",
+            "ServiceRequests of the last 30 days by golden path and outcome: self_served, human_step, in_trouble.",
+            labels=["golden_path", "outcome"],
+        ),
+        "feedback": GaugeMetricFamily(
+            "blacktop_feedback_responses",
+            "This quarter's Feedback by golden path ((platform): the platform as a whole) and NPS category.",
+            labels=["golden_path", "category"],
+        ),
+    }
+
+
+class ScorecardCollector(Collector):
+    """A prometheus-client collector over the latest scorecard (nothing before the first one)."""
+
+    def __init__(self, book: ScorecardBook) -> None:
+        self.book = book
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_scorecard_families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        families = _scorecard_families()
+        scorecard = self.book.latest
+        if scorecard is None:
+            return list(families.values())  # no figures yet: the families without series, not zeros
+        for figure in scorecard.figures:
+            if figure.value is not None:
+                families["value"].add_metric([figure.metric.value], figure.value)
+            if figure.target is not None:
+                families["target"].add_metric([figure.metric.value], figure.target)
+            if figure.met is not None:
+                families["met"].add_metric([figure.metric.value], 1.0 if figure.met else 0.0)
+        for team, seconds, onboarded in scorecard.team_onboarding:
+            families["onboarding"].add_metric([team, "true" if onboarded else "false"], seconds)
+        for team, moment in scorecard.team_activity:
+            families["activity"].add_metric([team], moment.timestamp() if moment else 0.0)
+        families["known"].add_metric([], len(scorecard.team_activity))
+        families["active"].add_metric([], scorecard.active_teams)
+        for team, golden_path, count in scorecard.workloads:
+            families["workloads"].add_metric([team, golden_path], count)
+        for golden_path, unused in scorecard.golden_paths_unused:
+            families["unused"].add_metric([golden_path], 1.0 if unused else 0.0)
+        for golden_path, outcome, count in scorecard.self_service:
+            families["self_service"].add_metric([golden_path, outcome], count)
+        for golden_path, category, count in scorecard.feedback:
+            families["feedback"].add_metric([golden_path, category], count)
+        return list(families.values())

@@ -19,6 +19,7 @@ from typing import Any
 
 from blacktop.api.common import money_to_cents, parse_time
 from blacktop.api.conditions import ConditionType
+from blacktop.api.history import RequestHistory
 
 JSON = dict[str, Any]
 
@@ -100,6 +101,11 @@ class RequestView:
     stage: str | None = None
     approval: ApprovalView | None = None
 
+    # From status.history: delivered changes (generation, lead seconds, applied), and every episode
+    # of trouble known (since, failure class, recovery seconds or None while open).
+    changes: tuple[tuple[int, int, bool], ...] = ()
+    episodes: tuple[tuple[str, str, int | None], ...] = ()
+
 
 @dataclass(frozen=True)
 class ApprovalView:
@@ -109,6 +115,13 @@ class ApprovalView:
     state: str
     digest: str
     waited_seconds: float | None
+
+
+def _history(status: JSON) -> RequestHistory:
+    try:
+        return RequestHistory.model_validate(status.get("history") or {})
+    except ValueError:
+        return RequestHistory()
 
 
 def environment_view(body: JSON) -> EnvironmentView:
@@ -154,6 +167,10 @@ def request_view(body: JSON) -> RequestView:
             digest=str(approval["planDigest"]),
             waited_seconds=float(waited) if isinstance(waited, int | float) else None,
         )
+    history = _history(status)
+    episodes = [(e.since, e.failure_class, e.recovery_seconds) for e in history.episodes]
+    if history.trouble is not None:
+        episodes.append((history.trouble.since, history.trouble.failure_class, None))
     return RequestView(
         golden_path=str(spec.get("goldenPath") or UNKNOWN),
         environment=str(status.get("environment") or meta.get("namespace") or UNKNOWN),
@@ -168,6 +185,8 @@ def request_view(body: JSON) -> RequestView:
         drifted_reason=str(drifted["reason"]) if drifted and drifted.get("reason") else None,
         stage=str(status["stage"]) if status.get("stage") else None,
         approval=approval_view,
+        changes=tuple((c.generation, c.lead_time_seconds, c.applied) for c in history.changes),
+        episodes=tuple(episodes),
     )
 
 
@@ -188,17 +207,26 @@ class Transitions:
     approvals_requested: list[str] = field(default_factory=list)  # operations whose plan began to wait
     approvals_granted: list[tuple[str, float | None]] = field(default_factory=list)  # (operation, waited s)
     golden_path: tuple[str, tuple[str, ...]] | None = None  # a golden path seen: name, tiers
+    team_golden_path: tuple[str, str] | None = None  # a request seen: its team and golden path
+    changes: list[tuple[str, str]] = field(default_factory=list)  # team, golden path
+    change_lead_times: list[tuple[str, str, float]] = field(default_factory=list)  # golden path, tier, seconds
+    troubles: list[tuple[str, str]] = field(default_factory=list)  # failure class, golden path
+    recoveries: list[tuple[str, float]] = field(default_factory=list)  # failure class, seconds
 
 
-def request_transitions(old: RequestView | None, new: RequestView, tier: str, *, deleted: bool) -> Transitions:
+def request_transitions(
+    old: RequestView | None, new: RequestView, tier: str, *, deleted: bool, team: str = UNKNOWN
+) -> Transitions:
     """Compare the last view of a request with the new one.
 
     The first sighting (``old`` None: an operator start, or a new object) is a baseline: what a
     request did before the operator saw it was counted by the process that saw it.
     """
-    found = Transitions()
+    # The request's changes series exists at zero from its first sighting, so rate() sees its first change.
+    found = Transitions(team_golden_path=(team, new.golden_path) if team != UNKNOWN else None)
     if old is None:
         return found
+    _history_transitions(found, old, new, tier, team)
     if new.first_ready_time and not old.first_ready_time and new.lead_time_seconds is not None:
         found.lead_time = (new.golden_path, tier, new.lead_time_seconds)
     run = new.run
@@ -220,6 +248,25 @@ def request_transitions(old: RequestView | None, new: RequestView, tier: str, *,
         elif approval.state == "Approved":
             found.approvals_granted.append((approval.operation, approval.waited_seconds))
     return found
+
+
+def _history_transitions(found: Transitions, old: RequestView, new: RequestView, tier: str, team: str) -> None:
+    """What the request's history gained: changes delivered, episodes begun and ended."""
+    delivered = {generation for generation, _, _ in old.changes}
+    for generation, lead, applied in new.changes:
+        if generation in delivered:
+            continue
+        if applied:
+            found.changes.append((team, new.golden_path))
+        if generation >= 2:
+            found.change_lead_times.append((new.golden_path, tier, float(lead)))
+    known = {since for since, _, _ in old.episodes}
+    ended = {since for since, _, recovered in old.episodes if recovered is not None}
+    for since, failure_class, recovered in new.episodes:
+        if since not in known:
+            found.troubles.append((failure_class, new.golden_path))
+        if recovered is not None and since not in ended:
+            found.recoveries.append((failure_class, float(recovered)))
 
 
 class Inventory:
@@ -247,7 +294,10 @@ class Inventory:
                 new = request_view(body)
                 old = self.requests.get(uid)
                 self._put(self.requests, uid, new, deleted)
-                return request_transitions(old, new, self._tier_of(new.environment), deleted=deleted)
+                env = self.environments.get(new.environment)
+                return request_transitions(
+                    old, new, env.tier if env else UNKNOWN, deleted=deleted, team=env.team if env else UNKNOWN
+                )
         raise ValueError(f"unknown kind {kind!r}")
 
     @staticmethod
@@ -256,10 +306,6 @@ class Inventory:
             table.pop(uid, None)
         else:
             table[uid] = view
-
-    def _tier_of(self, environment: str) -> str:
-        env = self.environments.get(environment)
-        return env.tier if env else UNKNOWN
 
     def snapshot(self) -> tuple[dict[str, EnvironmentView], list[GoldenPathView], list[RequestView]]:
         """Copies of the views (environments by name), taken under the lock."""

@@ -21,15 +21,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from blacktop.api.conditions import Reason
-from blacktop.metrics.collector import InventoryCollector
-from blacktop.metrics.inventory import Inventory
+from blacktop.api.conditions import RUN_FAILURES
+from blacktop.builders.history import OTHER, TROUBLE_CLASSES
+from blacktop.metrics.book import ScorecardBook
+from blacktop.metrics.collector import InventoryCollector, ScorecardCollector
+from blacktop.metrics.inventory import TIERS, Inventory
 
 # Provisioning lead time: from a request's creation to its first Ready, 1 s to 2 h.
 LEAD_TIME_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 STAGE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 # Admission reviews must answer within the webhook timeout (10 s at most); most take milliseconds.
 ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Scorecard durations: a spec change to Ready (target 1 h), trouble to recovery (target 4 h), an
+# environment to its first Ready request (target 30 min); seconds to a week.
+CHANGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+RECOVERY_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, 259200, 604800)
+ONBOARDING_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 86400, 604800)
 
 # The stages a request's time is spent in (label values of blacktop_stage_duration_seconds).
 STAGES = ("queued", "init", "plan", "policy", "approval", "apply", "destroy")
@@ -38,14 +45,7 @@ OPERATIONS = ("apply", "destroy", "drift")
 SUCCEEDED, FAILED = "succeeded", "failed"
 NO_FAILURE = "none"
 # The failure classes a run can end with: the Ready reasons the ServiceRequest controller writes.
-FAILURE_CLASSES = (
-    Reason.PLAN_FAILED,
-    Reason.APPLY_FAILED,
-    Reason.DESTROY_FAILED,
-    Reason.STATE_LOCKED,
-    Reason.PROVIDER_ERROR,
-    Reason.TIMEOUT,
-)
+FAILURE_CLASSES = RUN_FAILURES
 # Guardrail decision outcomes (label values of blacktop_guardrail_decisions_total).
 OUTCOMES = ("allowed", "denied", "warned", "audited", "approval")
 # Notifications (label values of blacktop_notifications_total): what was told, through which kind of
@@ -77,7 +77,13 @@ class Metrics:
     notification_retries: Counter
     notifications_queued: Gauge
     notification_latency: Histogram
+    change_lead_time: Histogram
+    changes: Counter
+    trouble: Counter
+    time_to_recovery: Histogram
+    environment_onboarding: Histogram
     inventory: Inventory
+    scorecard: ScorecardBook  # the latest scorecard (ctx.metrics.scorecard.latest) and its notes
 
     @property
     def names(self) -> list[str]:
@@ -121,6 +127,20 @@ class Metrics:
             if waited is not None:
                 # Waiting for a human is its own stage of the lead time.
                 self.observe_stage("approval", waited)
+        if found.team_golden_path is not None:
+            self.changes.labels(team=found.team_golden_path[0], golden_path=found.team_golden_path[1])
+        for team, golden_path in found.changes:
+            self.changes.labels(team=team, golden_path=golden_path).inc()
+        for golden_path, tier, seconds in found.change_lead_times:
+            self.change_lead_time.labels(golden_path=golden_path, tier=tier).observe(seconds)
+        for failure_class, golden_path in found.troubles:
+            self.trouble.labels(failure_class=failure_class, golden_path=golden_path).inc()
+        for failure_class, seconds in found.recoveries:
+            self.time_to_recovery.labels(failure_class=failure_class).observe(seconds)
+
+    def observe_environment_onboarding(self, tier: str, seconds: float) -> None:
+        """Record one environment's onboarding: creation to its first Ready ServiceRequest."""
+        self.environment_onboarding.labels(tier=tier).observe(seconds)
 
     def observe_run(self, operation: str, golden_path: str, failure_class: str | None) -> None:
         """Count one finished run; ``failure_class`` is the Ready reason of a failed run, None on success."""
@@ -148,8 +168,11 @@ class Metrics:
                 )
         for tier in tiers:
             self.lead_time.labels(golden_path=golden_path, tier=tier)
+            self.change_lead_time.labels(golden_path=golden_path, tier=tier)
         self.drift_detected.labels(golden_path=golden_path)
         self.input_reapplies.labels(golden_path=golden_path)
+        for failure_class in (*TROUBLE_CLASSES, OTHER):
+            self.trouble.labels(failure_class=failure_class, golden_path=golden_path)
 
     def observe_input_reapply(self, golden_path: str) -> None:
         """Count one consumer applied again for its inputs (a source became ready or changed its outputs)."""
@@ -208,7 +231,9 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     """Build the metric set in ``registry`` (a new one if not given)."""
     registry = registry or CollectorRegistry(auto_describe=True)
     inventory = Inventory()
+    book = ScorecardBook()
     registry.register(InventoryCollector(inventory))
+    registry.register(ScorecardCollector(book))
     metrics = Metrics(
         registry=registry,
         lead_time=Histogram(
@@ -299,7 +324,45 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             buckets=NOTIFICATION_LATENCY_BUCKETS,
             registry=registry,
         ),
+        change_lead_time=Histogram(
+            "blacktop_change_lead_time_seconds",
+            "Time from a ServiceRequest's spec change (a new generation) to Ready on it, by golden path and tier.",
+            ["golden_path", "tier"],
+            buckets=CHANGE_BUCKETS,
+            registry=registry,
+        ),
+        changes=Counter(
+            "blacktop_changes",
+            "Applies that changed something (a new request, or a spec change whose plan was not empty), by team and golden path.",
+            ["team", "golden_path"],
+            registry=registry,
+        ),
+        trouble=Counter(
+            "blacktop_trouble",
+            "Episodes of trouble (a ServiceRequest failing or stalled until its next Ready), by failure class and golden path.",
+            ["failure_class", "golden_path"],
+            registry=registry,
+        ),
+        time_to_recovery=Histogram(
+            "blacktop_time_to_recovery_seconds",
+            "Time from a ServiceRequest's first failure to its next Ready, by the first failure's class.",
+            ["failure_class"],
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        ),
+        environment_onboarding=Histogram(
+            "blacktop_environment_onboarding_seconds",
+            "Time from an Environment's creation to its first Ready ServiceRequest, by tier.",
+            ["tier"],
+            buckets=ONBOARDING_BUCKETS,
+            registry=registry,
+        ),
         inventory=inventory,
+        scorecard=book,
     )
     metrics.prepare_notifications()
+    for failure_class in (*TROUBLE_CLASSES, OTHER):
+        metrics.time_to_recovery.labels(failure_class=failure_class)
+    for tier in TIERS:
+        metrics.environment_onboarding.labels(tier=tier)
     return metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,13 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
+from blacktop.api.scorecard import ScorecardLedger
 from blacktop.config import Settings
 from blacktop.kube.reviews import Identity
-from blacktop.metrics.registry import create_metrics
+from blacktop.metrics.facts import observe
+from blacktop.metrics.ledger import next_ledger
+from blacktop.metrics.registry import Metrics, create_metrics
+from blacktop.metrics.scorecard import compute
 from blacktop.portal.access import COOKIE, Access
 from blacktop.portal.server import Portal
 from blacktop.portal.state import ClusterState
@@ -73,10 +78,11 @@ def cluster() -> ClusterState:
 Scenario = Callable[[TestClient], Awaitable[None]]
 
 
-def serve(scenario: Scenario, *, signed_in: bool = True) -> None:
+def serve(scenario: Scenario, *, signed_in: bool = True, metrics: Metrics | None = None) -> None:
     access = Access(review_token, review_access) if signed_in else None
     settings = Settings(portal_auth="token" if signed_in else "none")
-    portal = Portal(settings, cluster(), create_metrics().registry, access)
+    metrics = metrics or create_metrics()
+    portal = Portal(settings, cluster(), metrics.registry, access, metrics.scorecard)
 
     async def run() -> None:
         async with TestClient(TestServer(portal.app())) as client:
@@ -102,6 +108,48 @@ PAGES = [
     "/requests?problems=1",
     "/scorecard",
 ]
+
+
+def test_the_scorecard_page_shows_each_figure_against_its_target() -> None:
+    metrics = create_metrics()
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+    observed = observe(
+        [
+            {
+                "metadata": {"name": "e1", "uid": "u", "creationTimestamp": "2026-01-10T11:00:00Z"},
+                "spec": {"team": "payments", "tier": "dev"},
+            }
+        ],
+        [
+            {
+                "metadata": {"name": "db", "namespace": "e1", "uid": "r", "creationTimestamp": "2026-01-10T11:00:00Z"},
+                "spec": {"goldenPath": "tiny"},
+                "status": {"firstReadyTime": "2026-01-10T11:12:00Z"},
+            }
+        ],
+        [{"metadata": {"name": "tiny"}}],
+        feedback=[],
+        workloads=[],
+        known_teams=["payments", "search"],
+    )
+
+    async def before(client: TestClient) -> None:
+        text = await (await client.get("/scorecard")).text()
+        assert "No scorecard computed yet" in text
+
+    serve(before, signed_in=False, metrics=metrics)
+    metrics.scorecard.publish(compute(observed, next_ledger(ScorecardLedger(), observed, [], now), {}, now))
+
+    async def after(client: TestClient) -> None:
+        text = await (await client.get("/scorecard")).text()
+        onboarding = text[text.index('id="target-team-onboarding"') :].split("</tr>")[0]
+        assert "12m" in onboarding  # 12 minutes, against the 30-minute default target
+        assert "<td>yes</td>" in onboarding
+        active = text[text.index('id="target-weekly-active-teams"') :].split("</tr>")[0]
+        assert 'class="missed"' in active  # one of the two known teams
+        assert "<td>no</td>" in active
+
+    serve(after, signed_in=False, metrics=metrics)
 
 
 def test_every_page_renders_in_local_mode() -> None:

@@ -30,7 +30,7 @@ async def serve_portal(memo: kopf.Memo, **_: Any) -> None:
     # The state is in the memo before the server starts: the first watch events may come at once.
     memo.portal_state = ClusterState()
     memo.portal_server = await server.start(
-        server.Portal(ctx.settings, memo.portal_state, ctx.metrics.registry, access)
+        server.Portal(ctx.settings, memo.portal_state, ctx.metrics.registry, access, ctx.metrics.scorecard)
     )
 
 

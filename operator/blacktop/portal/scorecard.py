@@ -2,9 +2,10 @@
 
 :func:`platform_scorecard` is the one function the scorecard page calls: today it reads what
 ``/metrics`` exports (lead time histogram, adoption, cost and budget per team, run results,
-readiness), so the page and Prometheus always agree. When the full scorecard (issue 15) lands,
-only this function changes to read it. Pure apart from collecting the registry (which computes
-the scrape-time gauges from the operator's inventory, no API call).
+readiness), so the page and Prometheus always agree, and the product scorecard's figures with their
+targets (the ones `kubectl get platformscorecards` shows) from the operator's scorecard book. Pure
+apart from collecting the registry (which computes the scrape-time gauges from the operator's
+inventory, no API call).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from blacktop.metrics.book import ScorecardBook
+from blacktop.metrics.scorecard import Figure
 from blacktop.portal.views import duration_text
 
 LEAD_TIME = "blacktop_provisioning_lead_time_seconds"
@@ -60,6 +63,9 @@ class Scorecard:
     failed_runs: float = 0.0
     ready: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> ready -> count
     active_teams: float = 0.0
+    # The product scorecard (onboarding, adoption, self-service...): empty until the operator has
+    # computed its first one.
+    figures: tuple[Figure, ...] = ()
 
     @property
     def failure_percent(self) -> float | None:
@@ -143,8 +149,12 @@ def _read(samples: Samples, scorecard: Scorecard) -> None:
     scorecard.active_teams = sum(value for _, value in samples["blacktop_active_teams"])
 
 
-def platform_scorecard(registry: CollectorRegistry) -> Scorecard:
-    """The scorecard as the operator's /metrics has it now (counters since the operator started)."""
+def platform_scorecard(registry: CollectorRegistry, book: ScorecardBook | None = None) -> Scorecard:
+    """The scorecard as the operator's /metrics has it now (counters since the operator started),
+    with the latest product scorecard of ``book``."""
     scorecard = Scorecard()
     _read(_samples(registry.collect()), scorecard)
+    latest = book.latest if book is not None else None
+    if latest is not None:
+        scorecard.figures = latest.figures
     return scorecard

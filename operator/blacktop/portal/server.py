@@ -29,6 +29,7 @@ from blacktop.config import Settings
 from blacktop.portal import builder, docs, plots, views
 from blacktop.portal.access import COOKIE, SESSION_TTL, Access, Viewer, everyone
 from blacktop.portal.schema import FIELD_PREFIX, MAX_TEXT, form_fields
+from blacktop.metrics.book import ScorecardBook
 from blacktop.portal.scorecard import platform_scorecard
 from blacktop.portal.state import ClusterState, Snapshot
 
@@ -101,6 +102,7 @@ class Portal:
     state: ClusterState
     registry: CollectorRegistry
     access: Access | None  # None: BLACKTOP_PORTAL_AUTH=none
+    book: ScorecardBook | None = None  # the operator's product scorecard (None: none computed here)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     # -- the application ------------------------------------------------------------------------
@@ -489,7 +491,7 @@ class Portal:
             )
 
         def build() -> Mapping[str, Any]:
-            card = platform_scorecard(self.registry)
+            card = platform_scorecard(self.registry, self.book)
             adoption = [plots.Bar(gp, n, f"{n:.0f} request(s)") for gp, n in card.adoption]
             costs = [
                 plots.Bar(

@@ -26,10 +26,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from blacktop.config import Settings
+from blacktop.metrics.book import ScorecardBook
 from blacktop.portal import builder, docs, plots, views
 from blacktop.portal.access import COOKIE, SESSION_TTL, Access, Viewer, everyone
 from blacktop.portal.schema import FIELD_PREFIX, MAX_TEXT, form_fields
-from blacktop.metrics.book import ScorecardBook
 from blacktop.portal.scorecard import platform_scorecard
 from blacktop.portal.state import ClusterState, Snapshot
 

@@ -34,13 +34,9 @@ tools: ## Build/install the pinned external tools (cached outside the repo; slow
 .PHONY: setup
 setup: venv tools ## Everything `run` and `test` need
 
-# The developer portal on loopback, without sign-in (this machine's user is the cluster's admin anyway).
-PORTAL_PORT ?= 8090
-
 .PHONY: run
 run: setup ## Start a local control plane, install Blacktop's CRDs and catalog, run the operator and its portal
-	@BLACKTOP_PORTAL_PORT=$${BLACKTOP_PORTAL_PORT:-$(PORTAL_PORT)} BLACKTOP_PORTAL_AUTH=$${BLACKTOP_PORTAL_AUTH:-none} \
-		$(VENV)/bin/blacktop run --local --install
+	@$(VENV)/bin/blacktop run --local --install
 
 .PHONY: test
 test: setup lint ## Lint, then run the whole test suite (unit, integration, e2e) against a real local control plane

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -187,9 +187,22 @@ def _cluster(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
 
 
+# What `blacktop run --local` (so `make run`) sets unless the environment already does: the developer
+# portal on loopback (the default address), without sign-in (this machine's user is the cluster's
+# admin anyway; Settings refuses no sign-in on any other address).
+LOCAL_DEFAULTS = {"BLACKTOP_PORTAL_PORT": "8090", "BLACKTOP_PORTAL_AUTH": "none"}
+
+
+def local_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings ``--local`` adds to ``environ`` (those it does not set itself)."""
+    return {key: value for key, value in LOCAL_DEFAULTS.items() if key not in environ}
+
+
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack, ready: threading.Event) -> None:
     from blacktop.handlers.main import run_operator
 
+    if args.local:
+        os.environ.update(local_defaults(os.environ))
     if args.local and "BLACKTOP_WORKSPACE_ROOT" not in os.environ:
         # OpenTofu's working copies live as long as this run, not in /tmp forever.
         workspaces = tempfile.mkdtemp(prefix="blacktop-workspaces-")

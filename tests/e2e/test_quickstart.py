@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -167,6 +168,7 @@ class BlacktopRun:
             "BLACKTOP_METRICS_PORT": str(free_port()),
             "BLACKTOP_HEALTH_PORT": str(free_port()),
             "BLACKTOP_WEBHOOK_PORT": str(free_port()),
+            "BLACKTOP_PORTAL_PORT": str(free_port()),
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -335,6 +337,12 @@ def test_readme_quickstart_works_as_written_against_make_run(home: Path, tmp_pat
         assert "==> starting a local cluster (" in output
         assert "==> starting an embedded PostgreSQL" in output
         assert re.search(r"PostgreSQL: embedded at 127\.0\.0\.1:\d+", output), output
+        # The portal the last lines point at answers, without sign-in, on loopback.
+        portal = re.search(r"^The developer portal \(read-only\): (http://127\.0\.0\.1:\d+/)$", output, re.M)
+        assert portal is not None, output[-2000:]
+        assert portal.group(1) == f"http://127.0.0.1:{run.env['BLACKTOP_PORTAL_PORT']}/"
+        with urllib.request.urlopen(portal.group(1) + "catalog", timeout=30) as page:
+            assert "postgres-database" in page.read().decode()
         kubectl = Kubectl(run.kubeconfig())
         assert run.kubeconfig().is_relative_to(run.tmpdir)
         # The README's sample shows the same steps and the same kind of lines for the second terminal.

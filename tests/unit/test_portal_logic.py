@@ -13,6 +13,7 @@ import pytest
 import yaml
 from markupsafe import Markup
 
+from blacktop.cli import local_defaults
 from blacktop.config import Settings
 from blacktop.controllers.admission import decide_service_request
 from blacktop.guardrails.engine import compile_active
@@ -417,10 +418,10 @@ def test_durations_read_like_people_say_them() -> None:
 
 
 def test_make_run_serves_the_portal_on_loopback_without_sign_in() -> None:
-    """`make run` turns the portal on (port 8090, no sign-in; the address stays the loopback default)."""
-    makefile = (REPO / "Makefile").read_text()
-    recipe = makefile[makefile.index("\nrun:") :].split("\n\n")[0]
-    assert "PORTAL_PORT ?= 8090" in makefile
-    assert "BLACKTOP_PORTAL_PORT=$${BLACKTOP_PORTAL_PORT:-$(PORTAL_PORT)}" in recipe
-    assert "BLACKTOP_PORTAL_AUTH=$${BLACKTOP_PORTAL_AUTH:-none}" in recipe
-    assert "BLACKTOP_PORTAL_ADDRESS" not in makefile
+    """`blacktop run --local` (`make run`'s command) turns the portal on: port 8090, no sign-in, the
+    address the loopback default; what the user set wins."""
+    assert local_defaults({}) == {"BLACKTOP_PORTAL_PORT": "8090", "BLACKTOP_PORTAL_AUTH": "none"}
+    assert local_defaults({"BLACKTOP_PORTAL_PORT": "8091"}) == {"BLACKTOP_PORTAL_AUTH": "none"}
+    assert "BLACKTOP_PORTAL_ADDRESS" not in local_defaults({})
+    settings = Settings.from_env(local_defaults({}))
+    assert (settings.portal_port, settings.portal_address, settings.portal_auth) == (8090, "127.0.0.1", "none")

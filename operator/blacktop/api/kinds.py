@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from blacktop.api.environment import NAME_RULES, EnvironmentSpec, EnvironmentStatus
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
 from blacktop.api.guardrailpolicy import GuardrailPolicySpec, GuardrailPolicyStatus
+from blacktop.api.servicerequest import NAME_RULES as REQUEST_NAME_RULES
 from blacktop.api.servicerequest import ServiceRequestSpec, ServiceRequestStatus
 
 GROUP = "platform.blacktop.dev"
@@ -103,6 +104,7 @@ SERVICE_REQUEST = KindInfo(
         {"name": "LeadTime(s)", "type": "integer", "jsonPath": ".status.leadTimeSeconds"},
         _AGE,
     ],
+    root_validations=REQUEST_NAME_RULES,
 )
 
 GUARDRAIL_POLICY = KindInfo(

@@ -1,22 +1,42 @@
 """Reading a golden path's module from disk: where it is, what it needs, what it must not do.
 
 The module path comes from a GoldenPath; it is resolved inside the operator's modules root and may
-never escape it (``..``, absolute paths, symlinks out of the root).
+never escape it (``..``, absolute paths, symlinks out of the root). Inspection reads every file
+OpenTofu reads: ``.tf`` and ``.tofu`` files, their JSON forms ``.tf.json`` and ``.tofu.json``,
+override files (``override.tf``, ``*_override.tf.json``, ...), and the local modules the module
+calls (``source = "./sub"``), recursively; a module call whose source leaves the module's folder
+or is remote is a violation, and a symlinked file or folder anywhere in the module that points
+outside the modules root is refused like a symlinked module folder. The same inspection runs on a
+request's workspace copy before every run (see controllers/protections.py), so what is checked is
+what runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hcl2
 
-from blacktop.terraform.findings import Findings, analyse
+from blacktop.terraform.findings import Findings, ModuleCall, analyse, from_json
+
+HCL_SUFFIXES = (".tf", ".tofu")
+JSON_SUFFIXES = (".tf.json", ".tofu.json")
+# Provider plugins and downloaded modules of a workspace: OpenTofu's own, never configuration.
+SKIPPED_FOLDERS = frozenset({".terraform"})
+MAX_NESTED_MODULES = 32
 
 
 class ModuleError(Exception):
     """The module cannot be used; the message says why in words a platform engineer acts on."""
+
+
+class ModuleEscapeError(ModuleError):
+    """The module reaches outside the modules root (a path or a symlink): refused, never run."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +53,7 @@ def resolve(root: Path, module: str) -> Path:
     base = root.resolve()
     target = (base / module).resolve()
     if not target.is_relative_to(base):
-        raise ModuleError(f"module {module!r} points outside the modules root {base}")
+        raise ModuleEscapeError(f"module {module!r} points outside the modules root {base}")
     if not target.is_dir():
         raise ModuleError(f"module {module!r} not found: no folder {target} in the modules root")
     return target
@@ -48,19 +68,90 @@ def digest(path: Path) -> str:
     return sha.hexdigest()
 
 
+def is_configuration(name: str) -> bool:
+    """Whether OpenTofu reads a file of this name as configuration (it ignores hidden and editor files)."""
+    if name.startswith((".", "#")) or name.endswith("~"):
+        return False
+    return name.endswith(HCL_SUFFIXES + JSON_SUFFIXES)
+
+
+def check_links(path: Path, root: Path) -> None:
+    """Refuse any symlink under ``path`` (files and folders) whose target is outside ``root``."""
+    base = root.resolve()
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_FOLDERS]
+        for name in (*dirs, *files):
+            entry = Path(folder) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(base):
+                where = entry.relative_to(path).as_posix()
+                raise ModuleEscapeError(
+                    f"{where} in module folder {path.name!r} is a symlink to {entry.resolve()}, outside the modules "
+                    f"root {base}; ship the file itself"
+                )
+
+
+def _parse(file: Path, label: str) -> dict[str, Any]:
+    try:
+        with file.open(encoding="utf-8") as fh:
+            if file.name.endswith(JSON_SUFFIXES):
+                return from_json(json.load(fh))
+            parsed: dict[str, Any] = hcl2.load(fh)
+            return parsed
+    except Exception as exc:  # the parsers raise several error types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModuleError(f"module {label!r}: cannot parse {file.name}: {first_line}") from exc
+
+
+def _parse_folder(path: Path, label: str) -> dict[str, dict[str, Any]]:
+    return {file.name: _parse(file, label) for file in sorted(path.iterdir()) if is_configuration(file.name)}
+
+
+def _nested(call: ModuleCall, parent: Path, top: Path, label: str) -> Path | str:
+    """The folder a local module call reads, or why it may not be used."""
+    target = (parent / call.source).resolve()
+    if not target.is_relative_to(top):
+        return (
+            f'module "{call.name}" in {call.filename} has the source {call.source!r}, which leaves the folder of '
+            f"module {label!r}; only modules inside it are copied into a request's workspace"
+        )
+    if not target.is_dir():
+        return f'module "{call.name}" in {call.filename}: source {call.source!r} is not a folder of module {label!r}'
+    return target
+
+
+def inspect_folder(path: Path, root: Path, label: str) -> Findings:
+    """Findings for the module in ``path`` and every local module it calls (blocking file I/O).
+
+    Variables and outputs are the top module's; providers and violations are everyone's.
+    """
+    top = path.resolve()
+    check_links(path, root)
+    parsed = _parse_folder(path, label)
+    if not parsed:
+        raise ModuleError(f"module {label!r} has no .tf files")
+    findings = analyse(parsed)
+    queue = [(top, call) for call in findings.module_calls if call.local]
+    seen: set[Path] = {top}
+    while queue:
+        parent, call = queue.pop(0)
+        target = _nested(call, parent, top, label)
+        if isinstance(target, str):
+            findings.violations.append(target)
+            continue
+        if target in seen:
+            continue
+        seen.add(target)
+        if len(seen) > MAX_NESTED_MODULES:
+            raise ModuleError(f"module {label!r} calls more than {MAX_NESTED_MODULES} local modules")
+        inner = analyse(_parse_folder(target, label))
+        where = target.relative_to(top).as_posix()
+        findings.violations += [f"{v} (in local module ./{where})" for v in inner.violations]
+        findings.providers |= inner.providers
+        queue += [(target, c) for c in inner.module_calls if c.local]
+    return findings
+
+
 def inspect(root: Path, module: str) -> ModuleInfo:
     """Resolve, parse and analyse a module (blocking file I/O: call it in a thread)."""
     path = resolve(root, module)
-    parsed = {}
-    for file in sorted(path.iterdir()):
-        if file.suffix not in (".tf", ".tofu"):
-            continue
-        try:
-            with file.open(encoding="utf-8") as fh:
-                parsed[file.name] = hcl2.load(fh)
-        except Exception as exc:  # the parser raises several lark error types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModuleError(f"module {module!r}: cannot parse {file.name}: {first_line}") from exc
-    if not parsed:
-        raise ModuleError(f"module {module!r} has no .tf files")
-    return ModuleInfo(path=path, digest=digest(path), findings=analyse(parsed))
+    return ModuleInfo(path=path, digest=digest(path), findings=inspect_folder(path, root, module))

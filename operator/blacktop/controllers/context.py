@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from blacktop.config import Settings
+from blacktop.controllers.evaluation import Evaluator
 from blacktop.kube.client import KubeClient
 from blacktop.metrics.registry import Metrics, create_metrics
 
@@ -22,6 +23,10 @@ class Context:
     # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     _runs: asyncio.Semaphore | None = None
+    _evaluator: Evaluator | None = None
+    # Who the operator is to the API server (SelfSubjectReview at start-up): its own changes (finalizers,
+    # Kopf's annotations, TTL deletions) pass the team boundary that every other user's must.
+    username: str = ""
 
     @property
     def runs(self) -> asyncio.Semaphore:
@@ -29,6 +34,15 @@ class Context:
         if self._runs is None:
             self._runs = asyncio.Semaphore(self.settings.max_concurrent_runs)
         return self._runs
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """Guardrail evaluation in worker processes under a deadline (settings.guardrail_*)."""
+        if self._evaluator is None:
+            self._evaluator = Evaluator(
+                workers=self.settings.guardrail_workers, timeout=self.settings.guardrail_timeout_seconds
+            )
+        return self._evaluator
 
     def lock(self, key: str) -> asyncio.Lock:
         """The lock serialising work on one object (key: its uid or kind/namespace/name)."""

@@ -23,7 +23,7 @@ from blacktop.controllers.admission import observe
 from blacktop.controllers.context import Context
 from blacktop.controllers.guardrailpolicy import active_policies, record
 from blacktop.controllers.tracker import StatusTracker
-from blacktop.guardrails import context, engine
+from blacktop.guardrails import context
 from blacktop.guardrails.plan import plan_problems
 from blacktop.kube import events
 from blacktop.kube.resources import SERVICEREQUESTS
@@ -67,7 +67,7 @@ async def judge_plan(
     variables = context.request_variables(body, None, env, gp_body, None, plan=plan)
     policies = await active_policies(ctx)
     started = time.monotonic()
-    decision = engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.PLAN)
+    decision = await ctx.evaluator.evaluate(policies, context.request_subject(body, env), variables, RuleStage.PLAN)
     ctx.metrics.observe_stage("policy", time.monotonic() - started)
     observe(ctx, decision)
     if decision.recorded:

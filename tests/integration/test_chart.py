@@ -297,7 +297,8 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
         assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == ca_pem
         (rule,) = webhook["rules"]
         assert rule["apiGroups"] == ["platform.blacktop.dev"]
-        assert rule["operations"] == ["CREATE", "UPDATE"]
+        deletes = ["DELETE"] if path == "/validate-environment" else []
+        assert rule["operations"] == ["CREATE", "UPDATE", *deletes]
         assert rule["resources"] == [PLURALS[path]]
         if rule["scope"] == "Namespaced":
             (expression,) = webhook["namespaceSelector"]["matchExpressions"]

@@ -15,9 +15,14 @@ LABEL_GOLDEN_PATH = f"{DOMAIN}/golden-path"
 LABEL_AGGREGATE_TO_EDITOR = f"{DOMAIN}/aggregate-to-environment-editor"
 
 FINALIZER = f"{DOMAIN}/finalizer"
+# Set by a platform admin on a ServiceRequest: delete it without destroying what it made (recorded).
+ABANDON_ANNOTATION = f"{DOMAIN}/abandon"
 
 EDITOR_CLUSTER_ROLE = "blacktop-environment-editor"
 EDITOR_ROLE_BINDING = "blacktop-environment-editors"
+# What the operator may do inside an environment's namespace, bound there to the operator itself.
+OPERATOR_CLUSTER_ROLE = "blacktop-operator-environment"
+OPERATOR_ROLE_BINDING = "blacktop-operator"
 RESOURCE_QUOTA = "blacktop-quota"
 LIMIT_RANGE = "blacktop-limits"
 NETWORK_POLICY = "blacktop-isolation"

@@ -20,13 +20,16 @@ VERSION = "v1alpha1"
 TIMEOUT_SECONDS = 5
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
-# (handler id = URL path, plural, namespaced)
+# (handler id = URL path, plural, namespaced). Environments are reviewed on deletion too: who may
+# delete one is the team boundary's business, not only RBAC's.
 WEBHOOKS: tuple[tuple[str, str, bool], ...] = (
     ("validate-environment", "environments", False),
     ("validate-servicerequest", "servicerequests", True),
     ("validate-guardrailpolicy", "guardrailpolicies", False),
     ("validate-goldenpath", "goldenpaths", False),
 )
+OPERATIONS = {"environments": ["CREATE", "UPDATE", "DELETE"]}
+DEFAULT_OPERATIONS = ["CREATE", "UPDATE"]
 
 
 def excluded_namespaces(operator_namespace: str) -> list[str]:
@@ -43,7 +46,7 @@ def _webhook(path: str, plural: str, namespaced: bool, client_config: dict[str, 
             {
                 "apiGroups": [GROUP],
                 "apiVersions": [VERSION],
-                "operations": ["CREATE", "UPDATE"],
+                "operations": OPERATIONS.get(plural, DEFAULT_OPERATIONS),
                 "resources": [plural],
                 "scope": "Namespaced" if namespaced else "Cluster",
             }

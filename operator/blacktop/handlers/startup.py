@@ -14,6 +14,7 @@ from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.handlers import logfilters
 from blacktop.kube.client import KubeClient
+from blacktop.kube.errors import KubeApiError
 
 
 def context_of(memo: Any) -> Context:
@@ -49,11 +50,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.execution.executor = executor
     asyncio.get_running_loop().set_default_executor(executor)
-    memo.ctx = Context(client=KubeClient.from_kubeconfig(), settings=config)
+    ctx = Context(client=KubeClient.from_kubeconfig(), settings=config)
+    try:
+        # Who we are to the apiserver: our own changes pass the team boundary (controllers/admission.py).
+        ctx.username = await ctx.client.whoami()
+    except KubeApiError as exc:
+        ctx.client.close()
+        raise kopf.TemporaryError(f"cannot tell who the operator is (SelfSubjectReview): {exc}", delay=2) from exc
+    logging.getLogger(__name__).info("operating as %s", ctx.username)
+    await ctx.evaluator.start()  # guardrail worker processes, started before the first review needs one
+    memo.ctx = ctx
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     ctx = getattr(memo, "ctx", None)
     if ctx is not None:
+        await ctx.evaluator.close()
         ctx.client.close()

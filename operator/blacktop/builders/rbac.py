@@ -1,8 +1,20 @@
-"""Cluster-wide RBAC that Blacktop installs once: the roles environments bind their teams to.
+"""Cluster-wide RBAC that Blacktop installs once: the roles environments bind their teams (and the
+operator) to, and the role developers need to self-serve Environments.
 
 `blacktop-environment-editor` is an *aggregated* ClusterRole: it collects every role labelled for it
 plus everything aggregated into the built-in `edit` role, so a team member can run workloads and
 create ServiceRequests in their namespace, and the platform team can widen it by labelling a role.
+
+`blacktop-environment-developer` lets every authenticated user create, change and delete
+Environments: RBAC cannot tell teams apart (Environments are cluster-scoped), so the team boundary
+is the admission webhook's (a user may only act on an Environment of a team whose group they are
+in), and this role makes sure it is the only boundary, not an accident of who was granted what.
+
+`blacktop-operator-environment` is what the operator does inside an environment's namespace
+(connection Secrets, quota, limits, network policy, dashboards, alert rules, the PodMonitor). The
+operator binds it to itself in each namespace it creates, so it needs none of these rights
+cluster-wide: it cannot read or write Secrets or ConfigMaps of namespaces that are not
+environments.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ JSON = dict[str, Any]
 
 SERVICE_REQUESTS_ROLE = "blacktop-environment-editor-servicerequests"
 CATALOG_READER_ROLE = "blacktop-catalog-reader"
+DEVELOPER_ROLE = "blacktop-environment-developer"
 _GROUP = "platform.blacktop.dev"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
 
@@ -88,6 +101,70 @@ def catalog_reader_binding() -> JSON:
     }
 
 
+def developer_cluster_role() -> JSON:
+    """Self-serve Environments; the webhook's team boundary decides which ones."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": DEVELOPER_ROLE, "labels": dict(_LABELS)},
+        "rules": [
+            {
+                "apiGroups": [_GROUP],
+                "resources": ["environments"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            },
+            {"apiGroups": [_GROUP], "resources": ["environments/status"], "verbs": ["get"]},
+        ],
+    }
+
+
+def developer_binding() -> JSON:
+    """Every authenticated user may self-serve Environments of their own teams."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": DEVELOPER_ROLE, "labels": dict(_LABELS)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": DEVELOPER_ROLE},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
+    }
+
+
+def operator_environment_cluster_role() -> JSON:
+    """What the operator does in an environment's namespace (bound there, never cluster-wide)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": naming.OPERATOR_CLUSTER_ROLE, "labels": dict(_LABELS)},
+        "rules": [
+            # Connection Secrets: server-side applied, and read first (never someone else's).
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+            # Quota and limits (server-side applied); the NetworkPolicy is also removed when switched off.
+            {"apiGroups": [""], "resources": ["resourcequotas", "limitranges"], "verbs": ["create", "patch"]},
+            {
+                "apiGroups": ["networking.k8s.io"],
+                "resources": ["networkpolicies"],
+                "verbs": ["create", "patch", "delete"],
+            },
+            # Dashboards, alert rules and the PodMonitor: applied, and removed when no longer declared.
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "delete"]},
+            {
+                "apiGroups": ["monitoring.coreos.com"],
+                "resources": ["podmonitors", "prometheusrules"],
+                "verbs": ["create", "patch", "delete"],
+            },
+        ],
+    }
+
+
+def operator_subject(username: str) -> JSON:
+    """The RBAC subject of the operator's own identity (a ServiceAccount in a cluster, else a user)."""
+    prefix = "system:serviceaccount:"
+    if username.startswith(prefix) and username.count(":") == 3:
+        namespace, name = username[len(prefix) :].split(":")
+        return {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+    return {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": username}
+
+
 def cluster_rbac() -> list[JSON]:
     """All cluster-wide RBAC objects, in apply order."""
     return [
@@ -95,4 +172,7 @@ def cluster_rbac() -> list[JSON]:
         editor_cluster_role(),
         catalog_reader_cluster_role(),
         catalog_reader_binding(),
+        developer_cluster_role(),
+        developer_binding(),
+        operator_environment_cluster_role(),
     ]

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 SERVICE_CIDR = "10.0.0.0/24"
+# The name in the client certificate the apiserver presents to admission webhooks (see
+# _webhook_admission_config); the operator accepts reviews only from it (BLACKTOP_WEBHOOK_CLIENT_NAMES).
+WEBHOOK_CLIENT_NAME = "kube-apiserver-webhook-client"
 
 
 class ClusterStartError(RuntimeError):
@@ -93,6 +96,12 @@ class LocalCluster:
     def ca_file(self) -> Path:
         """The cluster CA certificate (PEM)."""
         return self.workdir / "pki" / "ca.crt"
+
+    @property
+    def webhook_client_ca(self) -> Path:
+        """The CA that signed the apiserver's client certificate for webhook calls (its CN is
+        WEBHOOK_CLIENT_NAME): what a webhook trusts to tell the apiserver from anyone else."""
+        return self.ca_file
 
     @property
     def log_files(self) -> dict[str, Path]:
@@ -213,6 +222,7 @@ class LocalCluster:
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--api-audiences=https://kubernetes.default.svc",
                 "--authorization-mode=RBAC",
+                f"--admission-control-config-file={self._webhook_admission_config(ca)}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 # The only address is loopback, which the default endpoints reconciler refuses to publish.
@@ -250,6 +260,35 @@ class LocalCluster:
         )
         # The ServiceAccount controller creates `default` in `default`: the controller-manager works.
         self._wait(self._default_service_account, "kube-controller-manager (ServiceAccount default/default)", 60)
+
+    def _webhook_admission_config(self, ca: pki.CertificateAuthority) -> Path:
+        """An --admission-control-config-file giving the apiserver a client certificate (issued by the
+        cluster CA, CN WEBHOOK_CLIENT_NAME) for every admission webhook it calls: `*` matches any host."""
+        pair = ca.issue("webhook-client", WEBHOOK_CLIENT_NAME)
+        kubeconfig = self.workdir / "webhook-client.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [{"name": "*", "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+        }
+        kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        kubeconfig.chmod(0o600)
+        plugin = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(kubeconfig),
+        }
+        admission = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                {"name": name, "configuration": plugin}
+                for name in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")
+            ],
+        }
+        path = self.workdir / "admission-config.yaml"
+        path.write_text(yaml.safe_dump(admission, sort_keys=False), encoding="utf-8")
+        return path
 
     def _launch(self, name: str, argv: list[str]) -> None:
         self.procs[name] = processes.start(argv, self.log_files[name], die_with_parent=not self.detached)

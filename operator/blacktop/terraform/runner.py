@@ -155,7 +155,9 @@ class Runner:
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the operator dies, even by SIGKILL. The tool then stops like on
-    shutdown (persisting what it finished) instead of running on unlocked beside the next run."""
+    shutdown (persisting what it finished) instead of running on unlocked beside the next run. And
+    umask 077: plans, lock files and provider caches it writes are the operator's user's only."""
+    os.umask(0o077)
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 

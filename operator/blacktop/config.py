@@ -77,7 +77,8 @@ class Settings(BaseModel):
         8 * 1024 * 1024, description="Admission reviews larger than this are refused with a readable message."
     )
     cel_cost_limit: int = Field(
-        10_000_000, description="Largest estimated worst-case cost of a guardrail rule (checked when a policy is applied)."
+        10_000_000,
+        description="Largest estimated worst-case cost of a guardrail rule (checked when a policy is applied).",
     )
     guardrail_timeout_seconds: float = Field(
         2.0, description="Deadline of one guardrail evaluation; past it the request is denied, naming the rule."

@@ -191,6 +191,7 @@ async def review_service_request(
         golden,
         userinfo,
         siblings=[(s, by_name.get(str((s.get("spec") or {}).get("goldenPath")))) for s in siblings],
+        leftover_cents=ctx.metrics.inventory.leftover_cents(namespace),
     )
     decision = await ctx.evaluator.evaluate(
         policies, context.request_subject(body, env), variables, RuleStage.ADMISSION

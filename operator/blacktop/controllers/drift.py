@@ -25,7 +25,7 @@ from blacktop.api.goldenpath import DriftPolicy, GoldenPathSpec
 from blacktop.api.servicerequest import RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
 from blacktop.builders import parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import guardrails, locks, lookup
+from blacktop.controllers import delivery, guardrails, locks, lookup, protections
 from blacktop.controllers import servicerequest as requests
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
@@ -68,8 +68,6 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
     params, errors = parameters.validate(gp_spec.parameters, spec.parameters)
     if errors:
         return None
-    variables = await requests.module_variables(ctx, body, env, gp_spec, params)
-
     recorded = locks.recorded_lock_ids(status.last_run)
     status.last_run = RunInfo(
         id=secrets.token_hex(6), operation="drift", started_at=format_time(datetime.now(UTC)), lock_id=new_lock_id()
@@ -78,9 +76,12 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
     tracker.previous = status.model_copy(deep=True)
     try:
         async with locks.held(ctx, body, requests.backend_for(ctx, body), status.last_run, recorded):
-            result = await _plan_and_correct(ctx, body, env, gp_spec, variables, tracker=tracker)
+            result = await _plan_and_correct(ctx, body, env, gp_spec, params, tracker=tracker)
     except locks.StateLockedError as held:
         result = held.result()
+        _unknown(tracker, result)
+    except protections.ModuleRefused as refused:
+        result = refused.result()
         _unknown(tracker, result)
     status.last_run.finished_at = format_time(datetime.now(UTC))
     status.last_run.result = "Succeeded" if result.ok else "Failed"
@@ -117,10 +118,11 @@ async def _plan_and_correct(
     body: JSON,
     env: JSON,
     gp_spec: GoldenPathSpec,
-    variables: dict[str, Any],
+    params: dict[str, Any],
     *,
     tracker: StatusTracker[ServiceRequestStatus],
 ) -> RunResult:
+    variables = await requests.module_variables(ctx, body, env, gp_spec, params)
     runner = await requests.runner_for(ctx, body, gp_spec, variables)
     init = await runner.run("init", lock=False)
     if not init.ok:
@@ -193,7 +195,8 @@ async def _correct(
     if output.ok:  # outputs may have changed with the correction (a re-created resource)
         spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
         secret = builders.build_connection_secret(body, spec.golden_path, gp_spec, parse_outputs(output.stdout))
-        await ctx.client.apply(secret)
+        if conflict := await delivery.deliver(ctx, secret, body["metadata"]["uid"]):
+            await events.post_event(ctx.client, body, events.WARNING, Reason.SECRET_CONFLICT, conflict)
     corrected = f"drift corrected by applying the module again ({drift.changes}) in {apply.seconds:.1f}s"
     tracker.set(ConditionType.DRIFTED, False, Reason.DRIFT_CORRECTED, corrected)
     await events.post_event(ctx.client, body, events.NORMAL, Reason.DRIFT_CORRECTED, corrected)

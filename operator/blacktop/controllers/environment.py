@@ -174,7 +174,8 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
     except KubeApiError:
         requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
-    tracker.status.cost = cost_model.environment_cost(spec, requests)
+    left = ctx.metrics.inventory.leftover_cents(tracker.status.namespace)
+    tracker.status.cost = cost_model.environment_cost(spec, requests, left)
 
     ns = tracker.status.namespace
     tracker.set(ConditionType.NAMESPACE_READY, True, Reason.RECONCILED, f"namespace {ns} exists")

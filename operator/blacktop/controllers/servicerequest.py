@@ -25,16 +25,16 @@ from blacktop.api.common import cents_to_money, format_time, parse_time
 from blacktop.api.conditions import ConditionType, Reason, is_true
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.servicerequest import PlanSummary, RunInfo, ServiceRequestSpec, ServiceRequestStatus, Stage
-from blacktop.builders import cost, parameters
+from blacktop.builders import cost, naming, parameters
 from blacktop.builders import servicerequest as builders
-from blacktop.controllers import guardrails, locks, lookup, monitoring
+from blacktop.controllers import delivery, guardrails, leftovers, locks, lookup, monitoring, protections
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform import workspace
-from blacktop.terraform.locks import new_lock_id
+from blacktop.terraform.locks import new_lock_id, state_resources
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import tail
 from blacktop.terraform.runner import Runner, RunResult, parse_outputs
@@ -67,7 +67,8 @@ def _tracker(body: JSON) -> StatusTracker[ServiceRequestStatus]:
     return StatusTracker(body, ServiceRequestStatus)
 
 
-def _key(body: JSON) -> str:
+def workspace_key(body: JSON) -> str:
+    """The name of a request's workspace folder (a DNS-label name keeps it short)."""
     meta = body["metadata"]
     return f"{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}"
 
@@ -92,7 +93,7 @@ async def _credentials(ctx: Context, spec: GoldenPathSpec) -> dict[str, str]:
 
 
 def _standard_variables(body: JSON, env: JSON) -> dict[str, Any]:
-    """Variables every module may declare to learn where it runs."""
+    """Variables every module may declare to learn where it runs (and the uid that marks what it made)."""
     meta = body["metadata"]
     env_spec = env.get("spec") or {}
     return {
@@ -101,6 +102,7 @@ def _standard_variables(body: JSON, env: JSON) -> dict[str, Any]:
         "environment": env["metadata"]["name"],
         "team": env_spec.get("team"),
         "tier": env_spec.get("tier"),
+        "uid": meta["uid"],
     }
 
 
@@ -188,7 +190,10 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         return await tracker.write(ctx.client, SERVICEREQUESTS)
     tracker.set(ConditionType.PARAMETERS_VALID, True, Reason.RECONCILED, "parameters match the golden path's schema")
     tracker.status.monthly_cost = cents_to_money(cost.monthly_cost_cents(gp_spec.cost, params))
-    return await _provision(ctx, _Request(body, env, spec, gp_spec, params), tracker)
+    try:
+        return await _provision(ctx, _Request(body, env, spec, gp_spec, params), tracker)
+    except protections.ModuleRefused as refused:
+        raise await _fail(ctx, tracker, refused.result(), "checking the module") from None
 
 
 def _conditions(obj: JSON) -> list[Any]:
@@ -200,18 +205,29 @@ def _conditions(obj: JSON) -> list[Any]:
 async def module_variables(
     ctx: Context, body: JSON, env: JSON, gp_spec: GoldenPathSpec, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """The standard variables and the parameters, limited to those the module declares."""
-    info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, gp_spec.module)
-    candidates = {**_standard_variables(body, env), **params}
+    """The standard variables and the parameters, limited to those the module declares. The standard
+    ones are the operator's: a parameter of the same name never overrides them (admission refuses it)."""
+    try:
+        info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, gp_spec.module)
+    except modules.ModuleError as exc:
+        raise protections.refused(exc) from None
+    candidates = {**params, **_standard_variables(body, env)}
     return {k: v for k, v in candidates.items() if k in info.findings.variables}
 
 
 async def runner_for(ctx: Context, body: JSON, gp_spec: GoldenPathSpec, variables: dict[str, Any]) -> Runner:
     credentials = await _credentials(ctx, gp_spec)
-    module_dir = modules.resolve(ctx.settings.modules_root, gp_spec.module)
+    # Every run checks the module it runs (controllers/protections.py); a refusal is ModuleRefused.
+    module_dir = await asyncio.to_thread(protections.source, ctx.settings.modules_root, gp_spec.module)
     workdir = await asyncio.to_thread(
-        workspace.prepare, ctx.settings.workspace_root, _key(body), module_dir, variables, backend_for(ctx, body)
+        workspace.prepare,
+        ctx.settings.workspace_root,
+        workspace_key(body),
+        module_dir,
+        variables,
+        backend_for(ctx, body),
     )
+    await asyncio.to_thread(protections.check_workspace, workdir, gp_spec.module, ctx.settings.allowed_providers)
     env = workspace.environment(cache_dir() / "tofu.tfrc", credentials)
     return Runner(
         str(find_tool(ctx.settings.terraform_binary)),
@@ -262,6 +278,16 @@ async def _plan_and_apply(
     """init, plan, apply, deliver; the caller holds the state lock (so every run passes -lock=false)."""
     body, spec, gp_spec, status = request.body, request.spec, request.golden_path, tracker.status
     assert status.last_run is not None
+    currency = gp_spec.cost.currency if gp_spec.cost else "USD"
+    await leftovers.record(
+        ctx,
+        body,
+        request.env,
+        golden_path=spec.golden_path,
+        variables=variables,
+        cost=status.monthly_cost,
+        currency=currency,
+    )
     runner = await runner_for(ctx, body, gp_spec, variables)
     init = await runner.run("init", lock=False)
     if not init.ok:
@@ -310,7 +336,12 @@ async def _deliver(
     """After a successful apply: the connection Secret, lead time, Ready."""
     body, spec, status = request.body, request.spec, tracker.status
     secret = builders.build_connection_secret(body, spec.golden_path, request.golden_path, outputs)
-    await ctx.client.apply(secret)
+    if conflict := await delivery.deliver(ctx, secret, body["metadata"]["uid"]):
+        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {apply.seconds:.1f}s")
+        tracker.not_ready(Reason.SECRET_CONFLICT, conflict, stalled=True)
+        status.stage = Stage.FAILED
+        await tracker.write(ctx.client, SERVICEREQUESTS)
+        raise RetryLater(60, conflict)
     assert status.last_run is not None
     now = datetime.now(UTC)
     status.connection_secret = secret["metadata"]["name"]
@@ -333,16 +364,32 @@ async def _deliver(
     return await tracker.write(ctx.client, SERVICEREQUESTS)
 
 
+async def _nothing_to_destroy(
+    ctx: Context, body: JSON, tracker: StatusTracker[ServiceRequestStatus], backend: workspace.Backend
+) -> bool:
+    """Whether the request may go without a destroy: abandoned by a platform admin (recorded), or nothing
+    was ever applied (no state, or the empty state seeded before a first run that never got further)."""
+    if naming.ABANDON_ANNOTATION in (body["metadata"].get("annotations") or {}):
+        await leftovers.abandon(ctx, body)
+        return True
+    state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
+    if state is not None and state_resources(state):
+        return False
+    if state is not None:
+        await ctx.client.delete(SECRET, backend.state_secret, backend.namespace)
+    recorded = locks.recorded_lock_ids(tracker.status.last_run)
+    await locks.forget(ctx, body, backend, recorded)  # a run that failed early still made the Lease
+    workspace.remove(ctx.settings.workspace_root, workspace_key(body))
+    return True
+
+
 async def finalize_service_request(ctx: Context, body: JSON) -> None:
-    """Destroy what the request made, then its state; raises RetryLater while that fails."""
+    """Destroy what the request made, then its state; raises RetryLater while that fails. A request a
+    platform admin abandoned goes without a destroy (recorded); one that never applied anything goes at once."""
     tracker = _tracker(body)
     backend = backend_for(ctx, body)
-    state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
-    if state is None:
-        recorded = locks.recorded_lock_ids(tracker.status.last_run)
-        await locks.forget(ctx, body, backend, recorded)  # a run that failed early still made the Lease
-        workspace.remove(ctx.settings.workspace_root, _key(body))
-        return  # nothing was ever applied (or it is already destroyed)
+    if await _nothing_to_destroy(ctx, body, tracker, backend):
+        return
     spec = ServiceRequestSpec.model_validate(body.get("spec") or {})
     golden = await ctx.client.get(GOLDENPATHS, spec.golden_path)
     if golden is None:
@@ -355,7 +402,10 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     gp_spec = GoldenPathSpec.model_validate(golden["spec"])
     env = await lookup.environment_of(ctx, body["metadata"]["namespace"]) or {"metadata": {"name": ""}, "spec": {}}
     params, _ = parameters.validate(gp_spec.parameters, spec.parameters)
-    variables = await module_variables(ctx, body, env, gp_spec, params)
+    try:
+        variables = await module_variables(ctx, body, env, gp_spec, params)
+    except protections.ModuleRefused as refused:
+        raise await _fail(ctx, tracker, refused.result(), "checking the module before destroying") from None
 
     tracker.status.stage = Stage.DELETING
     recorded = locks.recorded_lock_ids(tracker.status.last_run)
@@ -374,6 +424,8 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
             destroy = init if not init.ok else await runner.run("destroy", var_file=workspace.VAR_FILE, lock=False)
     except locks.StateLockedError as held:
         raise await _fail(ctx, tracker, held.result(), "locking the state") from None
+    except protections.ModuleRefused as refused:
+        raise await _fail(ctx, tracker, refused.result(), "checking the module before destroying") from None
     if not destroy.ok:
         failure = await _fail(ctx, tracker, destroy, "destroy")
         raise failure
@@ -382,4 +434,4 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
     await events.post_event(
         ctx.client, body, events.NORMAL, "Destroyed", f"{spec.golden_path} destroyed in {destroy.seconds:.1f}s"
     )
-    workspace.remove(ctx.settings.workspace_root, _key(body))
+    workspace.remove(ctx.settings.workspace_root, workspace_key(body))

@@ -129,13 +129,15 @@ def request_variables(
     *,
     siblings: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = (),
     plan: Mapping[str, Any] | None = None,
+    leftover_cents: int = 0,
 ) -> JSON:
     """Variables for a ServiceRequest. ``siblings`` are the other requests of its environment with their
-    golden paths: their cost plus this one's is ``cost.environmentMonthly`` (computed from the specs, so
-    requests that have not been reconciled yet count too)."""
+    golden paths: their cost plus this one's (plus ``leftover_cents``, what requests that went without
+    a destroy left behind) is ``cost.environmentMonthly`` (computed from the specs, so requests that
+    have not been reconciled yet count too)."""
     cents, currency = request_cost_cents(request, golden_path)
     name = _map(request.get("metadata")).get("name")
-    others = sum(
+    others = leftover_cents + sum(
         request_cost_cents(sibling, gp)[0]
         for sibling, gp in siblings
         if _map(sibling.get("metadata")).get("name") != name

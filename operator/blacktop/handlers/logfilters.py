@@ -18,6 +18,7 @@ ROUTINE_IDS = (
     "metrics-",
     "environment-child-",
     "environment-cost",
+    "leftovers-watch",
     "environment_resync",
     "environment_ttl",
     "golden_path_resync",

@@ -1,0 +1,313 @@
+"""What ServiceRequests leave behind when they go without a destroy, and how it is cleaned up or accounted for.
+
+A request's finalizer is what makes Blacktop destroy its infrastructure before the request goes. A
+tenant may remove it (they can patch their own requests), and a platform admin may deliberately
+abandon a request whose infrastructure cannot be destroyed (annotation ``platform.blacktop.dev/abandon``).
+Either way the request's state Secret stays in the operator's namespace, and with it the knowledge
+of what exists:
+
+- Before every provisioning run, :func:`record` writes onto the state Secret what a destroy needs
+  later without the request: its namespace and name, golden path, team and environment, the module
+  variables, and its monthly cost.
+- A :class:`Sweeper` looks at the state Secrets every ``leftover_check_seconds`` (and at once when a
+  request disappears). State whose request is gone is *orphaned*: it is destroyed with the recorded
+  golden path and variables, exactly like a deletion would (same state lock, same module checks),
+  then removed, with a ``LeftoverDestroyed`` Event. When that fails (the golden path is gone, the
+  provider is down, the module is refused), a ``LeftoverNotDestroyed`` Warning Event says why, and
+  it is retried with backoff. State abandoned by an admin is never destroyed.
+- Until it is destroyed, what is left is reported by the gauge ``blacktop_leftover_states`` (by
+  golden path and reason) and its cost still counts: in its team's ``blacktop_team_monthly_cost``,
+  in its environment's ``status.cost`` and in budget guardrails. Stripping a finalizer is not a way
+  around a budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from blacktop.api.common import format_time, money_to_cents
+from blacktop.api.conditions import Reason
+from blacktop.api.goldenpath import GoldenPathSpec
+from blacktop.api.kinds import API_VERSION
+from blacktop.api.servicerequest import RunInfo
+from blacktop.builders import naming
+from blacktop.controllers import locks
+from blacktop.controllers.budget import refresh_environment_cost
+from blacktop.controllers.context import Context
+from blacktop.kube import events
+from blacktop.kube.errors import KubeApiError
+from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
+from blacktop.metrics.inventory import LeftoverView
+from blacktop.terraform import workspace
+from blacktop.terraform.locks import new_lock_id, state_resources
+from blacktop.terraform.redact import tail
+
+logger = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+SECRET = resource_for("v1", "Secret")
+NAMESPACE = resource_for("v1", "Namespace")
+_P = f"{naming.DOMAIN}/"
+REQUEST, GOLDEN_PATH, TEAM, ENVIRONMENT = f"{_P}request", f"{_P}golden-path", f"{_P}team", f"{_P}environment"
+COST, CURRENCY, VARIABLES, ABANDONED = f"{_P}monthly-cost", f"{_P}currency", f"{_P}variables", f"{_P}abandoned"
+ORPHANED = "orphaned"
+RETRY_CAP = 600.0
+MAX_LISTED = 20
+
+
+def _backend(ctx: Context, uid: str) -> workspace.Backend:
+    return workspace.Backend(namespace=ctx.settings.namespace, suffix=uid, kubeconfig=None)
+
+
+async def record(
+    ctx: Context,
+    body: JSON,
+    env: JSON,
+    *,
+    golden_path: str,
+    variables: dict[str, Any],
+    cost: str | None,
+    currency: str,
+) -> None:
+    """Write onto the request's state Secret what destroying it without the request needs. Called under
+    the state lock before any tofu command runs (the backend rewrites the Secret, keeping annotations)."""
+    meta = body["metadata"]
+    annotations = {
+        REQUEST: f"{meta['namespace']}/{meta['name']}",
+        GOLDEN_PATH: golden_path,
+        TEAM: str((env.get("spec") or {}).get("team") or ""),
+        ENVIRONMENT: str(env["metadata"]["name"]),
+        COST: cost or "0",
+        CURRENCY: currency,
+        VARIABLES: json.dumps(variables, sort_keys=True, separators=(",", ":")),
+    }
+    backend = _backend(ctx, meta["uid"])
+    try:
+        await ctx.client.merge_patch(
+            SECRET, backend.state_secret, {"metadata": {"annotations": annotations}}, backend.namespace
+        )
+    except KubeApiError as exc:  # a missing record only matters if the finalizer is removed later: say so
+        logger.warning("%s/%s: could not record the request on its state: %s", meta["namespace"], meta["name"], exc)
+
+
+def _view(state: JSON) -> LeftoverView:
+    annotations = (state.get("metadata") or {}).get("annotations") or {}
+    try:
+        cents = money_to_cents(str(annotations.get(COST) or "0"))
+    except ValueError:
+        cents = 0
+    return LeftoverView(
+        namespace=str(annotations.get(REQUEST) or "/").partition("/")[0],
+        golden_path=str(annotations.get(GOLDEN_PATH) or "unknown"),
+        team=str(annotations.get(TEAM) or "unknown"),
+        currency=str(annotations.get(CURRENCY) or "USD"),
+        monthly_cost_cents=cents,
+        reason="abandoned" if annotations.get(ABANDONED) else ORPHANED,
+    )
+
+
+class _NotDestroyed(Exception):  # noqa: N818 (why a leftover is still there)
+    pass
+
+
+async def abandon(ctx: Context, body: JSON, *, by: str = "a platform admin") -> None:
+    """Leave a request's infrastructure behind on an admin's word: record on its state what was left
+    (kept for the platform team), and say so in an Event. The caller lets the request go."""
+    meta = body["metadata"]
+    backend = _backend(ctx, meta["uid"])
+    state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
+    left = state_resources(state) if state is not None else []
+    if state is not None:
+        stamp = {ABANDONED: f"{format_time(datetime.now(UTC))} by {by}: {', '.join(left[:MAX_LISTED])}"[:1024]}
+        await ctx.client.merge_patch(
+            SECRET, backend.state_secret, {"metadata": {"annotations": stamp}}, backend.namespace
+        )
+    listed = ", ".join(left[:MAX_LISTED]) + (f" and {len(left) - MAX_LISTED} more" if len(left) > MAX_LISTED else "")
+    where = f"; its state stays in Secret {backend.namespace}/{backend.state_secret}" if state is not None else ""
+    message = (
+        f"abandoned ({naming.ABANDON_ANNOTATION}) by {by}: nothing was destroyed; left behind: "
+        f"{listed or 'nothing (nothing was ever applied)'}{where}"
+    )
+    logger.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
+    await events.post_event(ctx.client, body, events.WARNING, Reason.ABANDONED, message)
+
+
+async def abandon_and_release(ctx: Context, body: JSON) -> bool:
+    """Abandon a request that is being deleted and remove Blacktop's finalizer, so it goes at once
+    (even while a failing destroy waits for its next retry). False if the request changed meanwhile."""
+    meta = body["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if naming.FINALIZER not in finalizers:
+        return False
+    await abandon(ctx, body)
+    patch = {
+        "metadata": {
+            "resourceVersion": meta["resourceVersion"],  # only the version we judged
+            "finalizers": [f for f in finalizers if f != naming.FINALIZER],
+        }
+    }
+    try:
+        await ctx.client.merge_patch(SERVICEREQUESTS, meta["name"], patch, meta["namespace"])
+    except KubeApiError as exc:
+        logger.info("%s/%s: finalizer not released yet (%s); next event", meta["namespace"], meta["name"], exc)
+        return False
+    return True
+
+
+class Sweeper:
+    """Finds leftover state, destroys what it can, reports the rest (see the module docstring)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._wake = asyncio.Event()
+        self._attempts: dict[str, tuple[int, float, str]] = {}  # uid -> (failures, next try, last message)
+
+    def wake(self) -> None:
+        """Look now (a request just disappeared)."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # the next look retries; a broken sweep must not end the loop
+                logger.warning("looking for leftover state failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.ctx.settings.leftover_check_seconds)
+            self._wake.clear()
+
+    async def sweep(self) -> dict[str, LeftoverView]:
+        """One look at every state Secret; returns what is still left (also given to the metrics)."""
+        ctx = self.ctx
+        # States first, then requests: a state is written only while its request exists, so a state
+        # whose request is missing from the later list really has lost it.
+        states = await ctx.client.list(SECRET, ctx.settings.namespace, label_selector="tfstate=true")
+        alive = {r["metadata"]["uid"] for r in await ctx.client.list(SERVICEREQUESTS)}
+        left: dict[str, LeftoverView] = {}
+        for state in states:
+            uid = str(((state.get("metadata") or {}).get("labels") or {}).get("tfstateSecretSuffix") or "")
+            if not uid or uid in alive:
+                continue
+            view = _view(state)
+            if view.reason == ORPHANED and self._due(uid) and await self._clean(uid, state):
+                continue
+            left[uid] = view
+        before = dict(ctx.metrics.inventory.leftovers)
+        ctx.metrics.inventory.set_leftovers(left)
+        changed = {v.namespace for uid, v in (before | left).items() if before.get(uid) != left.get(uid)}
+        for namespace in sorted(n for n in changed if n):
+            await refresh_environment_cost(ctx, namespace)  # the leftover's cost joins or leaves its budget
+        return left
+
+    def _due(self, uid: str) -> bool:
+        return self._attempts.get(uid, (0, 0.0, ""))[1] <= time.monotonic()
+
+    async def _clean(self, uid: str, state: JSON) -> bool:
+        """Destroy an orphaned state; True once it is gone."""
+        request = _subject(state, uid)
+        try:
+            seconds = await self._destroy(uid, state, request)
+        except _NotDestroyed as why:
+            await self._failed(uid, request, str(why))
+            return False
+        self._attempts.pop(uid, None)
+        message = (
+            f"destroyed what ServiceRequest {request['metadata']['namespace']}/{request['metadata']['name']} left "
+            f"behind when it went without a destroy ({request['spec']['goldenPath']}, {seconds:.1f}s)"
+        )
+        logger.info("%s", message)
+        await events.post_event(
+            self.ctx.client, await self._about(request, state), events.NORMAL, Reason.LEFTOVER_DESTROYED, message
+        )
+        return True
+
+    async def _failed(self, uid: str, request: JSON, why: str) -> None:
+        failures, _, last = self._attempts.get(uid, (0, 0.0, ""))
+        delay = min(RETRY_CAP, self.ctx.settings.leftover_check_seconds * 2**failures)
+        self._attempts[uid] = (failures + 1, time.monotonic() + delay, why)
+        if why == last:
+            return  # said once; the gauge keeps counting it
+        meta = request["metadata"]
+        message = (
+            f"what ServiceRequest {meta['namespace']}/{meta['name']} left behind (it went without a destroy) could "
+            f"not be destroyed: {why}; retrying in {delay:.0f}s, its cost still counts"
+        )
+        logger.warning("%s", message)
+        state = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"tfstate-default-{uid}", "namespace": self.ctx.settings.namespace},
+        }
+        await events.post_event(
+            self.ctx.client, await self._about(request, state), events.WARNING, Reason.LEFTOVER_NOT_DESTROYED, message
+        )
+
+    async def _about(self, request: JSON, state: JSON) -> JSON:
+        """What an Event is about: the request, in its namespace if that still exists, else its state Secret."""
+        namespace = request["metadata"]["namespace"]
+        if namespace and await self.ctx.client.get(NAMESPACE, namespace) is not None:
+            return request
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": dict(state.get("metadata") or {})}
+
+    async def _destroy(self, uid: str, state: JSON, request: JSON) -> float:
+        """Run destroy for the orphaned state as a deletion of its request would; the seconds it took."""
+        from blacktop.controllers import protections
+        from blacktop.controllers import servicerequest as requests
+
+        ctx = self.ctx
+        backend = requests.backend_for(ctx, request)
+        started = time.monotonic()
+        if state_resources(state):
+            if request["spec"]["goldenPath"] == "unknown":
+                raise _NotDestroyed("its state carries no record of its golden path; destroy it by hand")
+            golden = await ctx.client.get(GOLDENPATHS, request["spec"]["goldenPath"])
+            if golden is None:
+                raise _NotDestroyed(
+                    f"golden path {request['spec']['goldenPath']!r} no longer exists; re-create it so its module can run"
+                )
+            try:
+                gp_spec = GoldenPathSpec.model_validate(golden["spec"])
+            except ValidationError as exc:
+                raise _NotDestroyed(f"golden path is invalid: {exc.errors()[0]['msg']}") from None
+            variables = json.loads(((state.get("metadata") or {}).get("annotations") or {}).get(VARIABLES) or "{}")
+            run = RunInfo(id=secrets.token_hex(6), operation="destroy", lock_id=new_lock_id())
+            try:
+                async with ctx.lock(f"leftover/{uid}"), locks.held(ctx, request, backend, run, set()):
+                    runner = await requests.runner_for(ctx, request, gp_spec, variables)
+                    init = await runner.run("init", lock=False)
+                    done = init if not init.ok else await runner.run("destroy", var_file=workspace.VAR_FILE, lock=False)
+            except locks.StateLockedError as held:
+                raise _NotDestroyed(str(held)) from None
+            except protections.ModuleRefused as refused:
+                raise _NotDestroyed(f"{refused.reason}: {refused.message}") from None
+            except requests.RetryLater as later:  # e.g. the golden path's credentials Secret is missing
+                raise _NotDestroyed(str(later)) from None
+            if not done.ok:
+                raise _NotDestroyed(
+                    tail(done.stderr or done.stdout, lines=4, limit=600) or f"exit code {done.exit_code}"
+                )
+        await ctx.client.delete(SECRET, backend.state_secret, backend.namespace)
+        await locks.forget(ctx, request, backend, set())
+        workspace.remove(ctx.settings.workspace_root, requests.workspace_key(request))
+        return time.monotonic() - started
+
+
+def _subject(state: JSON, uid: str) -> JSON:
+    """The request a state belonged to, rebuilt from what :func:`record` wrote on it."""
+    annotations = (state.get("metadata") or {}).get("annotations") or {}
+    namespace, _, name = str(annotations.get(REQUEST) or "/").partition("/")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ServiceRequest",
+        "metadata": {"name": name or f"unknown-{uid[:8]}", "namespace": namespace, "uid": uid},
+        "spec": {"goldenPath": str(annotations.get(GOLDEN_PATH) or "unknown")},
+    }

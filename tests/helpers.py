@@ -70,6 +70,10 @@ class Kubectl:
 class OperatorProcess:
     """`python -m blacktop run` as a child process, the way users run it, with its log in a file."""
 
+    # Settings every operator of the session gets from its control plane (conftest fills it in): the CA
+    # of the apiserver's webhook client certificate, so only the apiserver may post reviews.
+    cluster_env: dict[str, str] = {}
+
     def __init__(self, kubeconfig: Path, log_file: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_file = log_file
@@ -94,6 +98,8 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            "BLACKTOP_LEFTOVER_CHECK_SECONDS": "2",
+            **self.cluster_env,
             **self.extra_env,
         }
         log = self.log_file.open("ab")
@@ -142,6 +148,12 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def as_user(user: str, *groups: str) -> list[str]:
+    """kubectl arguments that act as ``user`` in ``groups``: a tenant with only the RBAC that
+    `blacktop install` (or the chart) and the Environments give them."""
+    return [f"--as={user}", *(f"--as-group={group}" for group in groups)]
 
 
 def unique(prefix: str) -> str:
@@ -287,6 +299,12 @@ def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180
 
 
 # -- the operator's endpoints ---------------------------------------------------------------------------
+
+
+def webhook_urls(kubectl: Kubectl) -> list[str]:
+    """The URLs of the ValidatingWebhookConfiguration `blacktop` (empty while there is none)."""
+    config = get(kubectl, "validatingwebhookconfiguration", "blacktop") or {}
+    return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
 
 
 def scrape_metrics(operator: OperatorProcess) -> str:

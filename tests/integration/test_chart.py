@@ -14,7 +14,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from blacktop.builders.rbac import cluster_rbac
+from blacktop.builders.rbac import cluster_rbac, operator_environment_cluster_role
 from blacktop.kube.resources import all_resources
 from chart_support import CHART, JSON, find, helm, render
 from helpers import Kubectl, scratch_namespace
@@ -182,25 +182,39 @@ def test_rbac_grants_the_webhook_configuration_only_when_the_operator_manages_it
     assert grants(rendered(values_files["non-default"]))
 
 
-def test_state_backend_rights_are_confined_to_the_release_namespace(values_files: dict[str, Path]) -> None:
+def _grants(role: JSON) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+
+
+def test_case12_chart_rbac_grants_only_what_the_code_calls(values_files: dict[str, Path]) -> None:
+    """Issue 11, case 12: no cluster-wide Secret, ConfigMap or namespace-delete rights; what the operator
+    does inside environments comes from a ClusterRole it binds there; each cluster-wide rule says why."""
     objects = rendered(values_files["default"])
     (cluster_role,) = [o for o in find(objects, "ClusterRole") if o["metadata"]["name"] == "blacktop"]
-    cluster_wide = {
-        (g, r, v)
-        for rule in cluster_role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
-    }
-    for verb in ("list", "update", "delete"):
-        assert ("", "secrets", verb) not in cluster_wide, f"secrets {verb} must not be cluster-wide"
-    assert not any(r == "leases" for _, r, _ in cluster_wide)
+    cluster_wide = _grants(cluster_role)
+    assert not [grant for grant in cluster_wide if grant[1] in ("secrets", "configmaps", "leases")], cluster_wide
+    assert ("", "namespaces", "delete") not in cluster_wide
+    for kind in ("resourcequotas", "limitranges", "networkpolicies"):
+        assert {v for _, r, v in cluster_wide if r == kind} == {"list", "watch"}, kind  # watched, written per namespace
+    assert not {v for _, r, v in cluster_wide if r in ("podmonitors", "prometheusrules")}
     (role,) = find(objects, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert {r for rule in role["rules"] for r in rule["resources"]} >= {"secrets", "leases"}
-    # Binding the editor role is allowed for that one role only.
+    # Binding is allowed for the two roles the operator binds, and no other.
     (bind,) = [rule for rule in cluster_role["rules"] if "bind" in rule["verbs"]]
-    assert bind["resourceNames"] == ["blacktop-environment-editor"]
+    assert bind["resourceNames"] == ["blacktop-environment-editor", "blacktop-operator-environment"]
+    # Inside an environment's namespace: exactly what the builders say (the operator binds this role there).
+    (inside,) = [o for o in find(objects, "ClusterRole") if o["metadata"]["name"] == "blacktop-operator-environment"]
+    assert inside["rules"] == operator_environment_cluster_role()["rules"]
+    # Every rule of the operator's roles is explained where it is written.
+    template = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    rule_lines = [i for i, line in enumerate(template) if line.strip().startswith("- apiGroups:")]
+    assert len(rule_lines) >= 12
+    for index in rule_lines:
+        above = template[index - 1].strip()
+        assert above.startswith(("#", "{{-")), f"rule at line {index + 1} of rbac.yaml has no comment: {above}"
 
 
 def test_environment_rbac_is_what_blacktop_install_applies(values_files: dict[str, Path]) -> None:

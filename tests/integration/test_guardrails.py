@@ -31,6 +31,7 @@ from helpers import (
     try_apply,
     unique,
     wait_for,
+    webhook_urls,
 )
 
 pytestmark = pytest.mark.integration
@@ -136,11 +137,6 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
     assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
 
 
-def _webhook_urls(kubectl: Kubectl) -> list[str]:
-    config = get(kubectl, "validatingwebhookconfiguration", "blacktop") or {}
-    return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
-
-
 def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     kubectl: Kubectl, operator: OperatorProcess, modules_root: Path, tmp_path: Path
 ) -> None:
@@ -156,7 +152,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     try:
         own.start()
         wait_for(
-            lambda: (urls := _webhook_urls(kubectl)) and all(f":{own.webhook_port}/" in u for u in urls),
+            lambda: (urls := webhook_urls(kubectl)) and all(f":{own.webhook_port}/" in u for u in urls),
             timeout=60,
             what="the new operator to point the webhook configuration at itself",
         )
@@ -192,7 +188,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
         meta = saved["metadata"]
         saved["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
         assert try_apply(kubectl, saved).returncode == 0
-    assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
+    assert all(f":{operator.webhook_port}/" in u for u in webhook_urls(kubectl))
 
 
 # -- built-in protections and broken policies ---------------------------------------------------------

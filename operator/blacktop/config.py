@@ -50,6 +50,31 @@ class Settings(BaseModel):
         Path(tempfile.gettempdir()) / "blacktop-workspaces", description="Where per-request workspaces live."
     )
     max_failures_before_stalled: int = Field(5, description="Consecutive failures after which a request is Stalled.")
+    # Retries. A failed run backs off exponentially (with jitter) from the base to the cap; a Stalled
+    # request is still retried, slowly, so a fixed cause clears it without anyone touching it.
+    backoff_base_seconds: float = Field(5.0, gt=0, description="Retry delay after the first failed run (doubles).")
+    backoff_cap_seconds: float = Field(300.0, gt=0, description="Longest retry delay between failed runs.")
+    stalled_retry_seconds: float = Field(600.0, gt=0, description="Retry delay of a Stalled request.")
+    dependency_retry_seconds: float = Field(
+        30.0, gt=0, description="How often a request waiting for its golden path or credentials Secret looks again."
+    )
+    blocked_retry_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Retry delay of work blocked by something a human must fix: a destroy whose golden path is "
+        "gone, an environment child the API server refused.",
+    )
+    deletion_poll_seconds: float = Field(
+        3.0, gt=0, description="How often a deleting Environment checks whether its ServiceRequests are gone."
+    )
+    run_grace_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="After SIGTERM (timeout, shutdown) a run has this long to release its lock, then SIGKILL.",
+    )
+    state_lock_attempts: int = Field(
+        3, ge=1, description="Times taking a state lock is retried when someone moves the Lease meanwhile."
+    )
     allowed_providers: tuple[str, ...] = Field(
         ("hashicorp/random", "cyrilgdn/postgresql", "blacktop/postgresql"),
         description="Providers golden-path modules may use (namespace/type).",

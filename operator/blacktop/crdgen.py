@@ -104,7 +104,7 @@ def build_crd(info: KindInfo) -> JSON:
         "properties": {
             "apiVersion": {
                 "type": "string",
-                "description": "APIVersion of the object: platform.blacktop.dev/v1alpha1.",
+                "description": f"APIVersion of the object: {GROUP}/{VERSION}.",
             },
             "kind": {"type": "string", "description": f"Kind of the object: {info.kind}."},
             "metadata": {"type": "object"},

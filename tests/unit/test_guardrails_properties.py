@@ -19,6 +19,7 @@ from blacktop.builders import webhook
 from blacktop.controllers import budget
 from blacktop.guardrails import boundaries, context, engine
 from blacktop.guardrails.plan import plan_problems, plan_providers
+from fakes import harness
 
 pytestmark = pytest.mark.unit
 
@@ -272,12 +273,14 @@ def test_environment_cost_sums_the_requests() -> None:
 
 
 def test_only_price_changes_refresh_the_environment() -> None:
+    ctx = harness().ctx
     request: dict[str, Any] = {"metadata": {"uid": "u-1"}, "status": {"monthlyCost": "1.00"}}
-    assert budget.price_changed(request, deleted=False)
-    assert not budget.price_changed(request, deleted=False)
+    assert budget.price_changed(ctx, request, deleted=False)
+    assert not budget.price_changed(ctx, request, deleted=False)
     request["status"]["monthlyCost"] = "20.00"
-    assert budget.price_changed(request, deleted=False)
-    assert budget.price_changed(request, deleted=True)
+    assert budget.price_changed(ctx, request, deleted=False)
+    assert budget.price_changed(ctx, request, deleted=True)
+    assert ctx.prices == {}  # a deleted request is forgotten: the table is bounded by live requests
 
 
 # -- webhook settings and serving certificate -------------------------------------------------------------

@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from blacktop.api.goldenpath import CostModel, GoldenPathSpec
 from blacktop.builders import cost, parameters
+from blacktop.builders.retry import backoff
 from blacktop.builders.servicerequest import build_connection_secret, connection_secret_name
-from blacktop.controllers.servicerequest import BACKOFF_CAP, backoff
+from blacktop.config import Settings
 from blacktop.terraform.errors import classify
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import MASK, redact, tail
-from blacktop.terraform.runner import command, parse_outputs
+from blacktop.terraform.subprocess_runner import command, parse_outputs
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +61,7 @@ def test_plan_summary_counts_replacements_as_add_and_destroy() -> None:
     }
     summary = summarise(plan)
     assert (summary.add, summary.change, summary.destroy) == (2, 1, 1)
-    assert summary.addresses == ["a.x", "b.y", "c.z"]
+    assert summary.resources == ["a.x", "b.y", "c.z"]
     assert summarise({}).empty
 
 
@@ -121,11 +122,14 @@ def test_lock_details_are_parsed() -> None:
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
     rng = random.Random(7)
-    delays = [backoff(n, rng=rng) for n in range(1, 12)]
+    settings = Settings()
+    base, cap = settings.backoff_base_seconds, settings.backoff_cap_seconds
+    assert (base, cap) == (5.0, 300.0)
+    delays = [backoff(n, base=base, cap=cap, rng=rng) for n in range(1, 12)]
     assert 2.5 <= delays[0] <= 5
-    assert all(d <= BACKOFF_CAP for d in delays)
-    assert delays[-1] >= BACKOFF_CAP / 2
-    assert len({round(backoff(3), 3) for _ in range(20)}) > 1
+    assert all(d <= cap for d in delays)
+    assert delays[-1] >= cap / 2
+    assert len({round(backoff(3, base=base, cap=cap), 3) for _ in range(20)}) > 1
 
 
 def test_python_terraform_commands_are_fixed_for_modern_binaries() -> None:

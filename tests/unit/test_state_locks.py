@@ -9,8 +9,9 @@ import pytest
 
 from blacktop.api.servicerequest import RunInfo, ServiceRequestStatus
 from blacktop.controllers.drift import is_due
-from blacktop.controllers.locks import StateLockedError, recorded_lock_ids
-from blacktop.terraform import locks
+from blacktop.controllers.runs import RunFailed
+from blacktop.controllers.statelock import StateLockedError, recorded_lock_ids
+from blacktop.terraform import state as locks
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +19,9 @@ UID = "0c3c9a57-1111-2222-3333-444455556666"
 
 
 def lease_held_by(info: locks.LockInfo) -> dict[str, object]:
-    return locks.new_lease("lock-tfstate-default-" + UID, "blacktop-system", UID, info)
+    lease = locks.new_lease(locks.state_of("blacktop-system", UID), info)
+    assert lease["metadata"]["name"] == "lock-tfstate-default-" + UID
+    return lease
 
 
 def judge(lease: dict[str, object] | None, **overrides: object) -> locks.Verdict:
@@ -85,12 +88,15 @@ def test_someone_elses_lock_is_foreign() -> None:
     held = locks.holder_of(by_hand)
     assert held is not None
     assert held.who == "alice@laptop"
-    refusal = StateLockedError(held).result()
-    assert refusal.classification is not None
-    assert refusal.classification.reason == "StateLocked"
-    assert refusal.classification.lock_id == "f00"
-    assert refusal.classification.lock_holder == "alice@laptop"
-    assert "force-unlock f00" in refusal.stderr
+    refused = StateLockedError(held)
+    assert refused.holder.id == "f00"
+    assert refused.holder.who == "alice@laptop"
+    assert "force-unlock f00" in refused.detail
+    assert "the state is locked by alice@laptop (lock ID f00)" in refused.detail
+    # A run reports it like any failed step: StateLocked, with the same words.
+    failed = RunFailed("locking the state", "StateLocked", refused.detail)
+    assert failed.reason == "StateLocked"
+    assert "force-unlock f00" in failed.detail
 
 
 def test_garbage_lock_info_is_still_a_lock() -> None:

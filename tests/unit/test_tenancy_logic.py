@@ -17,8 +17,8 @@ from blacktop.api.guardrailpolicy import Mode, RuleStage
 from blacktop.builders import parameters
 from blacktop.builders.rbac import operator_subject
 from blacktop.guardrails import boundaries, cel, cost, engine
-from blacktop.terraform import locks
 from blacktop.terraform import module as modules
+from blacktop.terraform import state as states
 
 pytestmark = pytest.mark.unit
 
@@ -222,8 +222,8 @@ def test_decisions_travel_as_json() -> None:
 
 
 def test_state_resources() -> None:
-    secret = locks.empty_state_secret("s", "ns", "uid")
-    assert locks.state_resources(secret) == []
+    secret = states.empty_state_secret(states.state_of("ns", "uid"))
+    assert states.state_resources(secret) == []
     state = {
         "resources": [
             {"mode": "managed", "type": "random_password", "name": "role", "instances": [{}]},
@@ -233,5 +233,5 @@ def test_state_resources() -> None:
         ]
     }
     secret["data"]["tfstate"] = base64.b64encode(gzip.compress(json.dumps(state).encode())).decode()
-    assert locks.state_resources(secret) == ["random_password.role", "module.db.postgresql_role.app"]
-    assert locks.state_resources({"data": {"tfstate": "not base64 at all"}}) == []
+    assert states.state_resources(secret) == ["random_password.role", "module.db.postgresql_role.app"]
+    assert states.state_resources({"data": {"tfstate": "not base64 at all"}}) == []

@@ -71,6 +71,15 @@ class PlanSummary(StatusModel):
     destroy: int = Field(0, description="Resources to destroy.")
     resources: list[str] = Field(default_factory=list, description="Addresses of the changed resources (at most 50).")
 
+    @property
+    def empty(self) -> bool:
+        """Whether the plan changes nothing."""
+        return self.add == self.change == self.destroy == 0
+
+    def counts(self) -> str:
+        """``1 to add, 0 to change, 0 to destroy``: the plan in words, as the tool says it."""
+        return f"{self.add} to add, {self.change} to change, {self.destroy} to destroy"
+
 
 class RunInfo(StatusModel):
     """The last OpenTofu run."""

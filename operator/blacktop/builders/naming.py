@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-DOMAIN = "platform.blacktop.dev"
+from blacktop.api.kinds import GROUP
+
+# Labels, annotations and the finalizer carry the API group as their prefix.
+DOMAIN = GROUP
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "blacktop"
 LABEL_ENVIRONMENT = f"{DOMAIN}/environment"

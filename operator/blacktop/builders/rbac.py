@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blacktop.api.kinds import GROUP
 from blacktop.builders import naming
 
 JSON = dict[str, Any]
@@ -28,7 +29,6 @@ JSON = dict[str, Any]
 SERVICE_REQUESTS_ROLE = "blacktop-environment-editor-servicerequests"
 CATALOG_READER_ROLE = "blacktop-catalog-reader"
 DEVELOPER_ROLE = "blacktop-environment-developer"
-_GROUP = "platform.blacktop.dev"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
 
 
@@ -65,11 +65,11 @@ def service_requests_cluster_role() -> JSON:
         },
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": ["servicerequests"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
             },
-            {"apiGroups": [_GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": ["servicerequests/status"], "verbs": ["get"]},
         ],
     }
 
@@ -82,7 +82,7 @@ def catalog_reader_cluster_role() -> JSON:
         "metadata": {"name": CATALOG_READER_ROLE, "labels": dict(_LABELS)},
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": ["goldenpaths", "guardrailpolicies", "environments"],
                 "verbs": ["get", "list", "watch"],
             }
@@ -109,11 +109,11 @@ def developer_cluster_role() -> JSON:
         "metadata": {"name": DEVELOPER_ROLE, "labels": dict(_LABELS)},
         "rules": [
             {
-                "apiGroups": [_GROUP],
+                "apiGroups": [GROUP],
                 "resources": ["environments"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
             },
-            {"apiGroups": [_GROUP], "resources": ["environments/status"], "verbs": ["get"]},
+            {"apiGroups": [GROUP], "resources": ["environments/status"], "verbs": ["get"]},
         ],
     }
 

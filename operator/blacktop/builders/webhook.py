@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from blacktop.api.kinds import GROUP, VERSION
 from blacktop.builders import naming
 
 NAME = "blacktop"
-GROUP = "platform.blacktop.dev"
-VERSION = "v1alpha1"
 TIMEOUT_SECONDS = 5
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 

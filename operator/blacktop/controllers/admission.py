@@ -231,7 +231,7 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
     if problem := parameters.identity_problem(properties.keys() if isinstance(properties, dict) else ()):
         problems.append(problem)
     try:
-        info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module)
+        info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
     except modules.ModuleEscapeError as exc:
         return Review(denial=denied + str(exc))
     except modules.ModuleError:

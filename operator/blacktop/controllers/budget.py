@@ -17,23 +17,24 @@ from blacktop.api.environment import EnvironmentCost, EnvironmentSpec, Environme
 from blacktop.builders import cost as cost_model
 from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
+from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS
 
 JSON = dict[str, Any]
-# The last monthlyCost seen per request uid: most request events (progress in status) change no price.
-_SEEN: dict[str, str | None] = {}
 
 
-def price_changed(request: JSON, *, deleted: bool) -> bool:
-    """Whether this request event may change its environment's cost (remembering what was seen)."""
+def price_changed(ctx: Context, request: JSON, *, deleted: bool) -> bool:
+    """Whether this request event may change its environment's cost (remembering, in ``ctx.prices``,
+    the last price seen per request: most request events are progress in status and change none)."""
     uid = str(request.get("metadata", {}).get("uid"))
+    seen = ctx.prices
     if deleted:
-        _SEEN.pop(uid, None)
+        seen.pop(uid, None)
         return True
     cost = (request.get("status") or {}).get("monthlyCost")
-    if uid in _SEEN and _SEEN[uid] == cost:
+    if uid in seen and seen[uid] == cost:
         return False
-    _SEEN[uid] = cost
+    seen[uid] = cost
     return True
 
 
@@ -52,7 +53,7 @@ async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentC
             return None
         requests = await ctx.client.list(SERVICEREQUESTS, namespace)
         cost = cost_model.environment_cost(spec, requests, ctx.metrics.inventory.leftover_cents(namespace))
-        if EnvironmentStatus.model_validate(env.get("status") or {}).cost != cost:
-            payload = {"status": {"cost": cost.model_dump(by_alias=True, mode="json")}}
-            await ctx.client.merge_patch(ENVIRONMENTS, env_name, payload, subresource="status")
+        tracker = StatusTracker(env, EnvironmentStatus, now=ctx.now())
+        tracker.status.cost = cost  # no condition is judged: observedGeneration stays the reconciler's
+        await tracker.write(ctx.client, ENVIRONMENTS)
         return cost

@@ -1,48 +1,81 @@
-"""What every reconciler needs: the API client, the settings, the metrics, and per-object locks."""
+"""What every reconciler needs, and all the state the operator process keeps: one object.
+
+The API client, the settings (the very object the CLI built), the metrics, where OpenTofu runs
+(:class:`blacktop.terraform.runner.Runners`), the module cache, the clock and the random source
+(injected, so tests control time and jitter), and the process-wide tables: per-object locks, the run
+slots, the state locks runs of this process hold, the last price seen per request, the background
+tasks in flight, the guardrail evaluator (worker processes; in-process for tests) and who the operator
+is. Nothing of this lives in module globals, so a test builds a fresh Context with fakes and nothing
+leaks between tests.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from blacktop.config import Settings
 from blacktop.controllers.evaluation import Evaluator
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import Client
 from blacktop.metrics.registry import Metrics, create_metrics
+from blacktop.terraform.module import ModuleCache
+from blacktop.terraform.runner import Runners
 
 
-@dataclass
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class Context:
     """Shared, process-wide state of the running operator."""
 
-    client: KubeClient
-    settings: Settings
-    metrics: Metrics = field(default_factory=create_metrics)  # the process's explicit registry
-    # Kopf serialises change handlers per object, but timers and watches of child objects run beside
-    # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
-    _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    _runs: asyncio.Semaphore | None = None
-    _evaluator: Evaluator | None = None
-    # Who the operator is to the API server (SelfSubjectReview at start-up): its own changes (finalizers,
-    # Kopf's annotations, TTL deletions) pass the team boundary that every other user's must.
-    username: str = ""
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        *,
+        runners: Runners | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        rng: random.Random | None = None,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        if runners is None:
+            from blacktop.terraform.subprocess_runner import SubprocessRunners
 
-    @property
-    def runs(self) -> asyncio.Semaphore:
-        """Bounds OpenTofu runs cluster-wide (settings.max_concurrent_runs)."""
-        if self._runs is None:
-            self._runs = asyncio.Semaphore(self.settings.max_concurrent_runs)
-        return self._runs
+            runners = SubprocessRunners.from_settings(settings)
+        self.client = client
+        self.settings = settings
+        self.runners = runners
+        self.metrics = metrics or create_metrics()  # the process's explicit registry
+        self.clock = clock
+        self.rng = rng or random.Random()  # backoff jitter  # noqa: S311 (not cryptography)
+        self.modules = ModuleCache(settings.modules_root)
+        # Guardrail rules run in worker processes under a deadline (settings.guardrail_*), off the event loop.
+        self.evaluator = evaluator or Evaluator(
+            workers=settings.guardrail_workers, timeout=settings.guardrail_timeout_seconds
+        )
+        # Who the operator is to the API server (SelfSubjectReview at start-up): its own changes (finalizers,
+        # Kopf's annotations, TTL deletions) pass the team boundary that every other user's must.
+        self.username = ""
+        # Bounds OpenTofu processes cluster-wide (settings.max_concurrent_runs).
+        self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
+        # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
+        self.held_locks: set[str] = set()
+        # The last monthlyCost seen per request uid: most request events (progress in status) change no price.
+        self.prices: dict[str, str | None] = {}
+        # Work started beside a response (guardrail recordings); referenced so it is not garbage-collected.
+        self.background: set[asyncio.Task[None]] = set()
+        # Kopf serialises change handlers per object, but timers and watches of child objects run beside
+        # them; one lock per object keeps two reconciles of the same object from interleaving their writes.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    @property
-    def evaluator(self) -> Evaluator:
-        """Guardrail evaluation in worker processes under a deadline (settings.guardrail_*)."""
-        if self._evaluator is None:
-            self._evaluator = Evaluator(
-                workers=self.settings.guardrail_workers, timeout=self.settings.guardrail_timeout_seconds
-            )
-        return self._evaluator
+    def now(self) -> datetime:
+        """The current time (UTC) by the context's clock."""
+        return self.clock()
 
     def lock(self, key: str) -> asyncio.Lock:
         """The lock serialising work on one object (key: its uid or kind/namespace/name)."""

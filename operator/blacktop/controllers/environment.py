@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +30,7 @@ from blacktop.builders import environment as builders
 from blacktop.builders import naming
 from blacktop.controllers import monitoring
 from blacktop.controllers.context import Context
+from blacktop.controllers.failures import Failure
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.guardrails import boundaries
 from blacktop.kube import events
@@ -55,8 +56,8 @@ def is_expired(env: JSON, spec: EnvironmentSpec, now: datetime) -> bool:
     return deadline is not None and now >= deadline
 
 
-def _tracker(env: JSON) -> StatusTracker[EnvironmentStatus]:
-    return StatusTracker(env, EnvironmentStatus)
+def _tracker(ctx: Context, env: JSON) -> StatusTracker[EnvironmentStatus]:
+    return StatusTracker(env, EnvironmentStatus, now=ctx.now())
 
 
 async def _namespace_conflict(ctx: Context, env: JSON) -> str | None:
@@ -95,7 +96,7 @@ async def _await_access(ctx: Context, child: JSON) -> None:
     }
     deadline = time.monotonic() + ACCESS_SECONDS
     while time.monotonic() < deadline:
-        answer = await ctx.client.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+        answer = await ctx.client.create(review)
         if (answer.get("status") or {}).get("allowed"):
             return
         await asyncio.sleep(0.2)
@@ -122,7 +123,7 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     """Converge one Environment (an object body) and write its status. Safe to call any time."""
     meta = env["metadata"]
     name = meta["name"]
-    tracker = _tracker(env)
+    tracker = _tracker(ctx, env)
     if meta.get("deletionTimestamp"):
         return tracker.status  # the finalizer owns a deleting environment
 
@@ -165,7 +166,7 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
             logger.warning("environment %s: %s", name, message)
             tracker.not_ready(Reason.APPLY_CHILD_FAILED, message, stalled=False)
             await _finish(ctx, tracker)
-            raise
+            raise Failure(Reason.APPLY_CHILD_FAILED, message, delay=ctx.settings.blocked_retry_seconds) from exc
     for ref in children.absent:
         await ctx.client.delete(resource_for(ref.api_version, ref.kind), ref.name, ref.namespace)
     await monitoring.configure_environment(ctx, env, tracker)
@@ -211,7 +212,7 @@ async def expire_if_due(ctx: Context, env: JSON) -> bool:
         spec = EnvironmentSpec.model_validate(env.get("spec") or {})
     except ValidationError:
         return False
-    now = datetime.now(UTC)
+    now = ctx.now()
     if not is_expired(env, spec, now):
         return False
     deadline = expires_at(env, spec)
@@ -225,11 +226,11 @@ async def expire_if_due(ctx: Context, env: JSON) -> bool:
     return True
 
 
-async def finalize_environment(ctx: Context, env: JSON) -> bool:
+async def finalize_environment(ctx: Context, env: JSON) -> None:
     """Deletion: destroy the namespace's ServiceRequests first, then release the namespace.
 
-    Returns True when the finalizer may go, False while ServiceRequests are still being destroyed
-    (the caller retries). The status says what we are waiting for.
+    Returns when the finalizer may go; raises Failure while ServiceRequests are still being
+    destroyed (the status says which ones it waits for).
     """
     ns = builders.namespace_name(env)
     namespace = await ctx.client.get(resource_for("v1", "Namespace"), ns)
@@ -240,12 +241,11 @@ async def finalize_environment(ctx: Context, env: JSON) -> bool:
             if not request["metadata"].get("deletionTimestamp"):
                 await ctx.client.delete(SERVICEREQUESTS, request["metadata"]["name"], ns)
         names = ", ".join(sorted(r["metadata"]["name"] for r in remaining))
-        tracker = _tracker(env)
+        tracker = _tracker(ctx, env)
         message = f"deleting: waiting for {len(remaining)} service request(s) to be destroyed: {names}"
         tracker.set(ConditionType.READY, False, Reason.WAITING_FOR_SERVICE_REQUESTS, message)
         tracker.set(ConditionType.RECONCILING, True, Reason.DELETING, message)
         await tracker.write(ctx.client, ENVIRONMENTS)
-        return False
+        raise Failure(Reason.WAITING_FOR_SERVICE_REQUESTS, message, delay=ctx.settings.deletion_poll_seconds)
     # The namespace is owned by the Environment: garbage collection deletes it once the Environment is
     # gone, so the operator needs no right to delete namespaces (it could otherwise delete any).
-    return True

@@ -83,7 +83,7 @@ async def _request_count(ctx: Context, name: str) -> int:
 
 async def reconcile_golden_path(ctx: Context, body: JSON) -> GoldenPathStatus:
     """Validate one GoldenPath and write its status. Safe to call any time."""
-    tracker = StatusTracker(body, GoldenPathStatus)
+    tracker = StatusTracker(body, GoldenPathStatus, now=ctx.now())
     name = body["metadata"]["name"]
     try:
         spec = GoldenPathSpec.model_validate(body.get("spec") or {})
@@ -93,8 +93,8 @@ async def reconcile_golden_path(ctx: Context, body: JSON) -> GoldenPathStatus:
 
     tracker.status.requests = await _request_count(ctx, name)
     try:
-        # Parsing HCL and hashing files is blocking work: keep it off the event loop.
-        info = await asyncio.to_thread(modules.inspect, ctx.settings.modules_root, spec.module)
+        # Hashing files (and parsing HCL when they changed) is blocking work: keep it off the event loop.
+        info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
     except modules.ModuleError as exc:
         tracker.status.module_digest = None
         tracker.status.providers = []

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from blacktop.api.common import format_time
@@ -28,14 +27,11 @@ from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.guardrails.engine import CompiledPolicy, PolicyCompileError, Violation, compile_body
 from blacktop.kube.resources import ENVIRONMENTS, GUARDRAILPOLICIES, SERVICEREQUESTS
-from blacktop.kube.status import write_status
 
 logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 MAX_VIOLATIONS = 20
-# Recordings run beside the admission response; keep references so they are not garbage-collected.
-_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def _lock_key(name: str) -> str:
@@ -61,7 +57,7 @@ async def reconcile_policy(ctx: Context, name: str) -> GuardrailPolicyStatus | N
         body = await ctx.client.get(GUARDRAILPOLICIES, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        tracker = StatusTracker(body, GuardrailPolicyStatus)
+        tracker = StatusTracker(body, GuardrailPolicyStatus, now=ctx.now())
         try:
             compiled = compile_body(body)
         except PolicyCompileError as exc:
@@ -87,13 +83,14 @@ async def record(ctx: Context, violations: Iterable[Violation], obj: JSON) -> No
     by_policy: dict[str, list[Violation]] = {}
     for violation in violations:
         by_policy.setdefault(violation.policy, []).append(violation)
-    now = format_time(datetime.now(UTC))
+    now = format_time(ctx.now())
     for policy, found in by_policy.items():
         async with ctx.lock(_lock_key(policy)):
             body = await ctx.client.get(GUARDRAILPOLICIES, policy)
             if body is None:
                 continue
-            status = GuardrailPolicyStatus.model_validate(body.get("status") or {})
+            tracker = StatusTracker(body, GuardrailPolicyStatus, now=ctx.now())
+            status = tracker.status
             status.violations = [
                 *status.violations,
                 *(
@@ -109,7 +106,7 @@ async def record(ctx: Context, violations: Iterable[Violation], obj: JSON) -> No
                 ),
             ][-MAX_VIOLATIONS:]
             status.violation_count += len(found)
-            await write_status(ctx.client, GUARDRAILPOLICIES, policy, status)
+            await tracker.write(ctx.client, GUARDRAILPOLICIES)
 
 
 CONFIRM_SECONDS = 15.0
@@ -156,5 +153,5 @@ def record_in_background(ctx: Context, violations: list[Violation], obj: JSON) -
             logger.warning("could not record guardrail violations: %s", exc)
 
     task = asyncio.get_running_loop().create_task(_run())
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
+    ctx.background.add(task)  # referenced until done, so it is not garbage-collected
+    task.add_done_callback(ctx.background.discard)

@@ -25,31 +25,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import Any
-
-from pydantic import ValidationError
 
 from blacktop.api.common import format_time, money_to_cents
 from blacktop.api.conditions import Reason
-from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.kinds import API_VERSION
 from blacktop.api.servicerequest import RunInfo
 from blacktop.builders import naming
-from blacktop.controllers import locks
+from blacktop.controllers import lookup, statelock, views
 from blacktop.controllers.budget import refresh_environment_cost
 from blacktop.controllers.context import Context
+from blacktop.controllers.failures import Failure
+from blacktop.controllers.inputs import Inputs, resolve
 from blacktop.kube import events
 from blacktop.kube.errors import KubeApiError
-from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
+from blacktop.kube.resources import SERVICEREQUESTS, resource_for
 from blacktop.metrics.inventory import LeftoverView
-from blacktop.terraform import workspace
-from blacktop.terraform.locks import new_lock_id, state_resources
+from blacktop.terraform.module import ModuleRefused
 from blacktop.terraform.redact import tail
+from blacktop.terraform.state import StateRef, new_lock_id, state_of, state_resources
 
 logger = logging.getLogger(__name__)
 
@@ -58,45 +57,42 @@ SECRET = resource_for("v1", "Secret")
 NAMESPACE = resource_for("v1", "Namespace")
 _P = f"{naming.DOMAIN}/"
 REQUEST, GOLDEN_PATH, TEAM, ENVIRONMENT = f"{_P}request", f"{_P}golden-path", f"{_P}team", f"{_P}environment"
+TIER, CREATED = f"{_P}tier", f"{_P}created"
 COST, CURRENCY, VARIABLES, ABANDONED = f"{_P}monthly-cost", f"{_P}currency", f"{_P}variables", f"{_P}abandoned"
 ORPHANED = "orphaned"
 RETRY_CAP = 600.0
 MAX_LISTED = 20
 
 
-def _backend(ctx: Context, uid: str) -> workspace.Backend:
-    return workspace.Backend(namespace=ctx.settings.namespace, suffix=uid, kubeconfig=None)
-
-
-async def record(
-    ctx: Context,
-    body: JSON,
-    env: JSON,
-    *,
-    golden_path: str,
-    variables: dict[str, Any],
-    cost: str | None,
-    currency: str,
-) -> None:
+async def record(ctx: Context, inputs: Inputs, cost: str | None) -> None:
     """Write onto the request's state Secret what destroying it without the request needs. Called under
-    the state lock before any tofu command runs (the backend rewrites the Secret, keeping annotations)."""
-    meta = body["metadata"]
+    the state lock before any tool runs (the backend rewrites the Secret, keeping annotations)."""
+    request, env, golden = inputs.request, inputs.environment, inputs.golden_path
     annotations = {
-        REQUEST: f"{meta['namespace']}/{meta['name']}",
-        GOLDEN_PATH: golden_path,
-        TEAM: str((env.get("spec") or {}).get("team") or ""),
-        ENVIRONMENT: str(env["metadata"]["name"]),
+        REQUEST: f"{request.namespace}/{request.name}",
+        CREATED: format_time(request.created),
+        GOLDEN_PATH: golden.name,
+        TEAM: env.team or "",
+        TIER: env.tier or "",
+        ENVIRONMENT: env.name,
         COST: cost or "0",
-        CURRENCY: currency,
-        VARIABLES: json.dumps(variables, sort_keys=True, separators=(",", ":")),
+        CURRENCY: golden.spec.cost.currency if golden.spec.cost else "USD",
+        VARIABLES: json.dumps(dict(inputs.target.variables), sort_keys=True, separators=(",", ":")),
     }
-    backend = _backend(ctx, meta["uid"])
+    state = inputs.target.state
     try:
         await ctx.client.merge_patch(
-            SECRET, backend.state_secret, {"metadata": {"annotations": annotations}}, backend.namespace
+            SECRET, state.state_secret, {"metadata": {"annotations": annotations}}, state.namespace
         )
     except KubeApiError as exc:  # a missing record only matters if the finalizer is removed later: say so
-        logger.warning("%s/%s: could not record the request on its state: %s", meta["namespace"], meta["name"], exc)
+        logger.warning("%s/%s: could not record the request on its state: %s", request.namespace, request.name, exc)
+
+
+async def anything_applied(ctx: Context, state: StateRef) -> bool:
+    """Whether the state holds anything a destroy would remove (no state, or the empty state seeded
+    before a first run that never got further: nothing)."""
+    secret = await ctx.client.get(SECRET, state.state_secret, state.namespace)
+    return secret is not None and bool(state_resources(secret))
 
 
 def _view(state: JSON) -> LeftoverView:
@@ -123,16 +119,14 @@ async def abandon(ctx: Context, body: JSON, *, by: str = "a platform admin") -> 
     """Leave a request's infrastructure behind on an admin's word: record on its state what was left
     (kept for the platform team), and say so in an Event. The caller lets the request go."""
     meta = body["metadata"]
-    backend = _backend(ctx, meta["uid"])
-    state = await ctx.client.get(SECRET, backend.state_secret, backend.namespace)
+    ref = state_of(ctx.settings.namespace, meta["uid"])
+    state = await ctx.client.get(SECRET, ref.state_secret, ref.namespace)
     left = state_resources(state) if state is not None else []
     if state is not None:
-        stamp = {ABANDONED: f"{format_time(datetime.now(UTC))} by {by}: {', '.join(left[:MAX_LISTED])}"[:1024]}
-        await ctx.client.merge_patch(
-            SECRET, backend.state_secret, {"metadata": {"annotations": stamp}}, backend.namespace
-        )
+        stamp = {ABANDONED: f"{format_time(ctx.now())} by {by}: {', '.join(left[:MAX_LISTED])}"[:1024]}
+        await ctx.client.merge_patch(SECRET, ref.state_secret, {"metadata": {"annotations": stamp}}, ref.namespace)
     listed = ", ".join(left[:MAX_LISTED]) + (f" and {len(left) - MAX_LISTED} more" if len(left) > MAX_LISTED else "")
-    where = f"; its state stays in Secret {backend.namespace}/{backend.state_secret}" if state is not None else ""
+    where = f"; its state stays in Secret {ref.namespace}/{ref.state_secret}" if state is not None else ""
     message = (
         f"abandoned ({naming.ABANDON_ANNOTATION}) by {by}: nothing was destroyed; left behind: "
         f"{listed or 'nothing (nothing was ever applied)'}{where}"
@@ -260,45 +254,50 @@ class Sweeper:
 
     async def _destroy(self, uid: str, state: JSON, request: JSON) -> float:
         """Run destroy for the orphaned state as a deletion of its request would; the seconds it took."""
-        from blacktop.controllers import protections
-        from blacktop.controllers import servicerequest as requests
-
         ctx = self.ctx
-        backend = requests.backend_for(ctx, request)
+        view = views.request_view(request)
+        ref = state_of(ctx.settings.namespace, uid)
         started = time.monotonic()
         if state_resources(state):
-            if request["spec"]["goldenPath"] == "unknown":
-                raise _NotDestroyed("its state carries no record of its golden path; destroy it by hand")
-            golden = await ctx.client.get(GOLDENPATHS, request["spec"]["goldenPath"])
-            if golden is None:
-                raise _NotDestroyed(
-                    f"golden path {request['spec']['goldenPath']!r} no longer exists; re-create it so its module can run"
-                )
-            try:
-                gp_spec = GoldenPathSpec.model_validate(golden["spec"])
-            except ValidationError as exc:
-                raise _NotDestroyed(f"golden path is invalid: {exc.errors()[0]['msg']}") from None
-            variables = json.loads(((state.get("metadata") or {}).get("annotations") or {}).get(VARIABLES) or "{}")
+            inputs = await self._inputs(view, state)
             run = RunInfo(id=secrets.token_hex(6), operation="destroy", lock_id=new_lock_id())
             try:
-                async with ctx.lock(f"leftover/{uid}"), locks.held(ctx, request, backend, run, set()):
-                    runner = await requests.runner_for(ctx, request, gp_spec, variables)
-                    init = await runner.run("init", lock=False)
-                    done = init if not init.ok else await runner.run("destroy", var_file=workspace.VAR_FILE, lock=False)
-            except locks.StateLockedError as held:
-                raise _NotDestroyed(str(held)) from None
-            except protections.ModuleRefused as refused:
+                async with ctx.lock(f"leftover/{uid}"), statelock.held(ctx, view, ref, run, set()):
+                    runner = await ctx.runners.open(inputs.target, functools.partial(ctx.metrics.run_slot, ctx.runs))
+                    init = await runner.init()
+                    done = init if not init.ok else await runner.destroy()
+            except statelock.StateLockedError as locked:
+                raise _NotDestroyed(locked.detail) from None
+            except ModuleRefused as refused:
                 raise _NotDestroyed(f"{refused.reason}: {refused.message}") from None
-            except requests.RetryLater as later:  # e.g. the golden path's credentials Secret is missing
-                raise _NotDestroyed(str(later)) from None
             if not done.ok:
-                raise _NotDestroyed(
-                    tail(done.stderr or done.stdout, lines=4, limit=600) or f"exit code {done.exit_code}"
-                )
-        await ctx.client.delete(SECRET, backend.state_secret, backend.namespace)
-        await locks.forget(ctx, request, backend, set())
-        workspace.remove(ctx.settings.workspace_root, requests.workspace_key(request))
+                raise _NotDestroyed(tail(done.detail, lines=4, limit=600))
+        await statelock.forget(ctx, view, ref, set())
+        await ctx.runners.discard(view.key)
         return time.monotonic() - started
+
+    async def _inputs(self, view: views.RequestView, state: JSON) -> Inputs:
+        """What its runs worked on, from the record on its state: the golden path (it must still exist),
+        the environment as it was, the module variables as they were."""
+        annotations = (state.get("metadata") or {}).get("annotations") or {}
+        if view.spec.golden_path == "unknown":
+            raise _NotDestroyed("its state carries no record of its golden path; destroy it by hand")
+        exists, golden = await lookup.golden_path(self.ctx, view.spec.golden_path)
+        if golden is None:
+            words = "cannot be read" if exists else "no longer exists"
+            raise _NotDestroyed(f"golden path {view.spec.golden_path!r} {words}; re-create it so its module can run")
+        env = views.EnvironmentRef(
+            body={"metadata": {"name": annotations.get(ENVIRONMENT, "")}, "spec": {}},
+            name=str(annotations.get(ENVIRONMENT) or ""),
+            team=annotations.get(TEAM) or None,
+            tier=annotations.get(TIER) or None,
+        )
+        # The recorded variables as parameters: the standard ones (name, uid, ...) are rebuilt the same.
+        recorded = json.loads(annotations.get(VARIABLES) or "{}")
+        try:
+            return await resolve(self.ctx, view, env, golden, recorded)
+        except Failure as missing:  # the module or the credentials Secret is gone
+            raise _NotDestroyed(missing.message) from None
 
 
 def _subject(state: JSON, uid: str) -> JSON:
@@ -308,6 +307,11 @@ def _subject(state: JSON, uid: str) -> JSON:
     return {
         "apiVersion": API_VERSION,
         "kind": "ServiceRequest",
-        "metadata": {"name": name or f"unknown-{uid[:8]}", "namespace": namespace, "uid": uid},
+        "metadata": {
+            "name": name or f"unknown-{uid[:8]}",
+            "namespace": namespace,
+            "uid": uid,
+            "creationTimestamp": str(annotations.get(CREATED) or "1970-01-01T00:00:00Z"),
+        },
         "spec": {"goldenPath": str(annotations.get(GOLDEN_PATH) or "unknown")},
     }

@@ -1,4 +1,5 @@
-"""Which Environment a namespace belongs to: the label Blacktop puts on the namespaces it creates.
+"""Finding what an object refers to: the Environment a namespace belongs to (the label Blacktop puts
+on the namespaces it creates), and a request's GoldenPath, decoded into views.
 
 Provisioning, drift checks, admission reviews and the cost refresh all start from a namespace.
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from blacktop.builders import naming
+from blacktop.controllers import views
 from blacktop.controllers.context import Context
-from blacktop.kube.resources import ENVIRONMENTS, resource_for
+from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, resource_for
 
 JSON = dict[str, Any]
 NAMESPACE = resource_for("v1", "Namespace")
@@ -26,3 +30,21 @@ async def environment_of(ctx: Context, namespace: str) -> JSON | None:
     """The Environment owning ``namespace`` (None: not an environment's namespace, or gone)."""
     name = await environment_name_of(ctx, namespace)
     return await ctx.client.get(ENVIRONMENTS, name) if name else None
+
+
+async def environment_ref(ctx: Context, namespace: str) -> views.EnvironmentRef | None:
+    """The Environment owning ``namespace``, as a request sees it."""
+    env = await environment_of(ctx, namespace)
+    return views.environment_ref(env) if env is not None else None
+
+
+async def golden_path(ctx: Context, name: str) -> tuple[bool, views.GoldenPathView | None]:
+    """(whether the GoldenPath exists, its view; None when missing or its spec does not decode: its
+    own status says what is wrong with it)."""
+    body = await ctx.client.get(GOLDENPATHS, name)
+    if body is None:
+        return False, None
+    try:
+        return True, views.golden_path_view(body)
+    except ValidationError:
+        return True, None

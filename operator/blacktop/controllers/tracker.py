@@ -1,18 +1,28 @@
-"""One reconcile's view of an object's status: start from what it says, set conditions, write once.
+"""One reconcile's view of an object's status: start from what it says, set conditions, write.
 
 Every controller follows the same rhythm: decode the current status, decide conditions, write the
-status only if something changed, and post an Event when Ready changes. This class is that rhythm.
+status only if something changed, and post an Event when Ready changes. This class is that rhythm,
+and the only way Blacktop writes a status:
+
+- :meth:`write` patches the status if it differs from what was last written (or read), then makes
+  what it wrote the new baseline, so a reconcile that reports progress midway (Planning, Applying)
+  writes each step once and posts each Ready change once.
+- ``observedGeneration`` moves to the object's generation only when this reconcile judged it (set or
+  cleared a condition): a write that merely records something (a cost, a violation) never claims a
+  spec was reconciled.
+- :meth:`announce` posts the Ready Event on the next write even if Ready's status and reason are
+  unchanged (a successful apply says so every time).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from blacktop.api.common import Condition, ConditionedStatus, format_time
 from blacktop.api.conditions import ConditionType, get_condition, remove_condition, set_condition
 from blacktop.kube import events
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import Client
 from blacktop.kube.resources import Resource
 from blacktop.kube.status import write_status
 
@@ -24,14 +34,16 @@ def _summary(condition: Condition | None) -> tuple[str, str] | None:
 
 
 class StatusTracker(Generic[S]):
-    """Accumulates the conditions of one reconcile of ``body``."""
+    """Accumulates the status of one reconcile of ``body``, at the moment ``now``."""
 
-    def __init__(self, body: dict[str, Any], model: type[S]) -> None:
+    def __init__(self, body: dict[str, Any], model: type[S], *, now: datetime) -> None:
         self.body = body
         self.generation = int(body["metadata"].get("generation", 1))
-        self.previous: S = model.model_validate(body.get("status") or {})
-        self.status: S = self.previous.model_copy(deep=True)
-        self.now = datetime.now(UTC)
+        self._written: S = model.model_validate(body.get("status") or {})
+        self.status: S = self._written.model_copy(deep=True)
+        self.now = now
+        self._judged = False
+        self._announce = False
 
     def set(self, ctype: str, ok: bool | None, reason: str, message: str) -> None:
         """Set a condition (True/False/Unknown) for the current generation."""
@@ -45,11 +57,13 @@ class StatusTracker(Generic[S]):
             last_transition_time=format_time(self.now),
         )
         self.status.conditions = set_condition(self.status.conditions, condition)
+        self._judged = True
 
     def clear(self, *ctypes: str) -> None:
         """Remove conditions (kstatus' abnormal-true ones are absent when false)."""
         for ctype in ctypes:
             self.status.conditions = remove_condition(self.status.conditions, ctype)
+        self._judged = True
 
     def ready(self, message: str, reason: str) -> None:
         """Ready=True; no longer Reconciling or Stalled."""
@@ -66,21 +80,29 @@ class StatusTracker(Generic[S]):
             self.clear(ConditionType.STALLED)
             self.set(ConditionType.RECONCILING, True, reason, message)
 
+    def announce(self) -> None:
+        """Post the Ready Event on the next write, even if Ready did not change."""
+        self._announce = True
+
     def ready_changed(self) -> bool:
-        """Whether Ready's status or reason differs from before (an Event is worth posting)."""
-        before = get_condition(self.previous.conditions, ConditionType.READY)
+        """Whether Ready's status or reason differs from the last write (an Event is worth posting)."""
+        before = get_condition(self._written.conditions, ConditionType.READY)
         after = get_condition(self.status.conditions, ConditionType.READY)
         return _summary(before) != _summary(after)
 
-    async def write(self, client: KubeClient, resource: Resource) -> S:
-        """Write the status if it changed, then post an Event if Ready changed."""
-        self.status.observed_generation = self.generation
+    async def write(self, client: Client, resource: Resource) -> S:
+        """Write the status if it changed, post an Event if Ready changed (or was announced), and make
+        what was written the baseline of the next write."""
+        if self._judged:
+            self.status.observed_generation = self.generation
         meta = self.body["metadata"]
-        if self.status != self.previous:
+        if self.status != self._written:
             await write_status(client, resource, meta["name"], self.status, meta.get("namespace"))
-        if self.ready_changed():
+        if self.ready_changed() or self._announce:
             ready = get_condition(self.status.conditions, ConditionType.READY)
-            assert ready is not None
-            event_type = events.NORMAL if ready.status == "True" else events.WARNING
-            await events.post_event(client, self.body, event_type, ready.reason, ready.message)
+            if ready is not None:
+                event_type = events.NORMAL if ready.status == "True" else events.WARNING
+                await events.post_event(client, self.body, event_type, ready.reason, ready.message)
+        self._written = self.status.model_copy(deep=True)
+        self._announce = False
         return self.status

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from blacktop.builders import webhook as builder
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import Client
 from blacktop.kube.resources import resource_for
 
 logger = logging.getLogger(__name__)
@@ -22,14 +22,14 @@ logger = logging.getLogger(__name__)
 CONFIGS = resource_for("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration")
 
 
-async def apply_configuration(client: KubeClient, *, operator_namespace: str, url: str, ca_bundle: str) -> None:
+async def apply_configuration(client: Client, *, operator_namespace: str, url: str, ca_bundle: str) -> None:
     """Point the apiserver at this operator's webhook server (base ``url``)."""
     config = builder.build_configuration(operator_namespace=operator_namespace, url=url, ca_bundle=ca_bundle)
     await client.apply(config)
     logger.info("admission webhook configuration %s points at %s", builder.NAME, url)
 
 
-async def remove_configuration(client: KubeClient, *, url: str) -> bool:
+async def remove_configuration(client: Client, *, url: str) -> bool:
     """Delete the configuration if it still points at ``url``; True if it did."""
     current = await client.get(CONFIGS, builder.NAME)
     if current is None:

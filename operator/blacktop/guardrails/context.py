@@ -57,9 +57,12 @@ def _golden_spec(golden_path: Mapping[str, Any] | None) -> GoldenPathSpec | None
         return None
 
 
-def request_cost_cents(request: Mapping[str, Any], golden_path: Mapping[str, Any] | None) -> tuple[int, str]:
-    """(monthly cost in cents, currency) of a ServiceRequest by its golden path's cost model, defaults applied."""
-    spec = _golden_spec(golden_path)
+def request_cost_cents(
+    request: Mapping[str, Any], golden_path: Mapping[str, Any] | None, *, golden_spec: GoldenPathSpec | None = None
+) -> tuple[int, str]:
+    """(monthly cost in cents, currency) of a ServiceRequest by its golden path's cost model, defaults
+    applied. ``golden_spec``: the golden path's spec when the caller has already decoded it."""
+    spec = golden_spec or _golden_spec(golden_path)
     if spec is None:
         return 0, "USD"
     params = _map(request.get("spec")).get("parameters")
@@ -129,13 +132,15 @@ def request_variables(
     *,
     siblings: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = (),
     plan: Mapping[str, Any] | None = None,
+    golden_spec: GoldenPathSpec | None = None,
     leftover_cents: int = 0,
 ) -> JSON:
     """Variables for a ServiceRequest. ``siblings`` are the other requests of its environment with their
     golden paths: their cost plus this one's (plus ``leftover_cents``, what requests that went without
     a destroy left behind) is ``cost.environmentMonthly`` (computed from the specs, so requests that
-    have not been reconciled yet count too)."""
-    cents, currency = request_cost_cents(request, golden_path)
+    have not been reconciled yet count too). ``golden_spec``: the golden path's spec when the caller
+    has already decoded it (a reconcile has; an admission review has not)."""
+    cents, currency = request_cost_cents(request, golden_path, golden_spec=golden_spec)
     name = _map(request.get("metadata")).get("name")
     others = leftover_cents + sum(
         request_cost_cents(sibling, gp)[0]

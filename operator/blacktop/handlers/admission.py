@@ -25,21 +25,23 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal, cast
 
 import aiohttp.web
 import kopf
 
+from blacktop.api.kinds import ENVIRONMENT, GOLDEN_PATH, GROUP, GUARDRAIL_POLICY, SERVICE_REQUEST, VERSION, KindInfo
+from blacktop.builders.webhook import DEFAULT_OPERATIONS, OPERATIONS
 from blacktop.config import Settings
 from blacktop.controllers import admission as controller
 from blacktop.controllers import webhook
-from blacktop.handlers.startup import context_of
+from blacktop.controllers.context import Context
+from blacktop.handlers.wiring import context_of
 from blacktop.kube.client import KubeClient
 from blacktop.localcluster.webhookcert import serving_cert
 
 logger = logging.getLogger(__name__)
 
-GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
 # Far deeper than any object Blacktop accepts (parameters: 16 levels), far shallower than what breaks
 # a recursive walk (Python's default limit is 1000 frames).
 MAX_BODY_DEPTH = 100
@@ -150,7 +152,7 @@ class _Server(kopf.WebhookServer):
 
 @kopf.on.startup()
 async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config: Settings = memo.settings
     host = config.webhook_host
     cert = await asyncio.to_thread(serving_cert, config.webhook_cert_dir, (host, "localhost", "127.0.0.1"))
     memo.webhook_url = None
@@ -194,7 +196,7 @@ async def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, 
 @kopf.on.cleanup()
 async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
     url = getattr(memo, "webhook_url", None)
-    if url is None or not Settings.from_env().webhook_manage_config:
+    if url is None or not memo.settings.webhook_manage_config:
         return
     # Our own client: the shared one may already be closed by the other cleanup handler.
     client = await asyncio.to_thread(KubeClient.from_kubeconfig)
@@ -204,62 +206,73 @@ async def release_webhook(memo: kopf.Memo, **_: Any) -> None:
         client.close()
 
 
-def _verdict(memo: kopf.Memo, kind: str, started: float, review: controller.Review, warnings: list[str]) -> None:
-    context_of(memo).metrics.observe_admission_review(kind, review.denial is None, time.monotonic() - started)
-    warnings.extend(review.warnings)
-    if review.denial:
-        raise kopf.AdmissionError(review.denial, code=403)
+# What a review needs: the context, the object, its old version on update, who asks, whether it is a dry
+# run, and the operation (CREATE, UPDATE, DELETE).
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+_Review = Callable[
+    [Context, dict[str, Any], dict[str, Any] | None, Mapping[str, Any], bool, str], Awaitable[controller.Review]
+]
 
 
-@kopf.on.validate(GROUP, VERSION, "environments", id="validate-environment", operations=["CREATE", "UPDATE", "DELETE"])
-async def validate_environment(
-    *,
-    body: kopf.Body,
+async def _policy(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, _: Mapping[str, Any], __: bool, ___: str
+) -> controller.Review:
+    return controller.review_policy(ctx, body, old)
+
+
+async def _golden_path(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, _: Mapping[str, Any], __: bool, ___: str
+) -> controller.Review:
+    return await controller.review_golden_path(ctx, body, old)
+
+
+async def _environment(  # noqa: PLR0917 (the shape every review has, see _Review)
+    ctx: Context,
+    body: dict[str, Any],
+    old: dict[str, Any] | None,
     userinfo: Mapping[str, Any],
-    warnings: list[str],
     dryrun: bool,
-    memo: kopf.Memo,
-    operation: str | None = None,
-    **kwargs: Any,
-) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_environment(
-        context_of(memo),
-        dict(body),
-        dict(old) if old else None,
-        userinfo,
-        dryrun=dryrun,
-        operation=operation or "CREATE",
-    )
-    _verdict(memo, "Environment", started, review, warnings)
+    operation: str,
+) -> controller.Review:
+    return await controller.review_environment(ctx, body, old, userinfo, dryrun=dryrun, operation=operation)
 
 
-@kopf.on.validate(GROUP, VERSION, "servicerequests", id="validate-servicerequest", operations=["CREATE", "UPDATE"])
-async def validate_service_request(
-    *,
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    warnings: list[str],
-    dryrun: bool,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_service_request(
-        context_of(memo), dict(body), dict(old) if old else None, userinfo, dryrun=dryrun
-    )
-    _verdict(memo, "ServiceRequest", started, review, warnings)
+async def _service_request(
+    ctx: Context, body: dict[str, Any], old: dict[str, Any] | None, userinfo: Mapping[str, Any], dryrun: bool, _: str
+) -> controller.Review:
+    return await controller.review_service_request(ctx, body, old, userinfo, dryrun=dryrun)
 
 
-@kopf.on.validate(GROUP, VERSION, "guardrailpolicies", id="validate-guardrailpolicy", operations=["CREATE", "UPDATE"])
-async def validate_guardrail_policy(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = controller.review_policy(context_of(memo), dict(body), dict(old) if old else None)
-    _verdict(memo, "GuardrailPolicy", started, review, warnings)
+def _register(kind: KindInfo, review: _Review) -> None:
+    """The validating handler of ``kind`` at the webhook path ``validate-<kind>``: a denial is an
+    AdmissionError (kubectl prints it), warnings are admission warnings, each review is timed."""
+
+    # Environments are reviewed on deletion too (builders/webhook.py says which kinds, for both).
+    operations = cast("list[Operation]", OPERATIONS.get(kind.plural, DEFAULT_OPERATIONS))
+
+    @kopf.on.validate(GROUP, VERSION, kind.plural, id=f"validate-{kind.singular}", operations=operations)
+    async def validate(
+        *,
+        body: kopf.Body,
+        userinfo: Mapping[str, Any],
+        warnings: list[str],
+        dryrun: bool,
+        memo: kopf.Memo,
+        operation: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        started, old, ctx = time.monotonic(), kwargs.get("old"), context_of(memo)
+        answer = await review(ctx, dict(body), dict(old) if old else None, userinfo, dryrun, operation or "CREATE")
+        ctx.metrics.observe_admission_review(kind.kind, answer.denial is None, time.monotonic() - started)
+        warnings.extend(answer.warnings)
+        if answer.denial:
+            raise kopf.AdmissionError(answer.denial, code=403)
 
 
-@kopf.on.validate(GROUP, VERSION, "goldenpaths", id="validate-goldenpath", operations=["CREATE", "UPDATE"])
-async def validate_golden_path(*, body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
-    started, old = time.monotonic(), kwargs.get("old")
-    review = await controller.review_golden_path(context_of(memo), dict(body), dict(old) if old else None)
-    _verdict(memo, "GoldenPath", started, review, warnings)
+for _kind, _review in (
+    (ENVIRONMENT, _environment),
+    (SERVICE_REQUEST, _service_request),
+    (GUARDRAIL_POLICY, _policy),
+    (GOLDEN_PATH, _golden_path),
+):
+    _register(_kind, _review)

@@ -6,14 +6,14 @@ from typing import Any
 
 import kopf
 
+from blacktop.api.kinds import ENVIRONMENT, GROUP, VERSION
 from blacktop.builders import naming
-from blacktop.config import Settings
 from blacktop.controllers import environment as controller
-from blacktop.handlers.startup import context_of
+from blacktop.handlers.wiring import context_of, reconciling, retrying, settings
 
-GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "environments"
-# Timer intervals are fixed when the handlers are registered, so read them from the environment here.
-_SETTINGS = Settings.from_env()
+PLURAL = ENVIRONMENT.plural
+# Timer intervals are fixed when the handlers are registered.
+_SETTINGS = settings()
 
 
 def _lock_key(name: str) -> str:
@@ -24,15 +24,13 @@ def _lock_key(name: str) -> str:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def environment_changed(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(_lock_key(name)):
+    async with reconciling(memo, _lock_key(name)) as ctx:
         await controller.reconcile_environment(ctx, dict(body))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=_SETTINGS.resync_seconds, initial_delay=_SETTINGS.resync_seconds)
 async def environment_resync(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(_lock_key(name)):
+    async with reconciling(memo, _lock_key(name)) as ctx:
         await controller.reconcile_environment(ctx, dict(body))
 
 
@@ -43,11 +41,8 @@ async def environment_ttl(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def environment_deleted(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(_lock_key(name)):
-        done = await controller.finalize_environment(ctx, dict(body))
-    if not done:
-        raise kopf.TemporaryError("waiting for the environment's service requests to be destroyed", delay=3)
+    async with reconciling(memo, _lock_key(name)) as ctx:
+        await controller.finalize_environment(ctx, dict(body))
     ctx.forget(_lock_key(name))
 
 
@@ -70,7 +65,8 @@ def _register_child_watch(api_version: str, plural: str) -> None:
         # Someone edited or deleted one of our children: converge the owner again right away
         # instead of waiting for the periodic resync. Our own no-op applies cause no events.
         if type in ("MODIFIED", "DELETED"):
-            await controller.reconcile_environment_by_name(context_of(memo), labels[naming.LABEL_ENVIRONMENT])
+            async with retrying():
+                await controller.reconcile_environment_by_name(context_of(memo), labels[naming.LABEL_ENVIRONMENT])
 
 
 for _api_version, _plural in _CHILD_KINDS:

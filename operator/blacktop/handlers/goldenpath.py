@@ -6,20 +6,20 @@ from typing import Any
 
 import kopf
 
-from blacktop.config import Settings
+from blacktop.api.kinds import GOLDEN_PATH, GROUP, VERSION
 from blacktop.controllers.goldenpath import reconcile_golden_path
-from blacktop.handlers.startup import context_of
+from blacktop.handlers.wiring import reconciling, settings
 
-GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "goldenpaths"
-_SETTINGS = Settings.from_env()
+PLURAL = GOLDEN_PATH.plural
+# Timer intervals are fixed when the handlers are registered.
+_SETTINGS = settings()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def golden_path_changed(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(f"GoldenPath/{name}"):
+    async with reconciling(memo, f"GoldenPath/{name}") as ctx:
         await reconcile_golden_path(ctx, dict(body))
 
 
@@ -27,6 +27,5 @@ async def golden_path_changed(body: kopf.Body, name: str, memo: kopf.Memo, **_: 
 # count) periodically, so a fixed module turns its golden path Ready without touching the object.
 @kopf.timer(GROUP, VERSION, PLURAL, interval=_SETTINGS.resync_seconds, initial_delay=_SETTINGS.resync_seconds)
 async def golden_path_resync(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(f"GoldenPath/{name}"):
+    async with reconciling(memo, f"GoldenPath/{name}") as ctx:
         await reconcile_golden_path(ctx, dict(body))

@@ -6,10 +6,11 @@ from typing import Any
 
 import kopf
 
+from blacktop.api.kinds import GROUP, GUARDRAIL_POLICY, VERSION
 from blacktop.controllers.guardrailpolicy import reconcile_policy
-from blacktop.handlers.startup import context_of
+from blacktop.handlers.wiring import context_of
 
-GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "guardrailpolicies"
+PLURAL = GUARDRAIL_POLICY.plural
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

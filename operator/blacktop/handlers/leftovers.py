@@ -16,7 +16,7 @@ import kopf
 
 from blacktop.builders import naming
 from blacktop.controllers import leftovers
-from blacktop.handlers.startup import context_of
+from blacktop.handlers.wiring import context_of
 
 GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "servicerequests"
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import kopf
 
-from blacktop.handlers.startup import context_of
+from blacktop.api import kinds
+from blacktop.api.kinds import GROUP, VERSION
+from blacktop.handlers.wiring import context_of
 from blacktop.metrics import server
-from blacktop.metrics.inventory import ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST
-
-GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
 
 
 @kopf.on.startup()
@@ -40,9 +39,5 @@ def _observe(kind: str, plural: str) -> None:
         context_of(memo).metrics.observe_object(kind, dict(body), deleted=type == "DELETED")
 
 
-for _kind, _plural in (
-    (ENVIRONMENT, "environments"),
-    (GOLDEN_PATH, "goldenpaths"),
-    (SERVICE_REQUEST, "servicerequests"),
-):
-    _observe(_kind, _plural)
+for _kind in (kinds.ENVIRONMENT, kinds.GOLDEN_PATH, kinds.SERVICE_REQUEST):
+    _observe(_kind.kind, _kind.plural)

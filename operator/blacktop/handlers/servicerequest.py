@@ -7,43 +7,39 @@ from typing import Any
 
 import kopf
 
-from blacktop.config import Settings
+from blacktop.api.kinds import GROUP, SERVICE_REQUEST, VERSION
 from blacktop.controllers import drift
 from blacktop.controllers import servicerequest as controller
-from blacktop.handlers.startup import context_of
+from blacktop.handlers.wiring import context_of, reconciling, settings
 
-GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "servicerequests"
-# Timer intervals are fixed when the handlers are registered, so read them from the environment here.
-_SETTINGS = Settings.from_env()
+PLURAL = SERVICE_REQUEST.plural
+# Timer intervals are fixed when the handlers are registered.
+_SETTINGS = settings()
+
+
+def _lock_key(namespace: str | None, name: str) -> str:
+    return f"ServiceRequest/{namespace}/{name}"
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def service_request_changed(body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(f"ServiceRequest/{namespace}/{name}"):
-        try:
-            await controller.reconcile_service_request(ctx, dict(body))
-        except controller.RetryLater as retry:
-            raise kopf.TemporaryError(str(retry), delay=retry.delay) from None
+    async with reconciling(memo, _lock_key(namespace, name)) as ctx:
+        await controller.reconcile_service_request(ctx, dict(body))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def service_request_deleted(body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = context_of(memo)
-    async with ctx.lock(f"ServiceRequest/{namespace}/{name}"):
-        try:
-            await controller.finalize_service_request(ctx, dict(body))
-        except controller.RetryLater as retry:
-            raise kopf.TemporaryError(str(retry), delay=retry.delay) from None
-    ctx.forget(f"ServiceRequest/{namespace}/{name}")
+    async with reconciling(memo, _lock_key(namespace, name)) as ctx:
+        await controller.finalize_service_request(ctx, dict(body))
+    ctx.forget(_lock_key(namespace, name))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=_SETTINGS.drift_check_seconds, initial_delay=_SETTINGS.drift_check_seconds)
 async def service_request_drift(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     ctx = context_of(memo)
-    lock = ctx.lock(f"ServiceRequest/{namespace}/{name}")
+    lock = ctx.lock(_lock_key(namespace, name))
     if lock.locked():
         return  # provisioning or deletion is running: check next time
     async with lock:

@@ -17,15 +17,9 @@ from blacktop.kube.client import KubeClient
 from blacktop.kube.errors import KubeApiError
 
 
-def context_of(memo: Any) -> Context:
-    """The shared reconcile context that start-up put into Kopf's memo."""
-    ctx: Context = memo.ctx
-    return ctx
-
-
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config: Settings = memo.settings  # the CLI's, put into the memo by run_operator
     logfilters.install()
     # Kopf's own marks carry our prefix, so `kubectl get -o yaml` shows whose they are.
     settings.persistence.finalizer = naming.FINALIZER
@@ -50,12 +44,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.execution.executor = executor
     asyncio.get_running_loop().set_default_executor(executor)
-    ctx = Context(client=KubeClient.from_kubeconfig(), settings=config)
+    memo.kube = KubeClient.from_kubeconfig()
+    ctx = Context(client=memo.kube, settings=config)
     try:
         # Who we are to the apiserver: our own changes pass the team boundary (controllers/admission.py).
-        ctx.username = await ctx.client.whoami()
+        ctx.username = await memo.kube.whoami()
     except KubeApiError as exc:
-        ctx.client.close()
         raise kopf.TemporaryError(f"cannot tell who the operator is (SelfSubjectReview): {exc}", delay=2) from exc
     logging.getLogger(__name__).info("operating as %s", ctx.username)
     await ctx.evaluator.start()  # guardrail worker processes, started before the first review needs one
@@ -67,4 +61,6 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     ctx = getattr(memo, "ctx", None)
     if ctx is not None:
         await ctx.evaluator.close()
-        ctx.client.close()
+    client = getattr(memo, "kube", None)
+    if client is not None:
+        client.close()

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -27,6 +27,36 @@ JSON = dict[str, Any]
 FIELD_MANAGER = "blacktop"
 # (connect, read) seconds: long enough for a loaded apiserver, short enough that a dead one is noticed.
 _TIMEOUT = (5.0, 60.0)
+
+
+class Client(Protocol):
+    """The verbs reconcilers use: what :class:`KubeClient` offers, and what a test's fake client offers."""
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> JSON | None: ...
+
+    async def list(
+        self, resource: Resource, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[JSON]: ...
+
+    async def create(self, obj: JSON) -> JSON: ...
+
+    async def apply(self, obj: JSON, *, field_manager: str = FIELD_MANAGER, force: bool = True) -> JSON: ...
+
+    async def replace(self, obj: JSON) -> JSON: ...
+
+    async def merge_patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: JSON,
+        namespace: str | None = None,
+        *,
+        subresource: str | None = None,
+    ) -> JSON: ...
+
+    async def delete(
+        self, resource: Resource, name: str, namespace: str | None = None, *, propagation: str = "Background"
+    ) -> bool: ...
 
 
 class KubeClient:
@@ -160,6 +190,13 @@ class KubeClient:
             content_type="application/apply-patch+yaml",
             query=query,
         )
+
+    async def replace(self, obj: JSON) -> JSON:
+        """Replace an object (PUT). Its ``metadata.resourceVersion`` makes the update atomic: if anyone
+        changed the object since it was read, this fails with ConflictError and nothing is written."""
+        resource = resource_for(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        return await self.request("PUT", resource.path(meta.get("namespace"), meta["name"]), body=obj)
 
     async def merge_patch(
         self,

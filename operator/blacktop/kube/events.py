@@ -11,7 +11,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from blacktop.kube.client import KubeClient
+from blacktop.kube.client import Client
 from blacktop.kube.errors import KubeApiError
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ WARNING = "Warning"
 _MAX_MESSAGE = 1024
 
 
-async def post_event(client: KubeClient, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+async def post_event(client: Client, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
     """Record an Event about ``involved`` (an object body). Failing to post is logged, never raised:
     an Event is a courtesy, it must not fail a reconcile."""
     meta = involved.get("metadata", {})

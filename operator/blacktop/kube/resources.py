@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-GROUP = "platform.blacktop.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from blacktop.api.kinds import API_VERSION
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ _RESOURCES = [
     Resource("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False),
     Resource("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
     Resource("coordination.k8s.io/v1", "Lease", "leases", namespaced=True),
+    Resource("authorization.k8s.io/v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False),
     Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False),
     Resource(
         "admissionregistration.k8s.io/v1",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from blacktop.kube.client import JSON, KubeClient
+from blacktop.kube.client import JSON, Client
 from blacktop.kube.resources import Resource
 
 
 async def write_status(
-    client: KubeClient, resource: Resource, name: str, status: BaseModel, namespace: str | None = None
+    client: Client, resource: Resource, name: str, status: BaseModel, namespace: str | None = None
 ) -> JSON:
     """Replace our part of ``status`` with ``status`` (a pydantic status model)."""
     payload = status.model_dump(by_alias=True, mode="json")

@@ -7,8 +7,10 @@ override files (``override.tf``, ``*_override.tf.json``, ...), and the local mod
 calls (``source = "./sub"``), recursively; a module call whose source leaves the module's folder
 or is remote is a violation, and a symlinked file or folder anywhere in the module that points
 outside the modules root is refused like a symlinked module folder. The same inspection runs on a
-request's workspace copy before every run (see controllers/protections.py), so what is checked is
-what runs.
+request's workspace copy before every run (:func:`check_source`, :func:`check_copy`, called by the
+runner that copies it), so what is checked is what runs. A :class:`ModuleCache` parses a module once per digest: the GoldenPath reconciler
+hashes the files to notice changes, provisioning and drift checks reuse what the digest on the
+golden path's status says was parsed.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hcl2
 
-from blacktop.terraform.findings import Findings, ModuleCall, analyse, from_json
+from blacktop.api.conditions import Reason
+from blacktop.terraform.findings import Findings, ModuleCall, analyse, from_json, refusal
 
 HCL_SUFFIXES = (".tf", ".tofu")
 JSON_SUFFIXES = (".tf.json", ".tofu.json")
@@ -37,6 +41,20 @@ class ModuleError(Exception):
 
 class ModuleEscapeError(ModuleError):
     """The module reaches outside the modules root (a path or a symlink): refused, never run."""
+
+
+class ModuleRefused(Exception):  # noqa: N818 (a refusal, reported like a failed run)
+    """A module that must not run now: ``reason`` is the condition reason, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _refused(exc: ModuleError) -> ModuleRefused:
+    reason = Reason.MODULE_OUTSIDE_ROOT if isinstance(exc, ModuleEscapeError) else Reason.MODULE_NOT_FOUND
+    return ModuleRefused(reason, str(exc))
 
 
 @dataclass(frozen=True)
@@ -151,7 +169,66 @@ def inspect_folder(path: Path, root: Path, label: str) -> Findings:
     return findings
 
 
+def check_source(path: Path, root: Path) -> None:
+    """Before a run copies ``path``: it must still be a folder inside ``root`` with no symlink out of it
+    (the files may have changed since the golden path was checked). Raises ModuleRefused."""
+    try:
+        if not path.resolve().is_relative_to(root.resolve()) or not path.is_dir():
+            raise ModuleEscapeError(f"module folder {path} is no longer a folder inside the modules root {root}")
+        check_links(path, root)
+    except ModuleError as exc:
+        raise _refused(exc) from None
+
+
+def check_copy(workdir: Path, module: str, allowed_providers: tuple[str, ...]) -> None:
+    """After copying: the workspace copy, exactly what the tool reads, must pass the built-in
+    protections (no local-exec/remote-exec/external, local modules only, allowed providers). Raises
+    ModuleRefused."""
+    try:
+        findings = inspect_folder(workdir, workdir, module)
+    except ModuleError as exc:
+        raise _refused(exc) from None
+    if problem := refusal(findings, allowed_providers):
+        raise ModuleRefused(*problem)
+
+
 def inspect(root: Path, module: str) -> ModuleInfo:
     """Resolve, parse and analyse a module (blocking file I/O: call it in a thread)."""
     path = resolve(root, module)
-    return ModuleInfo(path=path, digest=digest(path), findings=inspect_folder(path, root, module))
+    return _info(module, path, digest(path), root)
+
+
+def _info(module: str, path: Path, sha: str, root: Path) -> ModuleInfo:
+    return ModuleInfo(path=path, digest=sha, findings=inspect_folder(path, root, module))
+
+
+class ModuleCache:
+    """The modules under one root, each parsed once per digest (one entry per module: bounded by the
+    catalog). Methods do blocking file I/O: call them in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()  # called from worker threads
+        self._by_module: dict[str, ModuleInfo] = {}
+
+    def inspect(self, module: str) -> ModuleInfo:
+        """The module as it is on disk now: hashed every time, parsed only when its digest is new."""
+        path = resolve(self.root, module)
+        sha = digest(path)
+        with self._lock:
+            cached = self._by_module.get(module)
+        if cached is not None and cached.digest == sha and cached.path == path:
+            return cached
+        info = _info(module, path, sha, self.root)
+        with self._lock:
+            self._by_module[module] = info
+        return info
+
+    def known(self, module: str, sha: str | None) -> ModuleInfo:
+        """The module with digest ``sha`` (what its golden path's status says), without touching the
+        files when it was seen; otherwise as on disk now."""
+        with self._lock:
+            cached = self._by_module.get(module)
+        if cached is not None and sha is not None and cached.digest == sha:
+            return cached
+        return self.inspect(module)

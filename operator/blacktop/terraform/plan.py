@@ -1,26 +1,12 @@
-"""Summaries of a saved plan (``show -json``): what would change. Pure."""
+"""Summaries of a saved plan (``show -json``): what would change, as status shows it. Pure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from blacktop.api.servicerequest import PlanSummary
+
 MAX_ADDRESSES = 50
-
-
-@dataclass
-class PlanSummary:
-    """Counts and addresses of a plan's resource changes."""
-
-    add: int = 0
-    change: int = 0
-    destroy: int = 0
-    addresses: list[str] = field(default_factory=list)
-    types: set[str] = field(default_factory=set)
-
-    @property
-    def empty(self) -> bool:
-        return self.add == self.change == self.destroy == 0
 
 
 def summarise(plan: dict[str, Any]) -> PlanSummary:
@@ -36,7 +22,6 @@ def summarise(plan: dict[str, Any]) -> PlanSummary:
             summary.destroy += 1
         if "update" in actions:
             summary.change += 1
-        summary.types.add(str(change.get("type")))
-        if len(summary.addresses) < MAX_ADDRESSES:
-            summary.addresses.append(str(change.get("address")))
+        if len(summary.resources) < MAX_ADDRESSES:
+            summary.resources.append(str(change.get("address")))
     return summary

@@ -1,64 +1,54 @@
-"""Running OpenTofu/Terraform for one workspace: bounded, cancellable, never blocking the event loop.
+"""The Runner interface: the typed OpenTofu operations of a run, and what they return.
 
-Command lines come from python-terraform (the wrapper the platform team chose) through
-:func:`command`, which also fixes what it gets wrong on modern binaries: its ``destroy`` adds
-``-force`` (rejected since Terraform 0.15 and by OpenTofu) and its ``output()`` cannot read the
-current JSON. The processes themselves run as ``asyncio`` subprocesses in their own process group,
-so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM first,
-letting the tool release its state lock, SIGKILL after a grace period.
+Controllers run OpenTofu only through these two protocols. :meth:`Runners.open` gives a
+:class:`Runner` bound to one request's module, variables, credentials and state (a
+:class:`RunTarget`); its operations are the steps every run is made of: ``init``, ``plan``
+(refreshing from the real infrastructure; says whether anything would change), ``show_plan`` (the
+saved plan as JSON, and its summary), ``apply_plan`` (exactly the saved plan, nothing else),
+``outputs`` and ``destroy``. The caller holds the request's state lock, so no operation takes the
+backend's own lock. Output is redacted before it leaves a runner, and a failed result carries its
+classification (:mod:`blacktop.terraform.errors`) and a user-facing :attr:`RunResult.detail`.
+
+Where the tool runs is the implementation's business: workspaces, file names, the tool cache, the
+kubeconfig the backend uses. :class:`blacktop.terraform.subprocess_runner.SubprocessRunners` runs
+the tool as a child process of the operator; a runner that runs it in a pod implements the same
+protocols, and nothing above this module changes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ctypes
-import json
-import os
-import signal
-import sys
-import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from python_terraform import IsFlagged, Terraform
+from blacktop.api.conditions import Reason
+from blacktop.api.servicerequest import PlanSummary
+from blacktop.terraform.errors import Classification
+from blacktop.terraform.redact import tail
+from blacktop.terraform.state import StateRef
 
-from blacktop.metrics.registry import Metrics
-from blacktop.terraform import workspace
-from blacktop.terraform.errors import Classification, classify
-from blacktop.terraform.redact import redact
-
-GRACE_SECONDS = 15.0
-_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-# Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
-    """The argv for one operation, via python-terraform; always non-interactive and colourless."""
-    options.setdefault("no_color", IsFlagged)
-    if operation in {"init", "plan", "apply", "destroy"}:
-        options.setdefault("input", False)
-    if operation == "destroy":
-        # python-terraform's destroy() would add -force; ask for -auto-approve instead.
-        options.pop("force", None)
-        options.setdefault("auto_approve", IsFlagged)
-    argv: list[str] = Terraform(working_dir=str(workdir), terraform_bin_path=binary).generate_cmd_string(
-        operation, *args, **options
-    )
-    return argv
+JSON = dict[str, Any]
+# Waits for a run slot and holds it while one operation runs: ``slot("plan")``. The caller decides
+# how slots are shared (today one cluster-wide limit, timed as the ``queued`` stage).
+Slot = Callable[[str], AbstractAsyncContextManager[None]]
 
 
-def parse_outputs(stdout: str) -> dict[str, tuple[Any, bool]]:
-    """``output -json`` → name → (value, sensitive). python-terraform's output() cannot read it."""
-    data = json.loads(stdout or "{}")
-    return {name: (item.get("value"), bool(item.get("sensitive"))) for name, item in data.items()}
+@dataclass(frozen=True)
+class RunTarget:
+    """What a runner works on: one request's module, inputs and state."""
+
+    name: str  # stable and unique per request (a workspace folder, a pod name)
+    module: Path  # the module's folder under the operator's modules root
+    variables: Mapping[str, Any]
+    credentials: Mapping[str, str]  # provider credentials: environment variables, never logged
+    state: StateRef
 
 
 @dataclass
 class RunResult:
-    """What one invocation did."""
+    """What one operation did."""
 
     operation: str
     exit_code: int
@@ -71,106 +61,87 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """Whether the run succeeded (``plan -detailed-exitcode`` also succeeds with 2: changes)."""
+        """Whether the operation succeeded."""
         return self.exit_code in self.ok_codes and not self.timed_out
 
+    @property
+    def reason(self) -> str:
+        """The failure class of a failed operation (PlanFailed when it could not be classified)."""
+        return self.classification.reason if self.classification else Reason.PLAN_FAILED
 
-class Runner:
-    """Runs tool invocations in one workspace directory with an environment and a timeout."""
-
-    def __init__(
-        self,
-        binary: str,
-        workdir: Path,
-        env: dict[str, str],
-        *,
-        timeout: float,
-        semaphore: asyncio.Semaphore,
-        secrets: tuple[str, ...] = (),
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.env = env
-        self.timeout = timeout
-        self.semaphore = semaphore
-        self.secrets = secrets
-        self.metrics = metrics
-
-    async def plan(self) -> RunResult:
-        """``plan`` into the workspace's plan file; exit 2 (changes) counts as success, so
-        ``exit_code`` tells a plan with changes (2) from one without (0). The caller holds the lock."""
-        return await self.run(
-            "plan",
-            out=workspace.PLAN_FILE,
-            var_file=workspace.VAR_FILE,
-            lock=False,
-            detailed_exitcode=IsFlagged,
-            ok_codes=(0, 2),
-        )
-
-    async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
-        """Run one operation; output is redacted before it leaves this method."""
-        argv = command(self.binary, self.workdir, operation, *args, **options)
-        # With metrics, the wait for a slot and the run itself are timed as stages (queued, init, plan...).
-        async with self.metrics.run_slot(self.semaphore, operation) if self.metrics else self.semaphore:
-            started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-            timed_out = False
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
-            except TimeoutError:
-                timed_out = True
-                await _terminate(proc)
-                out, err = b"", b""
-            except asyncio.CancelledError:
-                # Operator shutdown: let the tool release its lock, then go.
-                await asyncio.shield(_terminate(proc))
-                raise
-            seconds = time.monotonic() - started
-        code = proc.returncode if proc.returncode is not None else -1
-        result = RunResult(
-            operation=operation,
-            exit_code=code,
-            stdout=out.decode(errors="replace"),
-            stderr=redact(err.decode(errors="replace"), self.secrets),
-            seconds=seconds,
-            timed_out=timed_out,
-            ok_codes=ok_codes,
-        )
-        if not result.ok:
-            combined = result.stderr + "\n" + redact(result.stdout, self.secrets)
-            result.classification = classify(operation, combined, timed_out=timed_out)
-        return result
+    @property
+    def detail(self) -> str:
+        """What went wrong, in words for status and Events: the redacted tail of the tool's output,
+        and for a state lock, whose it is."""
+        text = tail(self.stderr or self.stdout) or f"exit code {self.exit_code}"
+        found = self.classification
+        if found is not None and found.reason == Reason.STATE_LOCKED:
+            text = f"the state is locked by {found.lock_holder or 'unknown'} (lock ID {found.lock_id}); {text}"
+        return text
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the operator dies, even by SIGKILL. The tool then stops like on
-    shutdown (persisting what it finished) instead of running on unlocked beside the next run. And
-    umask 077: plans, lock files and provider caches it writes are the operator's user's only."""
-    os.umask(0o077)
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+@dataclass
+class PlanResult(RunResult):
+    """``plan``: succeeds with or without changes."""
+
+    @property
+    def changes(self) -> bool:
+        """Whether applying the plan would change anything (refreshed from the real infrastructure)."""
+        return self.ok and self.exit_code == 2
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the process group, SIGKILL it after the grace period."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout=GRACE_SECONDS)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+@dataclass
+class ShownPlan(RunResult):
+    """``show_plan``: the saved plan as the tool's JSON document, and its summary."""
+
+    plan: JSON = field(default_factory=dict)
+    summary: PlanSummary = field(default_factory=PlanSummary)
+
+
+@dataclass
+class Outputs(RunResult):
+    """``outputs``: name → (value, sensitive)."""
+
+    values: dict[str, tuple[Any, bool]] = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    """The operations of one run on one target; the caller holds the target's state lock."""
+
+    async def init(self) -> RunResult:
+        """Install providers and connect the state backend."""
+        ...
+
+    async def plan(self) -> PlanResult:
+        """Plan against the real infrastructure and save the plan."""
+        ...
+
+    async def show_plan(self) -> ShownPlan:
+        """The saved plan as JSON (what guardrails judge) and its summary."""
+        ...
+
+    async def apply_plan(self) -> RunResult:
+        """Apply exactly the saved plan."""
+        ...
+
+    async def outputs(self) -> Outputs:
+        """The module's outputs from the state."""
+        ...
+
+    async def destroy(self) -> RunResult:
+        """Destroy everything in the state."""
+        ...
+
+
+class Runners(Protocol):
+    """Where runs happen: opens a runner on a target, and forgets a target that is gone."""
+
+    async def open(self, target: RunTarget, slot: Slot) -> Runner:
+        """A runner for ``target`` (fresh inputs), waiting on ``slot`` before each operation. Raises
+        :class:`blacktop.terraform.module.ModuleRefused` when the module it would run must not run (every
+        run, destroy included, checks exactly what the tool would read)."""
+        ...
+
+    async def discard(self, name: str) -> None:
+        """Remove what runs of the target ``name`` left behind (after a destroy)."""
+        ...

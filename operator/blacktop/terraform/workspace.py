@@ -2,12 +2,12 @@
 
 The shipped module folder is never run in place. Each request gets its own directory (kept between
 runs so installed providers are reused), refreshed from the module before every run. State lives in
-the cluster through the built-in ``kubernetes`` backend: a Secret plus a Lease lock per request in
-the operator's namespace, keyed by the request's uid, so a re-created request never inherits state.
-Variables go into a JSON var file: nothing is ever interpolated into a shell. A workspace holds the
-variables, saved plans (with every value the plan knows, generated passwords included) and provider
-caches, so it is readable by the operator's user only: folders 0700, files 0600 (0700 when
-executable), and the tools run with umask 077 (terraform/runner.py) so what they write is too.
+the cluster through the built-in ``kubernetes`` backend (:mod:`blacktop.terraform.state`). Variables
+go into a JSON var file: nothing is ever interpolated into a shell. Only the subprocess runner knows
+this layout; everything else talks to a :class:`blacktop.terraform.runner.Runner`. A workspace holds
+the variables, saved plans (with every value the plan knows, generated passwords included) and
+provider caches, so it is readable by the operator's user only: folders 0700, files 0600 (0700 when
+executable), and the tool runs with umask 077 (terraform/subprocess_runner.py) so what it writes is too.
 """
 
 from __future__ import annotations
@@ -19,31 +19,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blacktop.terraform.state import StateRef
+
 KEEP = {".terraform", ".terraform.lock.hcl"}
+# What a run inherits from the operator's environment: the basics, and in a cluster where the
+# apiserver is (the kubernetes backend's in_cluster_config reads these two, as client-go does).
+_PASSED_THROUGH = frozenset(
+    {"PATH", "HOME", "TMPDIR", "LANG", "SSL_CERT_FILE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
+)
 VAR_FILE = "terraform.tfvars.json"
 PLAN_FILE = "tfplan"
 
 
 @dataclass(frozen=True)
 class Backend:
-    """Where a request's state lives."""
+    """How the tool reaches a request's state: the kubernetes backend, with a kubeconfig or in-cluster."""
 
-    namespace: str
-    suffix: str
+    state: StateRef
     kubeconfig: str | None
 
-    @property
-    def state_secret(self) -> str:
-        """The Secret the kubernetes backend keeps the state in (default workspace)."""
-        return f"tfstate-default-{self.suffix}"
-
-    @property
-    def lock_lease(self) -> str:
-        """The Lease the kubernetes backend locks the state with."""
-        return f"lock-tfstate-default-{self.suffix}"
-
     def config(self) -> dict[str, Any]:
-        backend: dict[str, Any] = {"secret_suffix": self.suffix, "namespace": self.namespace}
+        backend: dict[str, Any] = {"secret_suffix": self.state.suffix, "namespace": self.state.namespace}
         if self.kubeconfig:
             backend["config_path"] = self.kubeconfig
         else:
@@ -98,7 +94,7 @@ def remove(root: Path, key: str) -> None:
 
 def environment(cli_config: Path | None, credentials: dict[str, str]) -> dict[str, str]:
     """The process environment of a run: minimal, non-interactive, offline provider installation."""
-    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "TMPDIR", "LANG", "SSL_CERT_FILE"}}
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_THROUGH}
     env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
     if cli_config is not None and cli_config.exists():
         env["TF_CLI_CONFIG_FILE"] = str(cli_config)

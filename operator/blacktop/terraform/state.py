@@ -1,6 +1,8 @@
-"""The state lock of the ``kubernetes`` backend, in its own format, and whose lock it is (pure).
+"""A request's state in the ``kubernetes`` backend: where it lives, its lock in the backend's own
+format, and whose lock it is (pure).
 
-OpenTofu's kubernetes backend locks a state with a Lease named ``lock-tfstate-<workspace>-<suffix>``:
+Each request's state is a Secret ``tfstate-default-<uid>`` in the operator's namespace
+(:class:`StateRef`). OpenTofu's kubernetes backend locks a state with a Lease named ``lock-tfstate-<workspace>-<suffix>``:
 ``spec.holderIdentity`` is the lock ID and the annotation ``app.terraform.io/lock-info`` holds the
 lock's JSON (ID, Operation, Info, Who, Version, Created, Path). Unlocking clears both. A lock
 outlives a process killed mid-run: that is by design, so nobody writes a state whose last writer
@@ -10,7 +12,7 @@ Blacktop takes this lock itself, in exactly that format, *before* a run starts, 
 already recorded in the request's status (``status.lastRun.lockId``), and runs the tool with
 ``-lock=false`` under it. So after a crash the leftover lock is recognisably its own and can be
 released safely, while a lock taken by anyone else (a person running ``tofu apply`` by hand, another
-tool) looks foreign and is only reported. This module decides; ``controllers/locks.py`` acts.
+tool) looks foreign and is only reported. This module decides; ``controllers/statelock.py`` acts.
 """
 
 from __future__ import annotations
@@ -31,6 +33,30 @@ _BACKEND_LABELS = {"tfstate": "true", "tfstateWorkspace": "default", "app.kubern
 _MARKER = "blacktop request "
 
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """Where one request's state lives: the backend's Secret and lock Lease, keyed by the request's uid
+    (so a re-created request never inherits state)."""
+
+    namespace: str
+    suffix: str
+
+    @property
+    def state_secret(self) -> str:
+        """The Secret the kubernetes backend keeps the state in (default workspace)."""
+        return f"tfstate-default-{self.suffix}"
+
+    @property
+    def lock_lease(self) -> str:
+        """The Lease the kubernetes backend locks the state with."""
+        return f"lock-tfstate-default-{self.suffix}"
+
+
+def state_of(namespace: str, request_uid: str) -> StateRef:
+    """The state of the request with ``request_uid``, kept in the operator's ``namespace``."""
+    return StateRef(namespace=namespace, suffix=request_uid)
 
 
 @dataclass(frozen=True)
@@ -63,14 +89,14 @@ def new_lock_id() -> str:
     return str(uuid.uuid4())
 
 
-def lock_for(lock_id: str, operation: str, request_uid: str, run_id: str) -> LockInfo:
-    """The lock a Blacktop run of ``operation`` takes for the request with ``request_uid``."""
+def lock_for(lock_id: str, operation: str, request_uid: str, run_id: str, now: datetime | None = None) -> LockInfo:
+    """The lock a Blacktop run of ``operation`` takes for the request with ``request_uid``, taken at ``now``."""
     return LockInfo(
         id=lock_id,
         operation=f"OperationType{operation.capitalize()}",
         who=f"blacktop@{socket.gethostname()}",
         info=f"{_MARKER}{request_uid} run {run_id}",
-        created=datetime.now(UTC).isoformat(),
+        created=(now or datetime.now(UTC)).isoformat(),
     )
 
 
@@ -124,15 +150,15 @@ def judge(lease: JSON | None, *, lock_id: str, recorded: set[str], request_uid: 
     return Verdict.FOREIGN
 
 
-def new_lease(name: str, namespace: str, suffix: str, info: LockInfo) -> JSON:
-    """A Lease holding ``info``, labelled like the backend's own."""
+def new_lease(state: StateRef, info: LockInfo) -> JSON:
+    """The lock Lease of ``state`` holding ``info``, labelled like the backend's own."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {**_BACKEND_LABELS, "tfstateSecretSuffix": suffix},
+            "name": state.lock_lease,
+            "namespace": state.namespace,
+            "labels": {**_BACKEND_LABELS, "tfstateSecretSuffix": state.suffix},
             "annotations": {LOCK_INFO_ANNOTATION: info.to_json()},
         },
         "spec": {"holderIdentity": info.id},
@@ -175,14 +201,14 @@ def state_resources(secret: JSON) -> list[str]:
     return found
 
 
-def empty_state_secret(name: str, namespace: str, suffix: str) -> JSON:
-    """The backend's state Secret holding an empty state.
+def empty_state_secret(state: StateRef) -> JSON:
+    """The backend's state Secret of ``state`` holding an empty state.
 
     When no state exists yet, the backend takes its *own* lock to write an empty one, whatever
     ``-lock=false`` says, and would find ours. So under our lock Blacktop writes that empty state
     first, in the backend's format: gzip, labels that ``tofu`` recognises.
     """
-    state = {
+    empty = {
         "version": 4,
         "terraform_version": "1.6.0",
         "serial": 0,
@@ -195,11 +221,11 @@ def empty_state_secret(name: str, namespace: str, suffix: str) -> JSON:
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {**_BACKEND_LABELS, "tfstateSecretSuffix": suffix},
+            "name": state.state_secret,
+            "namespace": state.namespace,
+            "labels": {**_BACKEND_LABELS, "tfstateSecretSuffix": state.suffix},
             "annotations": {"encoding": "gzip"},
         },
         "type": "Opaque",
-        "data": {"tfstate": base64.b64encode(gzip.compress(json.dumps(state).encode())).decode()},
+        "data": {"tfstate": base64.b64encode(gzip.compress(json.dumps(empty).encode())).decode()},
     }

@@ -1,0 +1,228 @@
+"""The subprocess runner: OpenTofu/Terraform as a child process of the operator, one workspace per request.
+
+Command lines come from python-terraform (the wrapper the platform team chose) through
+:func:`command`, which also fixes what it gets wrong on modern binaries: its ``destroy`` adds
+``-force`` (rejected since Terraform 0.15 and by OpenTofu) and its ``output()`` cannot read the
+current JSON. Each request's workspace (:mod:`blacktop.terraform.workspace`) is refreshed from the
+module when a runner is opened. The processes run as ``asyncio`` subprocesses in their own process
+group, so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM
+first, letting the tool release what it holds, SIGKILL after a grace period. Bounded, cancellable,
+never blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from python_terraform import IsFlagged, Terraform
+
+from blacktop.config import Settings
+from blacktop.terraform import module, workspace
+from blacktop.terraform.errors import classify
+from blacktop.terraform.plan import summarise
+from blacktop.terraform.redact import redact
+from blacktop.terraform.runner import Outputs, PlanResult, RunResult, RunTarget, ShownPlan, Slot
+from blacktop.toolbox import cache_dir, find_tool
+
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+# Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+R = TypeVar("R", bound=RunResult)
+
+
+def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
+    """The argv for one operation, via python-terraform; always non-interactive and colourless."""
+    options.setdefault("no_color", IsFlagged)
+    if operation in {"init", "plan", "apply", "destroy"}:
+        options.setdefault("input", False)
+    if operation == "destroy":
+        # python-terraform's destroy() would add -force; ask for -auto-approve instead.
+        options.pop("force", None)
+        options.setdefault("auto_approve", IsFlagged)
+    argv: list[str] = Terraform(working_dir=str(workdir), terraform_bin_path=binary).generate_cmd_string(
+        operation, *args, **options
+    )
+    return argv
+
+
+def parse_outputs(stdout: str) -> dict[str, tuple[Any, bool]]:
+    """``output -json`` → name → (value, sensitive). python-terraform's output() cannot read it."""
+    data = json.loads(stdout or "{}")
+    return {name: (item.get("value"), bool(item.get("sensitive"))) for name, item in data.items()}
+
+
+def _as(kind: type[R], result: RunResult, **extra: Any) -> R:
+    """``result`` as the typed result ``kind`` with ``extra`` fields."""
+    return kind(**{f.name: getattr(result, f.name) for f in fields(RunResult)}, **extra)
+
+
+@dataclass(frozen=True)
+class SubprocessRunner:
+    """Runs the operations of one workspace; every one passes ``-lock=false`` (the caller holds the lock)."""
+
+    binary: str
+    workdir: Path
+    env: dict[str, str]  # the whole process environment: minimal, credentials included
+    timeout: float
+    grace: float  # SIGTERM to SIGKILL
+    slot: Slot
+    secrets: tuple[str, ...] = ()  # values redacted from the output
+
+    async def init(self) -> RunResult:
+        return await self.run("init", lock=False)
+
+    async def plan(self) -> PlanResult:
+        # -detailed-exitcode: exit 2 (changes) is a success too, and tells changes from none.
+        result = await self.run(
+            "plan",
+            out=workspace.PLAN_FILE,
+            var_file=workspace.VAR_FILE,
+            lock=False,
+            detailed_exitcode=IsFlagged,
+            ok_codes=(0, 2),
+        )
+        return _as(PlanResult, result)
+
+    async def show_plan(self) -> ShownPlan:
+        result = await self.run("show", workspace.PLAN_FILE, json=IsFlagged)
+        if not result.ok:
+            return _as(ShownPlan, result)
+        plan = json.loads(result.stdout)
+        return _as(ShownPlan, result, plan=plan, summary=summarise(plan))
+
+    async def apply_plan(self) -> RunResult:
+        return await self.run("apply", workspace.PLAN_FILE, lock=False)
+
+    async def outputs(self) -> Outputs:
+        result = await self.run("output", json=IsFlagged)
+        return _as(Outputs, result, values=parse_outputs(result.stdout) if result.ok else {})
+
+    async def destroy(self) -> RunResult:
+        return await self.run("destroy", var_file=workspace.VAR_FILE, lock=False)
+
+    async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
+        """Run one operation; output is redacted before it leaves this method."""
+        argv = command(self.binary, self.workdir, operation, *args, **options)
+        async with self.slot(operation):
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=self.workdir,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            timed_out = False
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+            except TimeoutError:
+                timed_out = True
+                await _terminate(proc, self.grace)
+                out, err = b"", b""
+            except asyncio.CancelledError:
+                # Operator shutdown: let the tool stop cleanly, then go.
+                await asyncio.shield(_terminate(proc, self.grace))
+                raise
+            seconds = time.monotonic() - started
+        code = proc.returncode if proc.returncode is not None else -1
+        result = RunResult(
+            operation=operation,
+            exit_code=code,
+            stdout=out.decode(errors="replace"),
+            stderr=redact(err.decode(errors="replace"), self.secrets),
+            seconds=seconds,
+            timed_out=timed_out,
+            ok_codes=ok_codes,
+        )
+        if not result.ok:
+            combined = result.stderr + "\n" + redact(result.stdout, self.secrets)
+            result.classification = classify(operation, combined, timed_out=timed_out)
+        return result
+
+
+@dataclass(frozen=True)
+class SubprocessRunners:
+    """Opens subprocess runners: a workspace per request under ``workspace_root``, the pinned binary."""
+
+    binary: str  # tofu or terraform: found in the tool cache, else on PATH
+    workspace_root: Path
+    timeout: float
+    grace: float
+    kubeconfig: str | None  # how the state backend reaches the cluster (None: in-cluster config)
+    cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
+    # Every run checks the module it is about to run (terraform/module.py check_source, check_copy).
+    modules_root: Path
+    allowed_providers: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubprocessRunners:
+        """Runners for the operator process: the backend reaches the cluster with the operator's own
+        kubeconfig (in-cluster config without one), providers come from the tool cache's mirror."""
+        return cls(
+            binary=settings.terraform_binary,
+            workspace_root=settings.workspace_root,
+            timeout=settings.run_timeout_seconds,
+            grace=settings.run_grace_seconds,
+            kubeconfig=os.environ.get("KUBECONFIG"),
+            cli_config=cache_dir() / "tofu.tfrc",
+            modules_root=settings.modules_root,
+            allowed_providers=settings.allowed_providers,
+        )
+
+    async def open(self, target: RunTarget, slot: Slot) -> SubprocessRunner:
+        """A runner on a fresh workspace copy of the module; raises ModuleRefused when the module (as
+        shipped, or as copied) must not run: nothing of it runs then, not even ``init``."""
+        backend = workspace.Backend(target.state, self.kubeconfig)
+        await asyncio.to_thread(module.check_source, target.module, self.modules_root)
+        workdir = await asyncio.to_thread(
+            workspace.prepare, self.workspace_root, target.name, target.module, dict(target.variables), backend
+        )
+        await asyncio.to_thread(module.check_copy, workdir, target.module.name, self.allowed_providers)
+        return SubprocessRunner(
+            binary=str(find_tool(self.binary)),
+            workdir=workdir,
+            env=workspace.environment(self.cli_config, dict(target.credentials)),
+            timeout=self.timeout,
+            grace=self.grace,
+            slot=slot,
+            secrets=tuple(target.credentials.values()),
+        )
+
+    async def discard(self, name: str) -> None:
+        await asyncio.to_thread(workspace.remove, self.workspace_root, name)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the operator dies, even by SIGKILL. The tool then stops like on
+    shutdown (persisting what it finished) instead of running on unlocked beside the next run. And
+    umask 077: plans, lock files and provider caches it writes are the operator's user's only."""
+    os.umask(0o077)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()

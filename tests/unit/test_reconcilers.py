@@ -1,0 +1,1079 @@
+"""Every branch of the reconcilers, called directly on a fake client, fake runners and a fixed clock.
+
+Each test builds its world through the real reconcilers (an Environment reconciled into its
+namespace, a GoldenPath validated against its module on disk), then drives one reconciler and
+checks status, Events, the state lock and what ran. ``@reaches(...)`` names the Reasons a test must
+see written (in a condition or an Event); the last test checks that every Reason a controller can
+set is reached by one of them. The integration tests prove the same paths against the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import shutil
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blacktop.api.common import format_time
+from blacktop.api.conditions import Reason
+from blacktop.api.servicerequest import ServiceRequestStatus
+from blacktop.controllers import budget, drift, environment, goldenpath, guardrailpolicy
+from blacktop.controllers.failures import Failure
+from blacktop.controllers.tracker import StatusTracker
+from blacktop.kube.errors import InvalidError
+from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, GUARDRAILPOLICIES, SERVICEREQUESTS, resource_for
+from blacktop.terraform import state as states
+from fakes import LEASE, REPO, Harness, harness
+from helpers import API, tiny_golden_path
+
+pytestmark = pytest.mark.unit
+
+NS = "payments-dev"
+SECRET = resource_for("v1", "Secret")
+NAMESPACE = resource_for("v1", "Namespace")
+CRD = resource_for("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+# What `tofu show -json` says of the tiny module's plan: one built-in resource to create.
+TINY_PLAN: dict[str, Any] = {
+    "resource_changes": [
+        {
+            "address": "terraform_data.service",
+            "type": "terraform_data",
+            "provider_name": "terraform.io/builtin/terraform",
+            "change": {"actions": ["create"]},
+        }
+    ],
+    "configuration": {"root_module": {"resources": [{"address": "terraform_data.service", "mode": "managed"}]}},
+}
+OUTPUTS = {"endpoint": ("tiny://db.small.svc:8080", False), "token": ("s3cr3t-t0ken", True)}
+# Reasons a test reaches, by test name (filled by @reaches).
+REACHED_BY: dict[str, tuple[str, ...]] = {}
+# Reasons no controller sets; each says why.
+NOT_SET_BY_CONTROLLERS = {
+    Reason.BACKOFF_RETRYING: "reserved: a failed run reports its classified reason, its retry in the message",
+}
+
+Scenario = Callable[..., Awaitable[None]]
+
+
+def reaches(*reasons: str, each: str | None = None) -> Callable[[Scenario], Callable[..., None]]:
+    """Run the async test body on a fresh harness ``h``; afterwards each of ``reasons`` must have been
+    written. A parametrized test names its parameter ``each``: every run must reach its own value."""
+
+    def wrap(body: Scenario) -> Callable[..., None]:
+        REACHED_BY[body.__name__] = reasons
+
+        @functools.wraps(body)
+        def test(h: Harness, **kwargs: Any) -> None:
+            asyncio.run(body(h, **kwargs))
+            expected = {kwargs[each]} if each else set(reasons)
+            assert expected <= set(reasons)
+            missing = expected - h.client.reached
+            assert not missing, f"never written: {sorted(missing)} (written: {sorted(h.client.reached)})"
+
+        return test
+
+    return wrap
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    world = harness(tmp_path)
+    world.runners.script.plan = json.loads(json.dumps(TINY_PLAN))
+    world.runners.script.outputs = dict(OUTPUTS)
+    return world
+
+
+async def ready_world(h: Harness, **env: Any) -> str:
+    """A Ready environment and the Ready `tiny` golden path; returns the namespace."""
+    namespace = await h.environment(**env)
+    await h.golden_path()
+    return namespace
+
+
+async def provisioned(h: Harness, name: str = "db", **parameters: Any) -> str:
+    """A request of `tiny`, provisioned; returns its namespace."""
+    namespace = await ready_world(h)
+    h.request(name, namespace, size="small", **parameters)
+    assert await h.reconcile(name, namespace) is None
+    assert h.condition(name, namespace)["reason"] == Reason.PROVISIONED
+    return namespace
+
+
+def lease_holder(h: Harness, name: str, namespace: str) -> str | None:
+    uid = h.body(name, namespace)["metadata"]["uid"]
+    lease = h.client.stored(LEASE, f"lock-tfstate-default-{uid}", h.ctx.settings.namespace)
+    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+
+def plan_policy(name: str, mode: str = "Enforce") -> dict[str, Any]:
+    """A Plan-stage policy refusing plans that create terraform_data resources."""
+    return {
+        "apiVersion": API,
+        "kind": "GuardrailPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "mode": mode,
+            "match": {"kinds": ["ServiceRequest"]},
+            "rules": [
+                {
+                    "name": "no-placeholders",
+                    "stage": "Plan",
+                    "expression": "!plan.resource_changes.exists(c, c.type == 'terraform_data')",
+                    "message": "{{ object.metadata.name }} would create placeholders",
+                }
+            ],
+        },
+    }
+
+
+# -- provisioning ---------------------------------------------------------------------------------
+
+
+@reaches(Reason.PROGRESSING, Reason.RECONCILED, Reason.PROVISIONED, Reason.MONITORING_UNAVAILABLE)
+async def test_a_request_is_planned_applied_and_delivered_under_its_own_lock(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace, size="small")
+    h.clock.advance(42)  # the request waited 42 s before the operator got to it
+    assert await h.reconcile("db", namespace) is None
+
+    status = h.status("db", namespace)
+    assert status["stage"] == "Ready"
+    assert status["leadTimeSeconds"] == 42  # by the injected clock, from creationTimestamp
+    assert status["firstReadyTime"] == format_time(h.clock.now)
+    assert status["plan"] == {"add": 1, "change": 0, "destroy": 0, "resources": ["terraform_data.service"]}
+    assert status["monthlyCost"] == "1.00"
+    assert status["environment"] == namespace
+    assert (status["connectionSecret"], status["outputs"]) == ("db-connection", ["endpoint", "token"])
+    assert status["failures"] == 0
+    assert status["observedGeneration"] == 1
+    run = status["lastRun"]
+    assert (run["operation"], run["result"]) == ("apply", "Succeeded")
+    # Every operation ran under the lock the status recorded, and the lock is released afterwards.
+    assert h.runners.operations == ["init", "plan", "show", "apply", "output"]
+    assert {holder for _, holder in h.runners.calls} == {run["lockId"]}
+    assert lease_holder(h, "db", namespace) is None
+    assert h.ctx.held_locks == set()  # no longer busy: a leftover of this ID would be an orphan
+    # The lock ID was on record before the lock was taken.
+    verbs = [(verb, kind) for verb, kind, _ in h.client.calls]
+    assert verbs.index(("merge_patch", "ServiceRequest")) < verbs.index(("create", "Lease"))
+    # The module sees its declared variables only; the runner got the request's identity and state.
+    target = h.runners.opened[0]
+    assert dict(target.variables) == {"name": "db", "size": "small"}
+    assert target.name == f"{namespace}-db-{h.body('db', namespace)['metadata']['uid'][:8]}"
+    assert target.state.lock_lease == f"lock-tfstate-default-{h.body('db', namespace)['metadata']['uid']}"
+    secret = h.client.stored(SECRET, "db-connection", namespace)
+    assert secret is not None
+    assert sorted(secret["data"]) == ["endpoint", "token"]
+    assert ("Normal", "Provisioned") in [(t, r) for t, r, _ in h.client.events("db")]
+    # Tiny declares no monitoring: nothing to report for the request (the environment's PodMonitor had no CRD).
+    assert h.condition("db", namespace, "MonitoringConfigured") is None
+
+
+@reaches(Reason.PROVISIONED)
+async def test_every_successful_apply_is_announced_and_the_lead_time_is_kept(h: Harness) -> None:
+    namespace = await provisioned(h)
+    first = h.status("db", namespace)
+    h.clock.advance(600)
+    assert await h.reconcile("db", namespace) is None  # a resync re-plans and applies again
+    again = h.status("db", namespace)
+    assert (again["leadTimeSeconds"], again["firstReadyTime"]) == (first["leadTimeSeconds"], first["firstReadyTime"])
+    assert again["lastRun"]["id"] != first["lastRun"]["id"]
+    assert h.client.event_reasons("db").count(Reason.PROVISIONED) == 2
+
+
+@reaches(Reason.PLAN_FAILED, Reason.RETRIES_EXHAUSTED)
+async def test_a_failing_run_backs_off_then_stalls_and_recovers_by_itself(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    limit = h.ctx.settings.max_failures_before_stalled
+    for attempt in range(1, limit + 1):
+        h.runners.fail("plan", "Error: Resource postcondition failed\n  the tiny service failed to start")
+        failure = await h.reconcile("db", namespace)
+        assert isinstance(failure, Failure)
+        assert failure.reason == Reason.PLAN_FAILED
+        status, ready = h.status("db", namespace), h.condition("db", namespace)
+        assert ready is not None
+        assert status["failures"] == attempt
+        assert status["stage"] == "Failed"
+        assert status["lastRun"]["result"] == "Failed"
+        assert status["nextRetryTime"] == format_time(h.clock.now + timedelta(seconds=failure.delay))
+        assert ready["reason"] == Reason.PLAN_FAILED
+        assert f"plan failed (PlanFailed, attempt {attempt}, next retry in" in ready["message"]
+        assert "the tiny service failed to start" in ready["message"]
+        assert lease_holder(h, "db", namespace) is None  # released on failure too
+        if attempt < limit:
+            ceiling = min(300.0, 5.0 * 2 ** (attempt - 1))
+            assert ceiling / 2 <= failure.delay <= ceiling  # capped exponential backoff, jittered
+            assert h.condition("db", namespace, "Reconciling") is not None
+        h.clock.advance(failure.delay)
+    stalled = h.condition("db", namespace, "Stalled")
+    assert stalled is not None
+    assert (stalled["status"], stalled["reason"]) == ("True", Reason.RETRIES_EXHAUSTED)
+    assert failure.delay == h.ctx.settings.stalled_retry_seconds  # still retried, slowly
+    assert h.condition("db", namespace, "Reconciling") is None
+
+    assert await h.reconcile("db", namespace) is None  # the cause went away
+    status = h.status("db", namespace)
+    assert (status["failures"], status.get("nextRetryTime")) == (0, None)
+    assert h.condition("db", namespace, "Stalled") is None
+    assert h.condition("db", namespace)["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("operation", "stderr", "timed_out", "reason"),
+    [
+        ("apply", "Error: something odd", False, Reason.APPLY_FAILED),
+        ("apply", "Error: dial tcp 127.0.0.1:5432: connect: connection refused", False, Reason.PROVIDER_ERROR),
+        ("plan", "", True, Reason.TIMEOUT),
+        ("plan", "Error: Invalid value for variable\n  on main.tf line 3", False, Reason.INVALID_PARAMETERS),
+        ("init", "Error loading state: the state is already locked by another tofu client", False, Reason.STATE_LOCKED),
+    ],
+)
+@reaches(
+    Reason.APPLY_FAILED,
+    Reason.PROVIDER_ERROR,
+    Reason.TIMEOUT,
+    Reason.STATE_LOCKED,
+    Reason.INVALID_PARAMETERS,
+    each="reason",
+)
+async def test_run_failures_carry_their_class(
+    h: Harness, operation: str, stderr: str, timed_out: bool, reason: str
+) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.runners.fail(operation, stderr, timed_out=timed_out)
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == reason
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", reason)
+    assert ready["message"].startswith(f"{operation} failed ({reason}, attempt 1")
+    assert h.runners.operations[-1] == operation  # nothing runs after a failed step
+    assert h.condition("db", namespace, "Applied") is None
+
+
+@reaches(Reason.STATE_LOCKED)
+async def test_a_lock_held_by_someone_else_is_reported_and_never_broken(h: Harness) -> None:
+    namespace = await ready_world(h)
+    request = h.request("db", namespace)
+    state = states.state_of(h.ctx.settings.namespace, request["metadata"]["uid"])
+    alice = states.LockInfo(id="f0f0-1", operation="OperationTypeApply", who="alice@laptop", info="", created="")
+    h.client.put(states.new_lease(state, alice))
+
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.STATE_LOCKED
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert "locking the state failed (StateLocked" in ready["message"]
+    assert "the state is locked by alice@laptop (lock ID f0f0-1)" in ready["message"]
+    assert "tofu force-unlock f0f0-1" in ready["message"]
+    assert h.runners.operations == []  # nothing ran
+    assert lease_holder(h, "db", namespace) == "f0f0-1"  # reported, not broken
+    assert Reason.STATE_LOCK_RECOVERED not in h.client.event_reasons("db")
+    assert ("Warning", Reason.STATE_LOCKED) in [(t, r) for t, r, _ in h.client.events("db")]
+
+    lease = h.client.stored(LEASE, state.lock_lease, state.namespace)
+    assert lease is not None
+    h.client.put(states.unlocked(lease))  # alice is done
+    assert await h.reconcile("db", namespace) is None
+
+
+@reaches(Reason.STATE_LOCKED)
+async def test_a_lock_a_run_of_this_process_holds_is_busy_not_orphaned(h: Harness) -> None:
+    namespace = await ready_world(h)
+    request = h.request("db", namespace)
+    uid = request["metadata"]["uid"]
+    ours = states.lock_for("running-1", "apply", uid, "r1")
+    h.client.put(states.new_lease(states.state_of(h.ctx.settings.namespace, uid), ours))
+    h.ctx.held_locks.add("running-1")  # e.g. a drift check of the same request, still running
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.STATE_LOCKED
+    assert lease_holder(h, "db", namespace) == "running-1"
+
+
+@reaches(Reason.STATE_LOCK_RECOVERED, Reason.PROVISIONED)
+async def test_the_lock_of_a_run_that_died_is_taken_over(h: Harness) -> None:
+    namespace = await ready_world(h)
+    request = h.request("db", namespace)
+    uid = request["metadata"]["uid"]
+    # The operator was killed mid-apply: status recorded the run's lock, the Lease still holds it.
+    h.client.put({**request, "status": {"lastRun": {"id": "dead", "operation": "apply", "lockId": "dead-lock"}}})
+    dead = states.LockInfo(id="dead-lock", operation="OperationTypeApply", who="blacktop@old", info="", created="")
+    h.client.put(states.new_lease(states.state_of(h.ctx.settings.namespace, uid), dead))
+
+    assert await h.reconcile("db", namespace) is None
+    assert lease_holder(h, "db", namespace) is None
+    recovered = [m for _, r, m in h.client.events("db") if r == Reason.STATE_LOCK_RECOVERED]
+    assert len(recovered) == 1
+    assert "released state lock dead-lock left by an earlier run" in recovered[0]
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is not None  # seeded
+
+
+@reaches(Reason.ENVIRONMENT_NOT_FOUND)
+async def test_a_request_outside_an_environment_is_stalled(h: Harness) -> None:
+    await h.golden_path()
+    h.client.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}})
+    h.request("lost", "plain")
+    assert await h.reconcile("lost", "plain") is None  # no retry: it waits for a change
+    ready = h.condition("lost", "plain")
+    assert ready is not None
+    assert "does not belong to an Environment" in ready["message"]
+    assert h.condition("lost", "plain", "Stalled") is not None
+    assert h.status("lost", "plain")["stage"] == "Failed"
+    assert h.runners.opened == []
+
+
+@reaches(Reason.GOLDEN_PATH_NOT_FOUND, Reason.GOLDEN_PATH_NOT_READY)
+async def test_a_missing_or_unready_golden_path_is_waited_for(h: Harness) -> None:
+    namespace = await h.environment()
+    h.request("ghost", namespace, "no-such-path")
+    failure = await h.reconcile("ghost", namespace)
+    assert isinstance(failure, Failure)
+    assert (failure.reason, failure.delay) == (Reason.GOLDEN_PATH_NOT_FOUND, h.ctx.settings.dependency_retry_seconds)
+    ready = h.condition("ghost", namespace)
+    assert ready is not None
+    assert "kubectl get goldenpaths" in ready["message"]
+    assert h.condition("ghost", namespace, "Reconciling") is not None
+    assert h.status("ghost", namespace)["stage"] == "Pending"
+
+    broken = tiny_golden_path("broken")
+    broken["spec"]["module"] = "no-such-module"
+    await h.golden_path(broken)
+    h.request("waits", namespace, "broken")
+    failure = await h.reconcile("waits", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.GOLDEN_PATH_NOT_READY
+    assert h.runners.opened == []
+
+
+@reaches(Reason.TIER_NOT_ALLOWED)
+async def test_a_golden_path_not_offered_in_the_tier_is_refused(h: Harness) -> None:
+    namespace = await ready_world(h, name="payments-prod", tier="prod")  # tiny: dev and staging only
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert ready["message"] == "golden path 'tiny' is offered in tiers dev, staging, not in prod"
+    assert h.condition("db", namespace, "Stalled") is not None
+    assert h.runners.opened == []
+
+
+@reaches(Reason.INVALID_PARAMETERS)
+async def test_invalid_parameters_are_refused_before_any_run(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("bad", namespace, size="gigantic")
+    assert await h.reconcile("bad", namespace) is None
+    valid = h.condition("bad", namespace, "ParametersValid")
+    assert valid is not None
+    assert (valid["status"], valid["reason"]) == ("False", Reason.INVALID_PARAMETERS)
+    assert "parameters.size" in valid["message"]
+    assert "gigantic" in valid["message"]
+    assert h.condition("bad", namespace)["reason"] == Reason.INVALID_PARAMETERS
+    assert h.runners.opened == []
+
+
+@reaches(Reason.INVALID_SPEC)
+async def test_a_spec_the_schema_should_have_refused_is_stalled(h: Harness) -> None:
+    namespace = await ready_world(h)
+    body = h.request("odd", namespace)
+    h.client.put({**body, "spec": {"goldenPath": "tiny", "surprise": True}})
+    assert await h.reconcile("odd", namespace) is None
+    ready = h.condition("odd", namespace)
+    assert ready is not None
+    assert ready["message"].startswith("spec is invalid")
+
+
+@reaches(Reason.CREDENTIALS_NOT_FOUND)
+async def test_missing_credentials_are_reported_before_any_lock(h: Harness) -> None:
+    namespace = await h.environment()
+    golden = tiny_golden_path("with-credentials")
+    golden["spec"]["credentialsSecretRef"] = {"name": "pg-admin", "namespace": "blacktop-system"}
+    await h.golden_path(golden)
+    h.request("db", namespace, "with-credentials")
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert (failure.reason, failure.delay) == (Reason.CREDENTIALS_NOT_FOUND, h.ctx.settings.dependency_retry_seconds)
+    assert "blacktop-system/pg-admin" in failure.message
+    assert h.status("db", namespace)["lastRun"] is None  # no run began, no lock was taken
+    assert h.runners.opened == []
+
+    h.client.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "pg-admin", "namespace": "blacktop-system"},
+            "data": {"PGPASSWORD": "aHVudGVyMg=="},
+        }
+    )
+    assert await h.reconcile("db", namespace) is None
+    assert dict(h.runners.opened[0].credentials) == {"PGPASSWORD": "hunter2"}
+
+
+@reaches(Reason.MODULE_NOT_FOUND)
+async def test_a_module_that_vanished_is_reported(h: Harness) -> None:
+    namespace = await h.environment()
+    # Ready by an earlier operator's word, but its module is not (or no longer) on this operator's disk.
+    golden = tiny_golden_path("vanished")
+    golden["spec"]["module"] = "vanished"
+    h.client.put(
+        {
+            **golden,
+            "status": {
+                "moduleDigest": "0" * 64,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "Reconciled",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ],
+            },
+        }
+    )
+    h.request("db", namespace, "vanished")
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.MODULE_NOT_FOUND
+    assert "not found" in failure.message
+
+
+@reaches()
+async def test_the_module_is_parsed_once_per_digest(h: Harness) -> None:
+    namespace = await ready_world(h)
+    first = h.ctx.modules.inspect("tiny")
+    for name in ("a", "b"):
+        h.request(name, namespace)
+        assert await h.reconcile(name, namespace) is None
+    assert h.ctx.modules.inspect("tiny") is first  # the same parse: nothing was read again
+
+
+# -- Plan-stage guardrails ------------------------------------------------------------------------
+
+
+@reaches(Reason.POLICY_DENIED)
+async def test_a_plan_a_policy_denies_is_never_applied(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.client.put(plan_policy("no-placeholders"))
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None  # Stalled: a human changes the request or the policy
+    compliant = h.condition("db", namespace, "PolicyCompliant")
+    assert compliant is not None
+    assert (compliant["status"], compliant["reason"]) == ("False", Reason.POLICY_DENIED)
+    assert "denied by GuardrailPolicy no-placeholders/no-placeholders" in compliant["message"]
+    assert "db would create placeholders" in compliant["message"]
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", Reason.POLICY_DENIED)
+    assert h.condition("db", namespace, "Stalled") is not None
+    status = h.status("db", namespace)
+    assert (status["stage"], status["lastRun"]["result"]) == ("Failed", "Failed")
+    assert h.runners.operations == ["init", "plan", "show"]
+    assert h.condition("db", namespace, "Applied") is None
+    assert h.client.stored(SECRET, "db-connection", namespace) is None
+    assert lease_holder(h, "db", namespace) is None
+    assert ("Warning", Reason.POLICY_DENIED) in [(t, r) for t, r, _ in h.client.events("db")]
+
+
+@reaches(Reason.POLICY_WARNED)
+async def test_a_plan_warning_is_recorded_and_the_apply_goes_on(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.client.put(plan_policy("placeholders-warned", mode="Warn"))
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    compliant = h.condition("db", namespace, "PolicyCompliant")
+    assert compliant is not None
+    assert (compliant["status"], compliant["reason"]) == ("True", Reason.POLICY_WARNED)
+    assert h.condition("db", namespace)["status"] == "True"
+    policy = h.client.stored(GUARDRAILPOLICIES, "placeholders-warned")
+    assert policy is not None
+    assert policy["status"]["violationCount"] == 1
+    assert policy["status"]["violations"][0]["name"] == "db"
+    assert policy["status"]["observedGeneration"] is None  # recording a violation judges no spec
+
+
+@pytest.mark.parametrize(
+    ("plan", "reason"),
+    [
+        (
+            {"resource_changes": [{"address": "evil_thing.x", "provider_name": "registry.opentofu.org/evil/thing"}]},
+            Reason.PROVIDER_NOT_ALLOWED,
+        ),
+        (
+            {
+                "configuration": {
+                    "root_module": {
+                        "resources": [{"address": "terraform_data.x", "provisioners": [{"type": "local-exec"}]}]
+                    }
+                }
+            },
+            Reason.FORBIDDEN_PROVISIONER,
+        ),
+    ],
+)
+@reaches(Reason.PROVIDER_NOT_ALLOWED, Reason.FORBIDDEN_PROVISIONER, each="reason")
+async def test_the_built_in_protections_judge_every_plan(h: Harness, plan: dict[str, Any], reason: str) -> None:
+    namespace = await ready_world(h)
+    h.runners.script.plan = plan
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    compliant = h.condition("db", namespace, "PolicyCompliant")
+    assert compliant is not None
+    assert (compliant["status"], compliant["reason"]) == ("False", reason)
+    assert compliant["message"].startswith("denied by built-in protection: ")
+    assert "apply" not in h.runners.operations
+
+
+# -- destroy --------------------------------------------------------------------------------------
+
+
+@reaches(Reason.DELETING, Reason.DESTROYED)
+async def test_deleting_a_request_destroys_then_forgets_its_state(h: Harness) -> None:
+    namespace = await provisioned(h)
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    operator_ns = h.ctx.settings.namespace
+    h.runners.calls.clear()
+    assert await h.finalize("db", namespace) is None
+    assert h.runners.operations == ["init", "destroy"]
+    destroy_lock = h.status("db", namespace)["lastRun"]["lockId"]
+    assert {holder for _, holder in h.runners.calls} == {destroy_lock}
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", operator_ns) is None
+    assert h.client.stored(LEASE, f"lock-tfstate-default-{uid}", operator_ns) is None
+    assert h.runners.discarded == [f"{namespace}-db-{uid[:8]}"]
+    destroyed = [m for _, r, m in h.client.events("db") if r == Reason.DESTROYED]
+    assert destroyed == ["tiny destroyed in 1.5s"]
+
+
+@reaches(Reason.DESTROY_FAILED)
+async def test_a_failed_destroy_is_retried_with_backoff(h: Harness) -> None:
+    namespace = await provisioned(h)
+    h.runners.fail("destroy", "Error: deleting: still in use")
+    failure = await h.finalize("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.DESTROY_FAILED
+    assert 2.5 <= failure.delay <= 5
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert "destroy failed (DestroyFailed, attempt 1" in ready["message"]
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is not None  # kept
+    assert h.runners.discarded == []
+
+
+@reaches(Reason.DESTROY_FAILED)
+async def test_a_destroy_without_its_golden_path_waits_for_it(h: Harness) -> None:
+    namespace = await provisioned(h)
+    await h.ctx.client.delete(GOLDENPATHS, "tiny")
+    failure = await h.finalize("db", namespace)
+    assert isinstance(failure, Failure)
+    assert (failure.reason, failure.delay) == (Reason.DESTROY_FAILED, h.ctx.settings.blocked_retry_seconds)
+    assert "re-create it so its module can run" in failure.message
+    assert h.condition("db", namespace, "Stalled") is not None
+
+
+@reaches()
+async def test_a_request_that_never_ran_is_released_at_once(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace, size="gigantic")
+    assert await h.reconcile("db", namespace) is None
+    assert await h.finalize("db", namespace) is None
+    assert h.runners.opened == []  # nothing to destroy: no run at all
+    assert len(h.runners.discarded) == 1
+
+
+# -- drift ----------------------------------------------------------------------------------------
+
+
+async def due_for_drift(h: Harness, policy: str = "Report") -> str:
+    """A provisioned request whose golden path checks drift every 10 minutes, 11 minutes later."""
+    golden = tiny_golden_path()
+    golden["spec"].update({"driftPolicy": policy, "driftCheckInterval": "10m"})
+    namespace = await h.environment()
+    await h.golden_path(golden)
+    h.request("db", namespace, size="small")
+    assert await h.reconcile("db", namespace) is None
+    h.runners.calls.clear()
+    h.clock.advance(11 * 60)
+    return namespace
+
+
+@reaches(Reason.NO_CHANGES)
+async def test_a_drift_check_finds_nothing_and_is_not_due_again_until_the_interval(h: Harness) -> None:
+    namespace = await due_for_drift(h)
+    h.runners.script.changes = False
+    ready_before = h.condition("db", namespace)
+    status = await drift.check_drift(h.ctx, namespace, "db")
+    assert status is not None
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("False", Reason.NO_CHANGES)
+    stored = h.status("db", namespace)
+    assert stored["lastDriftCheckTime"] == format_time(h.clock.now)
+    assert (stored["lastRun"]["operation"], stored["lastRun"]["result"]) == ("drift", "Succeeded")
+    assert h.runners.operations == ["init", "plan"]
+    assert {holder for _, holder in h.runners.calls} == {stored["lastRun"]["lockId"]}
+    assert h.condition("db", namespace) == ready_before  # Ready is provisioning's
+    h.clock.advance(60)
+    assert await drift.check_drift(h.ctx, namespace, "db") is None  # not due yet
+
+
+@reaches(Reason.DRIFT_DETECTED)
+async def test_drift_is_reported_once_and_left_alone_under_report(h: Harness) -> None:
+    namespace = await due_for_drift(h)
+    assert await drift.check_drift(h.ctx, namespace, "db") is not None
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("True", Reason.DRIFT_DETECTED)
+    assert "1 to add, 0 to change, 0 to destroy (terraform_data.service)" in drifted["message"]
+    h.clock.advance(11 * 60)
+    await drift.check_drift(h.ctx, namespace, "db")
+    assert h.client.event_reasons("db").count(Reason.DRIFT_DETECTED) == 1  # once, not every check
+    assert "apply" not in h.runners.operations
+
+
+@reaches(Reason.DRIFT_CORRECTED)
+async def test_drift_is_corrected_under_correct_and_the_outputs_delivered_again(h: Harness) -> None:
+    namespace = await due_for_drift(h, "Correct")
+    h.runners.script.outputs = {**OUTPUTS, "token": ("a-new-token", True)}
+    await drift.check_drift(h.ctx, namespace, "db")
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("False", Reason.DRIFT_CORRECTED)
+    assert h.runners.operations == ["init", "plan", "show", "apply", "output"]
+    secret = h.client.stored(SECRET, "db-connection", namespace)
+    assert secret is not None
+    assert secret["data"]["token"] == "YS1uZXctdG9rZW4="
+    assert Reason.DRIFT_CORRECTED in h.client.event_reasons("db")
+
+
+@reaches(Reason.DRIFT_DETECTED, Reason.POLICY_DENIED)
+async def test_a_correction_the_guardrails_deny_stays_reported(h: Harness) -> None:
+    namespace = await due_for_drift(h, "Correct")
+    h.client.put(plan_policy("freeze"))
+    await drift.check_drift(h.ctx, namespace, "db")
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert drifted["status"] == "True"
+    assert "not corrected: denied by GuardrailPolicy freeze/no-placeholders" in drifted["message"]
+    assert "apply" not in h.runners.operations
+    assert any(m.startswith("drift not corrected:") for _, r, m in h.client.events("db") if r == Reason.POLICY_DENIED)
+
+
+@reaches(Reason.APPLY_FAILED)
+async def test_a_failed_correction_is_classified_in_drifted(h: Harness) -> None:
+    namespace = await due_for_drift(h, "Correct")
+    h.runners.fail("apply", "Error: something odd")
+    await drift.check_drift(h.ctx, namespace, "db")
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("True", Reason.APPLY_FAILED)
+    assert "correcting it failed: Error: something odd" in drifted["message"]
+    assert h.status("db", namespace)["lastRun"]["result"] == "Failed"
+    assert h.condition("db", namespace)["status"] == "True"
+
+
+@reaches(Reason.PLAN_FAILED, Reason.STATE_LOCKED)
+async def test_a_drift_check_that_cannot_run_says_so_and_never_touches_ready(h: Harness) -> None:
+    namespace = await due_for_drift(h)
+    h.runners.fail("plan", "Error: Resource postcondition failed")
+    await drift.check_drift(h.ctx, namespace, "db")
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("Unknown", Reason.PLAN_FAILED)
+    assert drifted["message"].startswith("the drift check could not run: ")
+    assert h.status("db", namespace)["lastRun"]["result"] == "Failed"
+    assert h.condition("db", namespace)["reason"] == Reason.PROVISIONED
+
+    h.clock.advance(11 * 60)
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    alice = states.LockInfo(id="f0f0-2", operation="OperationTypeApply", who="alice@laptop", info="", created="")
+    h.client.put(states.new_lease(states.state_of(h.ctx.settings.namespace, uid), alice))
+    await drift.check_drift(h.ctx, namespace, "db")
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("Unknown", Reason.STATE_LOCKED)
+    assert "alice@laptop" in drifted["message"]
+    assert lease_holder(h, "db", namespace) == "f0f0-2"
+
+
+@reaches(Reason.CREDENTIALS_NOT_FOUND)
+async def test_a_drift_check_without_its_credentials_says_so(h: Harness) -> None:
+    namespace = await h.environment()
+    golden = tiny_golden_path()
+    golden["spec"]["credentialsSecretRef"] = {"name": "pg-admin", "namespace": "blacktop-system"}
+    await h.golden_path(golden)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-admin", "namespace": "blacktop-system"}}
+    h.client.put(secret)
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    await h.ctx.client.delete(SECRET, "pg-admin", "blacktop-system")
+    h.clock.advance(11 * 60)
+    h.runners.calls.clear()
+    assert await drift.check_drift(h.ctx, namespace, "db") is not None
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("Unknown", Reason.CREDENTIALS_NOT_FOUND)
+    assert h.runners.operations == []  # no run began
+    assert h.status("db", namespace)["lastDriftCheckTime"] == format_time(h.clock.now)  # next check after the interval
+
+
+# -- Environment ----------------------------------------------------------------------------------
+
+
+@reaches(Reason.RECONCILED, Reason.MONITORING_UNAVAILABLE)
+async def test_an_environment_gets_its_namespace_and_says_monitoring_is_unavailable(h: Harness) -> None:
+    name = await h.environment("shop-dev", "shop", budget={"monthly": "50", "currency": "EUR"})
+    namespace = h.client.stored(NAMESPACE, name)
+    assert namespace is not None
+    assert namespace["metadata"]["labels"]["platform.blacktop.dev/environment"] == name
+    env = h.client.stored(ENVIRONMENTS, name)
+    assert env is not None
+    conditions = {c["type"]: c for c in env["status"]["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", Reason.RECONCILED)
+    monitoring = conditions["MonitoringConfigured"]
+    assert (monitoring["status"], monitoring["reason"]) == ("False", Reason.MONITORING_UNAVAILABLE)
+    assert "podmonitors.monitoring.coreos.com" in monitoring["message"]
+    assert env["status"]["cost"]["budget"] == "50"
+
+
+@reaches(Reason.MONITORING_CONFIGURED)
+async def test_with_prometheus_operator_monitoring_is_configured(h: Harness) -> None:
+    for crd in ("podmonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"):
+        h.client.put(
+            {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": crd}}
+        )
+    name = await h.environment()
+    env = h.client.stored(ENVIRONMENTS, name)
+    assert env is not None
+    monitoring = next(c for c in env["status"]["conditions"] if c["type"] == "MonitoringConfigured")
+    assert (monitoring["status"], monitoring["reason"]) == ("True", Reason.MONITORING_CONFIGURED)
+    assert h.client.stored(resource_for("monitoring.coreos.com/v1", "PodMonitor"), "blacktop-workloads", name)
+
+
+@reaches(Reason.NAMESPACE_CONFLICT)
+async def test_a_namespace_someone_else_owns_is_never_adopted(h: Harness) -> None:
+    h.client.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "taken", "labels": {"keep": "me"}}})
+    await h.environment("taken", "shop")
+    env = h.client.stored(ENVIRONMENTS, "taken")
+    assert env is not None
+    ready = env["status"]["conditions"][0]
+    assert (ready["type"], ready["reason"]) == ("Ready", Reason.NAMESPACE_CONFLICT)
+    assert h.client.stored(NAMESPACE, "taken")["metadata"]["labels"] == {"keep": "me"}
+
+
+@reaches(Reason.INVALID_SPEC)
+async def test_an_environment_spec_the_schema_should_have_refused_is_stalled(h: Harness) -> None:
+    env = h.client.put({"apiVersion": API, "kind": "Environment", "metadata": {"name": "odd"}, "spec": {"team": "t"}})
+    await environment.reconcile_environment(h.ctx, env)
+    stored = h.client.stored(ENVIRONMENTS, "odd")
+    assert stored is not None
+    assert stored["status"]["conditions"][0]["reason"] == Reason.INVALID_SPEC
+
+
+@reaches(Reason.APPLY_CHILD_FAILED)
+async def test_a_child_the_api_server_refuses_is_reported_and_retried(h: Harness) -> None:
+    h.client.refuse("apply", "ResourceQuota", InvalidError(422, "Invalid", "spec.hard: quota too large"))
+    with pytest.raises(Failure) as raised:
+        await h.environment("shop-dev", "shop")
+    assert (raised.value.reason, raised.value.delay) == (
+        Reason.APPLY_CHILD_FAILED,
+        h.ctx.settings.blocked_retry_seconds,
+    )
+    env = h.client.stored(ENVIRONMENTS, "shop-dev")
+    assert env is not None
+    ready = env["status"]["conditions"][0]
+    assert ready["reason"] == Reason.APPLY_CHILD_FAILED
+    assert "quota too large" in ready["message"]
+
+
+@reaches(Reason.EXPIRED)
+async def test_an_environment_past_its_ttl_is_deleted(h: Harness) -> None:
+    name = await h.environment("short-dev", "shop", ttl="1h")
+    env = h.client.stored(ENVIRONMENTS, name)
+    assert env is not None
+    assert not await environment.expire_if_due(h.ctx, env)
+    h.clock.advance(3600)
+    assert await environment.expire_if_due(h.ctx, env)
+    assert h.client.stored(ENVIRONMENTS, name) is None
+    assert any("TTL 1h ran out at" in m for _, r, m in h.client.events(name) if r == Reason.EXPIRED)
+
+
+@reaches(Reason.WAITING_FOR_SERVICE_REQUESTS, Reason.DELETING)
+async def test_deleting_an_environment_waits_for_its_requests(h: Harness) -> None:
+    namespace = await provisioned(h)
+    env = h.client.stored(ENVIRONMENTS, namespace)
+    assert env is not None
+    with pytest.raises(Failure) as raised:
+        await environment.finalize_environment(h.ctx, env)
+    assert (raised.value.reason, raised.value.delay) == (
+        Reason.WAITING_FOR_SERVICE_REQUESTS,
+        h.ctx.settings.deletion_poll_seconds,
+    )
+    assert "waiting for 1 service request(s) to be destroyed: db" in raised.value.message
+    assert h.client.stored(SERVICEREQUESTS, "db", namespace) is None  # asked to go (the fake has no finalizers)
+    await environment.finalize_environment(h.ctx, env)
+    # The namespace is left to garbage collection (it is owned by the Environment): the operator holds
+    # no right to delete namespaces at all.
+    ns = h.client.stored(NAMESPACE, namespace)
+    assert ns is not None
+    assert ns["metadata"]["ownerReferences"][0]["uid"] == env["metadata"]["uid"]
+
+
+@reaches()
+async def test_the_cost_refresh_writes_the_cost_and_claims_no_generation(h: Harness) -> None:
+    namespace = await provisioned(h)
+    env = h.client.stored(ENVIRONMENTS, namespace)
+    assert env is not None
+    generation = env["status"]["observedGeneration"]
+    h.client.put(
+        {**env, "spec": {**env["spec"], "budget": {"monthly": "10"}}, "metadata": {**env["metadata"], "generation": 2}}
+    )
+    events_before = len(h.client.events(namespace))
+    cost = await budget.refresh_environment_cost(h.ctx, namespace)
+    assert cost is not None
+    assert (cost.monthly, cost.budget, cost.service_requests) == ("1.00", "10", 1)
+    stored = h.client.stored(ENVIRONMENTS, namespace)
+    assert stored is not None
+    assert stored["status"]["cost"]["monthly"] == "1.00"
+    assert stored["status"]["observedGeneration"] == generation  # the new spec is not reconciled yet
+    assert len(h.client.events(namespace)) == events_before
+
+
+# -- GoldenPath and GuardrailPolicy ---------------------------------------------------------------
+
+
+async def _reconcile_golden(h: Harness, body: dict[str, Any]) -> dict[str, Any]:
+    stored = h.client.put(body)
+    await goldenpath.reconcile_golden_path(h.ctx, stored)
+    result = h.client.stored(GOLDENPATHS, body["metadata"]["name"])
+    assert result is not None
+    return {c["type"]: c for c in result["status"]["conditions"]} | {"status": result["status"]}
+
+
+@reaches(Reason.RECONCILED)
+async def test_a_golden_path_with_a_valid_module_is_available(h: Harness) -> None:
+    found = await _reconcile_golden(h, tiny_golden_path())
+    assert (found["Ready"]["status"], found["Validated"]["status"]) == ("True", "True")
+    assert found["status"]["moduleDigest"] == h.ctx.modules.inspect("tiny").digest
+    assert found["status"]["providers"] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "spec", "reason"),
+    [
+        ("no-such-module", {}, Reason.MODULE_NOT_FOUND),
+        ("forbidden-local-exec", {}, Reason.FORBIDDEN_PROVISIONER),
+        ("forbidden-provider", {}, Reason.PROVIDER_NOT_ALLOWED),
+        ("tiny", {"parameters": {"type": "array"}}, Reason.INVALID_SCHEMA),
+        ("tiny", {"outputs": [{"name": "nope"}]}, Reason.INVALID_SPEC),
+    ],
+)
+@reaches(
+    Reason.MODULE_NOT_FOUND,
+    Reason.FORBIDDEN_PROVISIONER,
+    Reason.PROVIDER_NOT_ALLOWED,
+    Reason.INVALID_SCHEMA,
+    Reason.INVALID_SPEC,
+    each="reason",
+)
+async def test_a_golden_path_that_cannot_be_used_says_why(
+    h: Harness, tmp_path: Path, module: str, spec: dict[str, Any], reason: str
+) -> None:
+    root = tmp_path / "modules"
+    for source in (REPO / "terraform-modules" / "tiny", *(REPO / "tests" / "fixtures" / "modules").iterdir()):
+        shutil.copytree(source, root / source.name)
+    world = harness(tmp_path, modules_root=root)
+    body = tiny_golden_path("unusable")
+    body["spec"].update({"module": module, **spec})
+    found = await _reconcile_golden(world, body)
+    h.client.reached.update(world.client.reached)  # what the world with those modules wrote
+    assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("False", reason)
+    assert found["Validated"]["reason"] == reason
+    assert found["Stalled"]["status"] == "True"
+
+
+@reaches(Reason.ACTIVE, Reason.COMPILE_ERROR)
+async def test_a_policy_is_active_when_it_compiles(h: Harness) -> None:
+    h.client.put(plan_policy("good"))
+    status = await guardrailpolicy.reconcile_policy(h.ctx, "good")
+    assert status is not None
+    assert status.conditions[0].reason == Reason.ACTIVE
+    bad = plan_policy("bad")
+    bad["spec"]["rules"][0]["expression"] = "this is not CEL ((("
+    h.client.put(bad)
+    status = await guardrailpolicy.reconcile_policy(h.ctx, "bad")
+    assert status is not None
+    assert (status.conditions[0].status, status.conditions[0].reason) == ("False", Reason.COMPILE_ERROR)
+
+
+# -- the status tracker ---------------------------------------------------------------------------
+
+
+@reaches()
+async def test_the_tracker_writes_changes_once_and_posts_ready_changes_once(h: Harness) -> None:
+    namespace = await ready_world(h)
+    body = h.request("db", namespace)
+    tracker = StatusTracker(body, ServiceRequestStatus, now=h.clock.now)
+    tracker.ready("up", Reason.PROVISIONED)
+    await tracker.write(h.client, SERVICEREQUESTS)
+    writes = len([c for c in h.client.calls if c[0] == "merge_patch"])
+    await tracker.write(h.client, SERVICEREQUESTS)  # nothing changed since the last write
+    assert len([c for c in h.client.calls if c[0] == "merge_patch"]) == writes
+    assert h.client.event_reasons("db") == [Reason.PROVISIONED]
+    tracker.ready("up", Reason.PROVISIONED)
+    tracker.announce()  # unchanged, but said again on purpose
+    await tracker.write(h.client, SERVICEREQUESTS)
+    assert h.client.event_reasons("db") == [Reason.PROVISIONED, Reason.PROVISIONED]
+    await tracker.write(h.client, SERVICEREQUESTS)  # an announcement is for one write
+    assert h.client.event_reasons("db") == [Reason.PROVISIONED, Reason.PROVISIONED]
+
+
+@reaches()
+async def test_only_a_tracker_that_judged_moves_observed_generation(h: Harness) -> None:
+    namespace = await ready_world(h)
+    body = h.request("db", namespace)
+    h.client.put({**body, "metadata": {**body["metadata"], "generation": 3}, "status": {"observedGeneration": 2}})
+    recorder = StatusTracker(h.body("db", namespace), ServiceRequestStatus, now=h.clock.now)
+    recorder.status.monthly_cost = "1.00"
+    await recorder.write(h.client, SERVICEREQUESTS)
+    assert h.status("db", namespace)["observedGeneration"] == 2
+    judge = StatusTracker(h.body("db", namespace), ServiceRequestStatus, now=h.clock.now)
+    judge.not_ready(Reason.PROGRESSING, "planning", stalled=False)
+    await judge.write(h.client, SERVICEREQUESTS)
+    assert h.status("db", namespace)["observedGeneration"] == 3
+
+
+# -- issue 11: tenancy ---------------------------------------------------------------------------------
+
+
+SECRET = resource_for("v1", "Secret")
+
+
+@reaches(Reason.RESERVED_NAME)
+async def test_an_environment_with_a_reserved_name_gets_nothing(h: Harness) -> None:
+    from helpers import environment_body
+
+    body = h.client.put(environment_body("monitoring", "other"))  # got in while no webhook ran
+    status = await environment.reconcile_environment(h.ctx, body)
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", Reason.RESERVED_NAME)
+    assert "the monitoring namespace" in ready.message
+    assert h.client.stored(NAMESPACE, "monitoring") is None
+
+
+@reaches(Reason.COST_LIMIT_EXCEEDED)
+async def test_a_policy_over_the_cost_limit_says_so_and_is_enforced_all_the_same(h: Harness) -> None:
+    expression = "object.x.split(',').all(a, object.x.split(',').size() > 0)"
+    rule = {"name": "slow", "expression": expression, "message": "m"}
+    h.client.put(
+        {"apiVersion": API, "kind": "GuardrailPolicy", "metadata": {"name": "pricey"}, "spec": {"rules": [rule]}}
+    )
+    status = await guardrailpolicy.reconcile_policy(h.ctx, "pricey")
+    assert status is not None
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert ready.reason == Reason.COST_LIMIT_EXCEEDED
+    assert "rule slow: estimated worst-case cost" in ready.message
+    assert [p.name for p in await guardrailpolicy.active_policies(h.ctx)] == ["pricey"]
+
+
+@reaches(Reason.SECRET_CONFLICT)
+async def test_a_connection_secret_someone_else_owns_is_left_alone(h: Harness) -> None:
+    namespace = await ready_world(h)
+    theirs = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-connection", "namespace": namespace}}
+    h.client.put({**theirs, "data": {"mine": "eA=="}})
+    h.request("db", namespace, size="small")
+    failure = await h.reconcile("db", namespace)
+    assert failure is not None
+    assert (failure.reason, failure.delay) == (Reason.SECRET_CONFLICT, h.ctx.settings.dependency_retry_seconds)
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert "does not belong to this ServiceRequest" in ready["message"]
+    assert (h.client.stored(SECRET, "db-connection", namespace) or {})["data"] == {"mine": "eA=="}
+
+
+@reaches(Reason.MODULE_OUTSIDE_ROOT)
+async def test_a_module_with_a_symlink_out_of_the_root_is_refused(h: Harness, tmp_path: Path) -> None:
+    from blacktop.terraform.module import ModuleCache
+
+    root = tmp_path / "modules"
+    shutil.copytree(REPO / "terraform-modules" / "tiny", root / "tiny")
+    (tmp_path / "elsewhere.tf").write_text("")
+    (root / "tiny" / "linked.tf").symlink_to(tmp_path / "elsewhere.tf")
+    h.ctx.modules = ModuleCache(root)
+    name = await h.golden_path()
+    status = h.client.stored(GOLDENPATHS, name)
+    assert status is not None
+    ready = next(c for c in status["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == Reason.MODULE_OUTSIDE_ROOT
+    assert "linked.tf in module folder 'tiny' is a symlink" in ready["message"]
+
+
+@reaches(Reason.ABANDONED)
+async def test_an_abandoned_request_goes_without_a_destroy_and_says_what_it_left(h: Harness) -> None:
+    namespace = await provisioned(h)
+    body = h.body("db", namespace)
+    body["metadata"]["annotations"] = {"platform.blacktop.dev/abandon": "true"}
+    h.client.put(body)
+    assert await h.finalize("db", namespace) is None
+    assert "destroy" not in h.runners.operations
+    uid = body["metadata"]["uid"]
+    state = h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace)
+    assert state is not None
+    assert "terraform_data.service" in state["metadata"]["annotations"]["platform.blacktop.dev/abandoned"]
+
+
+@reaches()
+async def test_a_request_that_never_applied_anything_deletes_at_once(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace, size="small")
+    h.runners.fail("init", "Error: Failed to query available provider packages")
+    assert isinstance(await h.reconcile("db", namespace), Failure)
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is not None  # seeded
+    assert await h.finalize("db", namespace) is None
+    assert "destroy" not in h.runners.operations
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is None
+
+
+@reaches(Reason.LEFTOVER_NOT_DESTROYED, Reason.LEFTOVER_DESTROYED)
+async def test_state_left_by_a_request_gone_without_a_destroy_is_destroyed(h: Harness) -> None:
+    from blacktop.controllers.leftovers import Sweeper
+
+    namespace = await provisioned(h)
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    await h.client.delete(SERVICEREQUESTS, "db", namespace)  # its finalizer was removed
+    sweeper = Sweeper(h.ctx)
+    h.runners.fail("destroy", "Error: dial tcp 127.0.0.1:5432: connection refused")
+    left = await sweeper.sweep()
+    assert [(v.golden_path, v.reason, v.monthly_cost_cents) for v in left.values()] == [("tiny", "orphaned", 100)]
+    assert h.ctx.metrics.inventory.leftover_cents(namespace) == 100  # still counted
+    assert h.client.event_reasons("db")[-1] == Reason.LEFTOVER_NOT_DESTROYED
+    h.clock.advance(600)
+    sweeper._attempts[uid] = (1, 0.0, "retry now")  # due at once (the backoff is monotonic time)
+    assert await sweeper.sweep() == {}
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is None
+    assert h.client.event_reasons("db")[-1] == Reason.LEFTOVER_DESTROYED
+    assert h.ctx.metrics.inventory.leftover_cents(namespace) == 0
+    # What it destroyed with: the recorded variables, the request's own identity among them.
+    assert h.runners.opened[-1].variables["name"] == "db"
+
+
+# -- every Reason has a test ------------------------------------------------------------------------
+
+
+def test_every_reason_a_controller_sets_is_reached_by_a_test() -> None:
+    every = {value for name, value in vars(Reason).items() if name.isupper()}
+    reached = {reason for reasons in REACHED_BY.values() for reason in reasons}
+    assert set(NOT_SET_BY_CONTROLLERS) <= every
+    assert every - set(NOT_SET_BY_CONTROLLERS) - reached == set()
+    assert reached & set(NOT_SET_BY_CONTROLLERS) == set()

@@ -19,8 +19,9 @@ estimate in the message. The evaluation deadline (controllers/evaluation.py) sta
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 MAX_STRING = 256 * 1024  # an annotation value, a dashboard: the longest strings Blacktop's inputs hold
@@ -102,7 +103,15 @@ def _list(data: bytes) -> Node:
 def _expr(data: bytes) -> Node:
     """An Expr: the first of its kind fields (const 3, ident 4, select 5, call 6, list 7, struct 8,
     comprehension 9) decides."""
-    readers = {3: _constant, 4: _ident, 5: _read_select, 6: _call, 7: _list, 8: _struct, 9: _comprehension}
+    readers: dict[int, Callable[[bytes], Node]] = {
+        3: _constant,
+        4: _ident,
+        5: functools.partial(_targeted, "select"),
+        6: functools.partial(_targeted, "call"),
+        7: _list,
+        8: _struct,
+        9: _comprehension,
+    }
     for number, value in _fields(data):
         if number in readers:
             return readers[number](_bytes(value))
@@ -116,27 +125,19 @@ def _constant(data: bytes) -> Node:
     return Node("const")
 
 
-def _read_select(data: bytes) -> Node:
-    node = Node("select")
+def _targeted(kind: str, data: bytes) -> Node:
+    """A Select (kind "select": operand 1, field 2, test_only 3) or a Call ("call": target 1, function 2,
+    args 3): the same first two fields."""
+    node = Node(kind)
     for number, value in _fields(data):
         if number == 1:
             node.target = _expr(_bytes(value))
         elif number == 2:
             node.name = _bytes(value).decode()
+        elif number == 3 and kind == "call":
+            node.args.append(_expr(_bytes(value)))
         elif number == 3:
             node.test_only = bool(value)
-    return node
-
-
-def _call(data: bytes) -> Node:
-    node = Node("call")
-    for number, value in _fields(data):
-        if number == 1:
-            node.target = _expr(_bytes(value))
-        elif number == 2:
-            node.name = _bytes(value).decode()
-        elif number == 3:
-            node.args.append(_expr(_bytes(value)))
     return node
 
 

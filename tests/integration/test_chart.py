@@ -416,3 +416,41 @@ def test_rendered_manifests_pass_a_server_side_dry_run(
     body = "\n---\n".join(yaml.safe_dump(o) for o in sent)
     out = kubectl("apply", "--dry-run=server", "-f", "-", input=body).stdout
     assert out.count("(server dry run)") == len(sent), out
+
+
+def test_case11_the_platform_can_make_the_webhook_trust_only_the_apiserver() -> None:
+    """Issue 11, case 11 (chart side): webhook.clientAuth mounts the CA of the apiserver's webhook
+    client certificate and tells the operator to accept only it; reserved names and guardrail limits
+    reach the operator; the developer role is bound only while the webhook enforces the team boundary."""
+    objects = render(
+        extra=[
+            "--set-string",
+            f"webhook.clientAuth.caBundle={CA_PEM}",
+            "--set",
+            "webhook.clientAuth.allowedNames={apiserver-webhooks}",
+            "--set",
+            "config.reservedNamespaces={platform-*,shared}",
+        ]
+    )
+    (config_map,) = [o for o in find(objects, "ConfigMap") if o["metadata"]["name"].endswith("webhook-client-ca")]
+    assert config_map["data"]["ca.crt"].strip() == CA_PEM.strip()
+    (deployment,) = find(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    assert env["BLACKTOP_WEBHOOK_CLIENT_CA"] == "/etc/blacktop/webhook-client/ca.crt"
+    assert env["BLACKTOP_WEBHOOK_CLIENT_NAMES"] == "apiserver-webhooks"
+    assert env["BLACKTOP_RESERVED_NAMESPACES"] == "platform-*,shared"
+    assert env["BLACKTOP_CEL_COST_LIMIT"] == "10000000"
+    assert env["BLACKTOP_GUARDRAIL_TIMEOUT_SECONDS"] == "2"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/blacktop/webhook-client"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert find(objects, "ClusterRoleBinding", "blacktop-environment-developer")
+    # Without client auth nothing is mounted; without the webhook nobody is bound to self-serve Environments.
+    plain = render()
+    (container,) = find(plain, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "BLACKTOP_WEBHOOK_CLIENT_CA" not in _env(container)
+    assert not find(
+        render(extra=["--set", "webhook.enabled=false"]), "ClusterRoleBinding", "blacktop-environment-developer"
+    )

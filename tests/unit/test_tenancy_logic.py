@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,7 @@ def test_identity_variables_are_never_parameters() -> None:
     assert problem is not None
     assert problem.startswith("parameter(s) namespace, uid cannot be set")
     assert parameters.identity_problem({"size": "s"}) is None
+    assert "golden_path cannot be set" in (parameters.identity_problem({"golden_path": "someone-elses"}) or "")
     _, errors = parameters.validate({"type": "object"}, {"environment": "theirs"})
     assert errors == [parameters.identity_problem({"environment": "theirs"})]
 
@@ -146,6 +149,51 @@ def test_symlinked_files_out_of_the_root_are_refused(tmp_path: Path) -> None:
     (root / "m" / "linked.tf").unlink()
     (root / "m" / "inside.tf").symlink_to(root / "m" / "main.tf")  # within the root: fine
     assert modules.inspect(root, "m").findings.violations == []
+
+
+def test_every_run_checks_its_module_inside_the_tree_it_comes_from(tmp_path: Path) -> None:
+    """A revision's module runs from its git commit's tree (or kept copy), outside the modules root:
+    the runner checks it inside that tree, so a symlink out of the tree, a module folder swapped for
+    a link, or a forbidden construct added later is refused before anything runs."""
+    from blacktop.terraform.runner import RunTarget
+    from blacktop.terraform.subprocess_runner import SubprocessRunners
+
+    runners = SubprocessRunners(
+        binary="sh",  # never run: open only checks and copies
+        workspace_root=tmp_path / "workspaces",
+        timeout=1,
+        grace=1,
+        kubeconfig=None,
+        cli_config=None,
+        allowed_providers=("hashicorp/random",),
+    )
+    tree = write(tmp_path / "cache" / "trees" / "repo-abc", {"main.tf": 'output "x" {\n  value = 1\n}\n'})
+
+    def open_target() -> object:
+        target = RunTarget(
+            name="ns.db", module=tree / "m", root=tree, variables={}, credentials={}, state=states.state_of("ns", "u")
+        )
+        return asyncio.run(runners.open(target, lambda _: contextlib.nullcontext()))  # type: ignore[arg-type, return-value]
+
+    open_target()  # clean: copied into the request's workspace
+    assert (tmp_path / "workspaces" / "ns.db" / "main.tf").is_file()
+    (tmp_path / "secret.tf").write_text("")
+    (tree / "m" / "linked.tf").symlink_to(tmp_path / "secret.tf")
+    with pytest.raises(modules.ModuleRefused) as refused:
+        open_target()
+    assert refused.value.reason == "ModuleOutsideRoot"
+    (tree / "m" / "linked.tf").unlink()
+    (tree / "m" / "late.tf").write_text(
+        'resource "terraform_data" "x" {\n  provisioner "local-exec" {\n    command = "id"\n  }\n}\n'
+    )
+    with pytest.raises(modules.ModuleRefused) as refused:
+        open_target()
+    assert refused.value.reason == "ForbiddenProvisioner"
+    shutil.move(tree / "m", tmp_path / "moved")
+    (tree / "m").symlink_to(tmp_path / "moved")  # the module folder itself now points out of the tree
+    with pytest.raises(modules.ModuleRefused) as refused:
+        open_target()
+    assert refused.value.reason == "ModuleOutsideRoot"
 
 
 def _price(expression: str) -> int:

@@ -23,7 +23,7 @@ MAX_BYTES = 32 * 1024
 MAX_DEPTH = 16
 MAX_VALUES = 1024
 # The variables Blacktop itself gives every module (where it runs and for whom): never a parameter's.
-IDENTITY_VARIABLES = ("name", "namespace", "environment", "team", "tier", "uid")
+IDENTITY_VARIABLES = ("name", "namespace", "environment", "team", "tier", "uid", "golden_path")
 
 
 def with_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -78,7 +78,7 @@ def identity_problem(names: Iterable[str]) -> str | None:
         return None
     return (
         f"parameter(s) {', '.join(taken)} cannot be set: Blacktop passes {', '.join(IDENTITY_VARIABLES)} to every "
-        "module itself (the request's own name, namespace, environment, team, tier and uid)"
+        "module itself (the request's own name, namespace, environment, team, tier, uid and golden path)"
     )
 
 

@@ -216,7 +216,9 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
     that would shadow an identity variable.
 
     A module that is missing or unreadable is not refused here: it may be shipped after its golden
-    path, and the GoldenPath's status says what is wrong with it.
+    path, and the GoldenPath's status says what is wrong with it. Nor is a module in git: fetching
+    it could outlast the webhook's timeout, so the reconciler applies the same checks to what it
+    fetched, and a module that fails them never becomes a revision (nothing runs it).
     """
     if spec_unchanged(body, old):
         return Review()
@@ -230,6 +232,9 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
     properties = spec.parameters.get("properties")
     if problem := parameters.identity_problem(properties.keys() if isinstance(properties, dict) else ()):
         problems.append(problem)
+    if spec.git is not None:
+        # The schema is checked here all the same: it needs no fetch.
+        return Review(denial=denied + "; ".join(problems)) if problems else Review()
     try:
         info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
     except modules.ModuleEscapeError as exc:

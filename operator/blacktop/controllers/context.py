@@ -23,6 +23,7 @@ from blacktop.kube.client import Client
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.runner import Runners
+from blacktop.terraform.sources import ModuleSources
 
 
 def _utcnow() -> datetime:
@@ -61,6 +62,14 @@ class Context:
         # Who the operator is to the API server (SelfSubjectReview at start-up): its own changes (finalizers,
         # Kopf's annotations, TTL deletions) pass the team boundary that every other user's must.
         self.username = ""
+        # Git commits and copies of folder modules that golden path revisions name (bounded).
+        self.sources = ModuleSources(
+            settings.module_cache_root,
+            settings.modules_root,
+            max_entries=settings.module_cache_entries,
+            max_bytes=settings.module_max_bytes,
+            timeout=settings.git_timeout_seconds,
+        )
         # Bounds OpenTofu processes cluster-wide (settings.max_concurrent_runs).
         self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.

@@ -8,10 +8,11 @@ of what exists:
 
 - Before every provisioning run, :func:`record` writes onto the state Secret what a destroy needs
   later without the request: its namespace and name, golden path, team and environment, the module
-  variables, and its monthly cost.
+  variables, the golden path revision it ran, and its monthly cost.
 - A :class:`Sweeper` looks at the state Secrets every ``leftover_check_seconds`` (and at once when a
   request disappears). State whose request is gone is *orphaned*: it is destroyed with the recorded
   golden path and variables, exactly like a deletion would (same state lock, same module checks),
+  at the recorded revision when it is still kept,
   then removed, with a ``LeftoverDestroyed`` Event. When that fails (the golden path is gone, the
   provider is down, the module is refused), a ``LeftoverNotDestroyed`` Warning Event says why, and
   it is retried with backoff. State abandoned by an admin is never destroyed.
@@ -37,7 +38,7 @@ from blacktop.api.conditions import Reason
 from blacktop.api.kinds import API_VERSION
 from blacktop.api.servicerequest import RunInfo
 from blacktop.builders import naming
-from blacktop.controllers import lookup, statelock, views
+from blacktop.controllers import lookup, revisions, statelock, views
 from blacktop.controllers.budget import refresh_environment_cost
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
@@ -57,7 +58,7 @@ SECRET = resource_for("v1", "Secret")
 NAMESPACE = resource_for("v1", "Namespace")
 _P = f"{naming.DOMAIN}/"
 REQUEST, GOLDEN_PATH, TEAM, ENVIRONMENT = f"{_P}request", f"{_P}golden-path", f"{_P}team", f"{_P}environment"
-TIER, CREATED = f"{_P}tier", f"{_P}created"
+TIER, CREATED, REVISION = f"{_P}tier", f"{_P}created", f"{_P}revision"
 COST, CURRENCY, VARIABLES, ABANDONED = f"{_P}monthly-cost", f"{_P}currency", f"{_P}variables", f"{_P}abandoned"
 ORPHANED = "orphaned"
 RETRY_CAP = 600.0
@@ -78,6 +79,7 @@ async def record(ctx: Context, inputs: Inputs, cost: str | None) -> None:
         COST: cost or "0",
         CURRENCY: golden.spec.cost.currency if golden.spec.cost else "USD",
         VARIABLES: json.dumps(dict(inputs.target.variables), sort_keys=True, separators=(",", ":")),
+        REVISION: str(golden.revision.revision) if golden.revision else "",
     }
     state = inputs.target.state
     try:
@@ -259,7 +261,7 @@ class Sweeper:
         ref = state_of(ctx.settings.namespace, uid)
         started = time.monotonic()
         if state_resources(state):
-            inputs = await self._inputs(view, state)
+            inputs = await self._inputs(view, request, state)
             run = RunInfo(id=secrets.token_hex(6), operation="destroy", lock_id=new_lock_id())
             try:
                 async with ctx.lock(f"leftover/{uid}"), statelock.held(ctx, view, ref, run, set()):
@@ -276,9 +278,10 @@ class Sweeper:
         await ctx.runners.discard(view.key)
         return time.monotonic() - started
 
-    async def _inputs(self, view: views.RequestView, state: JSON) -> Inputs:
-        """What its runs worked on, from the record on its state: the golden path (it must still exist),
-        the environment as it was, the module variables as they were."""
+    async def _inputs(self, view: views.RequestView, request: JSON, state: JSON) -> Inputs:
+        """What its runs worked on, from the record on its state: the golden path (it must still exist)
+        at the revision it ran (today's if that is no longer kept, as a deletion does), the environment
+        as it was, the module variables as they were."""
         annotations = (state.get("metadata") or {}).get("annotations") or {}
         if view.spec.golden_path == "unknown":
             raise _NotDestroyed("its state carries no record of its golden path; destroy it by hand")
@@ -286,6 +289,8 @@ class Sweeper:
         if golden is None:
             words = "cannot be read" if exists else "no longer exists"
             raise _NotDestroyed(f"golden path {view.spec.golden_path!r} {words}; re-create it so its module can run")
+        with contextlib.suppress(Failure):
+            golden = await revisions.at_revision(self.ctx, request, golden)
         env = views.EnvironmentRef(
             body={"metadata": {"name": annotations.get(ENVIRONMENT, "")}, "spec": {}},
             name=str(annotations.get(ENVIRONMENT) or ""),
@@ -314,4 +319,5 @@ def _subject(state: JSON, uid: str) -> JSON:
             "creationTimestamp": str(annotations.get(CREATED) or "1970-01-01T00:00:00Z"),
         },
         "spec": {"goldenPath": str(annotations.get(GOLDEN_PATH) or "unknown")},
+        "status": {"revision": int(revision)} if (revision := str(annotations.get(REVISION) or "")).isdigit() else {},
     }

@@ -8,7 +8,8 @@ calls (``source = "./sub"``), recursively; a module call whose source leaves the
 or is remote is a violation, and a symlinked file or folder anywhere in the module that points
 outside the modules root is refused like a symlinked module folder. The same inspection runs on a
 request's workspace copy before every run (:func:`check_source`, :func:`check_copy`, called by the
-runner that copies it), so what is checked is what runs. A :class:`ModuleCache` parses a module once per digest: the GoldenPath reconciler
+runner that copies it), so what is checked is what runs; a module of a revision is checked the same
+way inside its git commit's tree or its kept copy. A :class:`ModuleCache` parses a module once per digest: the GoldenPath reconciler
 hashes the files to notice changes, provisioning and drift checks reuse what the digest on the
 golden path's status says was parsed.
 """
@@ -59,11 +60,12 @@ def _refused(exc: ModuleError) -> ModuleRefused:
 
 @dataclass(frozen=True)
 class ModuleInfo:
-    """A module as found on disk."""
+    """A module as found on disk, and the root it was found in (which it may not reach out of)."""
 
     path: Path
     digest: str
     findings: Findings
+    root: Path
 
 
 def resolve(root: Path, module: str) -> Path:
@@ -170,7 +172,8 @@ def inspect_folder(path: Path, root: Path, label: str) -> Findings:
 
 
 def check_source(path: Path, root: Path) -> None:
-    """Before a run copies ``path``: it must still be a folder inside ``root`` with no symlink out of it
+    """Before a run copies ``path``: it must still be a folder inside ``root`` (the modules root, or the
+    git commit's tree or kept copy a revision's module comes from) with no symlink out of it
     (the files may have changed since the golden path was checked). Raises ModuleRefused."""
     try:
         if not path.resolve().is_relative_to(root.resolve()) or not path.is_dir():
@@ -199,7 +202,7 @@ def inspect(root: Path, module: str) -> ModuleInfo:
 
 
 def _info(module: str, path: Path, sha: str, root: Path) -> ModuleInfo:
-    return ModuleInfo(path=path, digest=sha, findings=inspect_folder(path, root, module))
+    return ModuleInfo(path=path, digest=sha, findings=inspect_folder(path, root, module), root=root)
 
 
 class ModuleCache:

@@ -40,7 +40,8 @@ class RunTarget:
     """What a runner works on: one request's module, inputs and state."""
 
     name: str  # stable and unique per request (a workspace folder, a pod name)
-    module: Path  # the module's folder under the operator's modules root
+    module: Path  # the module's folder under root
+    root: Path  # the modules root, or the git tree / kept copy of a revision: the module never reaches out of it
     variables: Mapping[str, Any]
     credentials: Mapping[str, str]  # provider credentials: environment variables, never logged
     state: StateRef

@@ -164,7 +164,6 @@ class SubprocessRunners:
     kubeconfig: str | None  # how the state backend reaches the cluster (None: in-cluster config)
     cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
     # Every run checks the module it is about to run (terraform/module.py check_source, check_copy).
-    modules_root: Path
     allowed_providers: tuple[str, ...]
 
     @classmethod
@@ -178,7 +177,6 @@ class SubprocessRunners:
             grace=settings.run_grace_seconds,
             kubeconfig=os.environ.get("KUBECONFIG"),
             cli_config=cache_dir() / "tofu.tfrc",
-            modules_root=settings.modules_root,
             allowed_providers=settings.allowed_providers,
         )
 
@@ -186,7 +184,7 @@ class SubprocessRunners:
         """A runner on a fresh workspace copy of the module; raises ModuleRefused when the module (as
         shipped, or as copied) must not run: nothing of it runs then, not even ``init``."""
         backend = workspace.Backend(target.state, self.kubeconfig)
-        await asyncio.to_thread(module.check_source, target.module, self.modules_root)
+        await asyncio.to_thread(module.check_source, target.module, target.root)
         workdir = await asyncio.to_thread(
             workspace.prepare, self.workspace_root, target.name, target.module, dict(target.variables), backend
         )

@@ -231,6 +231,14 @@ def _env(container: JSON) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container["env"]}
 
 
+def _operator(objects: list[JSON]) -> tuple[JSON, JSON, dict[str, str]]:
+    """The operator Deployment's pod spec, its one container and that container's environment."""
+    (deployment,) = find(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container, _env(container)
+
+
 def test_deployment_follows_the_contracts(values_files: dict[str, Path]) -> None:
     (deployment,) = find(rendered(values_files["default"]), "Deployment")
     spec = deployment["spec"]
@@ -268,12 +276,9 @@ def test_deployment_follows_the_contracts(values_files: dict[str, Path]) -> None
 
 def test_non_default_values_reach_the_deployment(values_files: dict[str, Path]) -> None:
     objects = rendered(values_files["non-default"])
-    (deployment,) = find(objects, "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    pod, container, env = _operator(objects)
     assert container["image"] == "registry.example.com/blacktop@sha256:" + "a" * 64
     assert container["args"] == ["run", "--verbose"]
-    env = _env(container)
     assert env["BLACKTOP_MAX_CONCURRENT_RUNS"] == "4"
     assert env["BLACKTOP_PLATFORM_ADMIN_GROUPS"] == "platform"
     assert env["BLACKTOP_TTL_CHECK_SECONDS"] == "10"
@@ -438,10 +443,7 @@ def test_case11_the_platform_can_make_the_webhook_trust_only_the_apiserver() -> 
     )
     (config_map,) = [o for o in find(objects, "ConfigMap") if o["metadata"]["name"].endswith("webhook-client-ca")]
     assert config_map["data"]["ca.crt"].strip() == CA_PEM.strip()
-    (deployment,) = find(objects, "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    env = _env(container)
+    pod, container, env = _operator(objects)
     assert env["BLACKTOP_WEBHOOK_CLIENT_CA"] == "/etc/blacktop/webhook-client/ca.crt"
     assert env["BLACKTOP_WEBHOOK_CLIENT_NAMES"] == "apiserver-webhooks"
     assert env["BLACKTOP_RESERVED_NAMESPACES"] == "platform-*,shared"
@@ -453,8 +455,7 @@ def test_case11_the_platform_can_make_the_webhook_trust_only_the_apiserver() -> 
     assert find(objects, "ClusterRoleBinding", "blacktop-environment-developer")
     # Without client auth nothing is mounted; without the webhook nobody is bound to self-serve Environments.
     plain = render()
-    (container,) = find(plain, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
-    assert "BLACKTOP_WEBHOOK_CLIENT_CA" not in _env(container)
+    assert "BLACKTOP_WEBHOOK_CLIENT_CA" not in _operator(plain)[2]
     assert not find(
         render(extra=["--set", "webhook.enabled=false"]), "ClusterRoleBinding", "blacktop-environment-developer"
     )

@@ -32,6 +32,16 @@ DEVELOPER_ROLE = "blacktop-environment-developer"
 _LABELS = {naming.MANAGED_BY: naming.MANAGER}
 
 
+def _cluster_role(name: str, rules: list[JSON]) -> JSON:
+    """A ClusterRole of Blacktop's with these rules."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": dict(_LABELS)},
+        "rules": rules,
+    }
+
+
 def editor_cluster_role() -> JSON:
     """The aggregated role bound in every environment's namespace."""
     return {
@@ -76,38 +86,39 @@ def service_requests_cluster_role() -> JSON:
 
 def catalog_reader_cluster_role() -> JSON:
     """Read the catalog, the guardrails and the environments: what every developer may see."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": CATALOG_READER_ROLE, "labels": dict(_LABELS)},
-        "rules": [
+    return _cluster_role(
+        CATALOG_READER_ROLE,
+        [
             {
                 "apiGroups": [GROUP],
                 "resources": ["goldenpaths", "goldenpathrevisions", "guardrailpolicies", "environments"],
                 "verbs": ["get", "list", "watch"],
             }
         ],
+    )
+
+
+def _authenticated_binding(role: str) -> JSON:
+    """ClusterRole ``role`` bound to every authenticated user (same name as the role)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": role, "labels": dict(_LABELS)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
     }
 
 
 def catalog_reader_binding() -> JSON:
     """Every authenticated user can browse the catalog (`kubectl get goldenpaths`)."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": CATALOG_READER_ROLE, "labels": dict(_LABELS)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CATALOG_READER_ROLE},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
-    }
+    return _authenticated_binding(CATALOG_READER_ROLE)
 
 
 def developer_cluster_role() -> JSON:
     """Self-serve Environments; the webhook's team boundary decides which ones."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": DEVELOPER_ROLE, "labels": dict(_LABELS)},
-        "rules": [
+    return _cluster_role(
+        DEVELOPER_ROLE,
+        [
             {
                 "apiGroups": [GROUP],
                 "resources": ["environments"],
@@ -115,27 +126,19 @@ def developer_cluster_role() -> JSON:
             },
             {"apiGroups": [GROUP], "resources": ["environments/status"], "verbs": ["get"]},
         ],
-    }
+    )
 
 
 def developer_binding() -> JSON:
     """Every authenticated user may self-serve Environments of their own teams."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": DEVELOPER_ROLE, "labels": dict(_LABELS)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": DEVELOPER_ROLE},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
-    }
+    return _authenticated_binding(DEVELOPER_ROLE)
 
 
 def operator_environment_cluster_role() -> JSON:
     """What the operator does in an environment's namespace (bound there, never cluster-wide)."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": naming.OPERATOR_CLUSTER_ROLE, "labels": dict(_LABELS)},
-        "rules": [
+    return _cluster_role(
+        naming.OPERATOR_CLUSTER_ROLE,
+        [
             # Connection Secrets: server-side applied, and read first (never someone else's).
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
             # Quota and limits (server-side applied); the NetworkPolicy is also removed when switched off.
@@ -153,7 +156,7 @@ def operator_environment_cluster_role() -> JSON:
                 "verbs": ["create", "patch", "delete"],
             },
         ],
-    }
+    )
 
 
 def operator_subject(username: str) -> JSON:

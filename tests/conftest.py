@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from blacktop.kube.client import KubeClient
-from helpers import DEVELOPERS, REPO, Kubectl, OperatorProcess, try_apply, unique
+from helpers import DEVELOPERS, REPO, Kubectl, OperatorProcess, try_apply, unique, wait_for, webhook_urls
 
 # name -> callable returning a log tail; filled by session fixtures, read when a test fails.
 _LOG_SOURCES: dict[str, Callable[[], str]] = {}
@@ -56,7 +56,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # called through their Service.
     with LocalCluster(tmp_path_factory.mktemp("cluster"), node=True, images=[images.demo_app_image()]) as local:
         _LOG_SOURCES["control plane"] = local.logs_tail
+        OperatorProcess.cluster_env = {"BLACKTOP_WEBHOOK_CLIENT_CA": str(local.webhook_client_ca)}
         yield local
+        OperatorProcess.cluster_env = {}
         _LOG_SOURCES.pop("control plane", None)
 
 
@@ -103,8 +105,14 @@ def modules_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session operator keeps request workspaces (tests look at their permissions)."""
+    return tmp_path_factory.mktemp("workspaces")
+
+
+@pytest.fixture(scope="session")
 def operator(
-    installed: Path, modules_root: Path, tmp_path_factory: pytest.TempPathFactory
+    installed: Path, modules_root: Path, workspace_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """The operator as a real process, shared by the session (tests that kill it start their own)."""
     log_file = tmp_path_factory.mktemp("operator") / "operator.log"
@@ -112,10 +120,21 @@ def operator(
     proc = OperatorProcess(
         installed,
         log_file,
-        env={"BLACKTOP_MODULES_ROOT": str(modules_root), "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true"},
+        env={
+            "BLACKTOP_MODULES_ROOT": str(modules_root),
+            "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true",
+            "BLACKTOP_WORKSPACE_ROOT": str(workspace_root),
+            "BLACKTOP_RESERVED_NAMESPACES": "reserved-by-platform-*",
+        },
     )
     _LOG_SOURCES["operator"] = proc.log_tail
     proc.start()
+    # Admission is live only once the operator has pointed the webhook configuration at itself.
+    wait_for(
+        lambda: (urls := webhook_urls(Kubectl(installed))) and all(f":{proc.webhook_port}/" in url for url in urls),
+        timeout=60,
+        what="the session operator's webhook configuration",
+    )
     yield proc
     proc.stop()
     _LOG_SOURCES.pop("operator", None)

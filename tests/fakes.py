@@ -6,7 +6,8 @@
   subresource, Events as objects, and refusals a test injects.
 - :class:`FakeRunners`: the :class:`blacktop.terraform.runner.Runners` protocol: every operation
   succeeds unless a test scripts a failure; records each operation with the state lock's holder at
-  that moment, so a test sees that runs happen under the lock.
+  that moment, so a test sees that runs happen under the lock. Like the real state backend, an apply
+  writes the plan's resources into the request's state Secret and a destroy empties it.
 - :class:`Clock`: the time, moved by the test.
 
 They replace Blacktop's adapters, never the integration tests: those run the real apiserver,
@@ -15,7 +16,10 @@ OpenTofu and the operator process.
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
+import json
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from typing import Any
 from blacktop.api.common import format_time
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
+from blacktop.controllers.evaluation import Evaluator
 from blacktop.controllers.failures import Failure
 from blacktop.kube.client import FIELD_MANAGER
 from blacktop.kube.errors import ConflictError, KubeApiError, NotFoundError
@@ -230,6 +235,9 @@ class _Script:
     outputs: dict[str, tuple[Any, bool]] = field(default_factory=dict)
 
 
+SECRET = resource_for("v1", "Secret")
+
+
 class FakeRunner:
     """A runner whose operations return what the script says; each records the lock's holder."""
 
@@ -270,15 +278,35 @@ class FakeRunner:
         plan = copy.deepcopy(self._runners.script.plan) if result.ok else {}
         return ShownPlan(**vars(result), plan=plan, summary=summarise(plan))
 
+    def _save_state(self, addresses: list[str]) -> None:
+        """What the kubernetes backend does after a run: the state Secret holds these resources."""
+        state = self.target.state
+        secret = self._runners.client.stored(SECRET, state.state_secret, state.namespace)
+        if secret is None:
+            return
+        resources = [
+            {"mode": "managed", "type": a.split(".")[-2], "name": a.split(".")[-1], "instances": [{}]}
+            for a in addresses
+        ]
+        data = base64.b64encode(gzip.compress(json.dumps({"version": 4, "resources": resources}).encode())).decode()
+        self._runners.client.put({**secret, "data": {"tfstate": data}})
+
     async def apply_plan(self) -> RunResult:
-        return await self._result("apply")
+        result = await self._result("apply")
+        if result.ok:
+            changes = self._runners.script.plan.get("resource_changes") or []
+            self._save_state([str(c.get("address")) for c in changes if c.get("mode", "managed") == "managed"])
+        return result
 
     async def outputs(self) -> Outputs:
         result = await self._result("output")
         return Outputs(**vars(result), values=dict(self._runners.script.outputs) if result.ok else {})
 
     async def destroy(self) -> RunResult:
-        return await self._result("destroy")
+        result = await self._result("destroy")
+        if result.ok:
+            self._save_state([])
+        return result
 
 
 class FakeRunners:
@@ -386,7 +414,14 @@ def harness(tmp_path: Path | None = None, **settings: Any) -> Harness:
     if tmp_path is not None:
         values.setdefault("workspace_root", tmp_path / "workspaces")
         values.setdefault("module_cache_root", tmp_path / "module-cache")
+    config = Settings(**values)
     ctx = Context(
-        client, Settings(**values), runners=runners, metrics=create_metrics(), clock=clock, rng=random.Random(1)
+        client,
+        config,
+        runners=runners,
+        metrics=create_metrics(),
+        clock=clock,
+        rng=random.Random(1),
+        evaluator=Evaluator(workers=1, timeout=config.guardrail_timeout_seconds, inline=True),
     )
     return Harness(ctx=ctx, client=client, runners=runners, clock=clock)

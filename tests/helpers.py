@@ -73,6 +73,10 @@ class Kubectl:
 class OperatorProcess:
     """`python -m blacktop run` as a child process, the way users run it, with its log in a file."""
 
+    # Settings every operator of the session gets from its control plane (conftest fills it in): the CA
+    # of the apiserver's webhook client certificate, so only the apiserver may post reviews.
+    cluster_env: dict[str, str] = {}
+
     def __init__(self, kubeconfig: Path, log_file: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_file = log_file
@@ -98,6 +102,7 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            "BLACKTOP_LEFTOVER_CHECK_SECONDS": "2",
             "BLACKTOP_ROLLOUT_CHECK_SECONDS": "2",
             # Git commits and folder copies stay with the test's temporary files, not in the host's /tmp.
             "BLACKTOP_MODULE_CACHE_ROOT": str(self.log_file.parent / "module-cache"),
@@ -111,6 +116,7 @@ class OperatorProcess:
             "BLACKTOP_NOTIFICATION_BACKOFF_SECONDS": "0.3",
             "BLACKTOP_NOTIFICATION_BACKOFF_CAP_SECONDS": "2",
             "BLACKTOP_NOTIFICATION_MAX_ATTEMPTS": "5",
+            **self.cluster_env,
             **self.extra_env,
         }
         log = self.log_file.open("ab")
@@ -159,6 +165,12 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def as_user(user: str, *groups: str) -> list[str]:
+    """kubectl arguments that act as ``user`` in ``groups``: a tenant with only the RBAC that
+    `blacktop install` (or the chart) and the Environments give them."""
+    return [f"--as={user}", *(f"--as-group={group}" for group in groups)]
 
 
 def unique(prefix: str) -> str:
@@ -363,6 +375,12 @@ def http_status(url: str, token: str | None = None) -> int:
         return fetch(url, token)[0]
     except OSError:
         return 0
+
+
+def webhook_urls(kubectl: Kubectl, kind: str = "validatingwebhookconfiguration") -> list[str]:
+    """The URLs of the webhook configuration `blacktop` of ``kind`` (empty while there is none)."""
+    config = get(kubectl, kind, "blacktop") or {}
+    return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
 
 
 def scrape_metrics(operator: OperatorProcess) -> str:

@@ -49,6 +49,11 @@ class Settings(BaseModel):
         ("blacktop:platform-admins", "system:masters"), description="Groups that may act for any team."
     )
     monitoring_namespace: str = Field("monitoring", description="Namespace allowed to scrape environments.")
+    reserved_namespaces: tuple[str, ...] = Field(
+        (),
+        description="More names (shell patterns like platform-*) no Environment may take, besides default, kube-*, "
+        "the operator's namespace and the monitoring namespace.",
+    )
     terraform_binary: str = Field(
         "tofu", description="tofu (default) or terraform, found in the tool cache or on PATH."
     )
@@ -143,6 +148,30 @@ class Settings(BaseModel):
     notification_allowed_urls: tuple[str, ...] = Field(
         ("https://",),
         description="URL prefixes a team's channels may post to (the platform's own channels are not limited).",
+    )
+    webhook_client_ca: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that signs the apiserver's client certificate for webhook calls; set, the "
+        "webhook refuses every connection without such a certificate. Unset: any client may post reviews.",
+    )
+    webhook_client_names: tuple[str, ...] = Field(
+        ("kube-apiserver-webhook-client",),
+        description="Names (common name or DNS SAN) the apiserver's webhook client certificate may carry; empty: "
+        "any certificate the CA signed (only right for a CA that signs nothing else).",
+    )
+    webhook_max_body_bytes: int = Field(
+        8 * 1024 * 1024, description="Admission reviews larger than this are refused with a readable message."
+    )
+    cel_cost_limit: int = Field(
+        10_000_000,
+        description="Largest estimated worst-case cost of a guardrail rule (checked when a policy is applied).",
+    )
+    guardrail_timeout_seconds: float = Field(
+        2.0, description="Deadline of one guardrail evaluation; past it the request is denied, naming the rule."
+    )
+    guardrail_workers: int = Field(2, description="Processes evaluating guardrail rules (off the event loop).")
+    leftover_check_seconds: float = Field(
+        60.0, description="How often state left by requests that are gone (a removed finalizer) is looked for."
     )
 
     def team_group(self, team: str) -> str:

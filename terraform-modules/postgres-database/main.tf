@@ -1,8 +1,11 @@
 # postgres-database: a database and its own login role, with a generated password, on the platform's
 # PostgreSQL server. The server and the admin credentials never appear here: the golden path's
 # credentials Secret reaches the provider as libpq's environment variables (PGHOST, PGPORT, PGUSER,
-# PGPASSWORD, PGSSLMODE). Names are prefixed with the environment, so two environments sharing one
-# server can both ask for a database called `orders`.
+# PGPASSWORD, PGSSLMODE). Names are `<environment>__<database>` (dashes of the environment become
+# `_`, the separator is a double `_` that neither part can hold), so two environments sharing one
+# server can both ask for a database called `orders` and no two requests of different environments
+# ever get the same name: environment `a-b` with database `c` is `a_b__c`, environment `a` with `b_c`
+# is `a__b_c`.
 
 terraform {
   required_version = ">= 1.6"
@@ -47,13 +50,18 @@ variable "tier" {
   description = "dev, staging or prod."
 }
 
+variable "uid" {
+  type        = string
+  description = "The ServiceRequest's uid: what marks the role and database as this request's."
+}
+
 variable "database" {
   type        = string
   default     = null
   description = "Database name (default: the request's name)."
   validation {
-    condition     = var.database == null || can(regex("^[a-z][a-z0-9_]{0,62}$", var.database))
-    error_message = "database must start with a lowercase letter and hold only lowercase letters, digits and '_'."
+    condition     = var.database == null || can(regex("^[a-z][a-z0-9]*(_[a-z0-9]+)*$", var.database))
+    error_message = "database must start with a lowercase letter and hold only lowercase letters, digits and single '_' between them."
   }
 }
 
@@ -68,14 +76,19 @@ variable "size" {
 }
 
 locals {
-  base  = "${var.environment}_${coalesce(var.database, var.name)}"
-  clean = replace(lower(local.base), "/[^a-z0-9_]/", "_")
-  # Role names starting with pg_ are reserved by PostgreSQL (an environment called pg-dev...).
-  db_name          = substr(startswith(local.clean, "pg_") ? "db_${local.clean}" : local.clean, 0, 63)
+  # Environments are DNS labels (no `_`); the database part never holds `__` nor starts or ends with `_`
+  # (the request name's runs of other characters become one `_`), so the split at the last `__` is unique.
+  environment_part = replace(lower(var.environment), "-", "_")
+  database_part    = var.database != null ? var.database : trim(replace(lower(var.name), "/[^a-z0-9]+/", "_"), "_")
+  joined           = "${local.environment_part}__${local.database_part}"
+  # Role names starting with pg_ are reserved by PostgreSQL (an environment called pg-dev...): such names
+  # get a leading `_`, which no other name can start with, so the rename collides with nothing.
+  db_name          = startswith(local.joined, "pg_") ? "_${local.joined}" : local.joined
   connection_limit = { small = 10, medium = 50, large = 200 }[var.size]
-  # Marks what this request created: if a run dies after CREATE but before the state is saved, the
-  # next run adopts its own role and database instead of failing (or making a second one).
-  owner_mark = "managed by blacktop for ${var.namespace}/${var.name}"
+  # Marks what this request created, by its uid (never by names a tenant chooses): if a run dies after
+  # CREATE but before the state is saved, the next run adopts its own role and database instead of
+  # failing (or making a second one); a same-named object with any other mark is refused.
+  owner_mark = "managed by blacktop for request ${var.uid}"
 }
 
 resource "random_password" "role" {
@@ -85,6 +98,13 @@ resource "random_password" "role" {
 
 resource "postgresql_role" "app" {
   name             = local.db_name
+  lifecycle {
+    # Truncating would make two long names one; refuse instead.
+    precondition {
+      condition     = length(local.db_name) <= 63
+      error_message = "the database name ${local.db_name} is longer than PostgreSQL's 63 characters: choose a shorter database parameter."
+    }
+  }
   login            = true
   password         = random_password.role.result
   connection_limit = local.connection_limit

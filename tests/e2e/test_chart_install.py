@@ -216,6 +216,20 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         assert get(admin, "rolebinding", "blacktop-environment-editors", "-n", env_name) is not None
         assert get(admin, "resourcequota", "blacktop-quota", "-n", env_name) is not None
         assert get(admin, "networkpolicy", "blacktop-isolation", "-n", env_name) is not None
+        # Issue 11, case 12: Secrets, ConfigMaps and namespace deletion are nowhere cluster-wide; inside an
+        # environment the operator works through the RoleBinding it made there for itself.
+        for denied in (
+            ("get", "secrets", "-n", "default"),
+            ("patch", "secrets", "-n", "kube-system"),
+            ("create", "configmaps", "-n", "default"),
+            ("delete", "namespaces"),
+        ):
+            assert as_operator("auth", "can-i", *denied, check=False).stdout.strip() == "no", denied
+        for allowed in (("get", "secrets"), ("create", "configmaps"), ("patch", "resourcequotas")):
+            assert as_operator("auth", "can-i", *allowed, "-n", env_name).stdout.strip() == "yes", allowed
+        binding = get(admin, "rolebinding", "blacktop-operator", "-n", env_name)
+        assert binding is not None
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]
         # Switching isolation off removes the NetworkPolicy (the operator deletes it).
         admin("patch", "environment", env_name, "--type=merge", "-p", '{"spec":{"networkPolicy":{"isolation":"Open"}}}')
         wait_for(

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from blacktop.api.kinds import ALL_KINDS
 from blacktop.builders import webhook as webhook_builder
-from blacktop.builders.rbac import cluster_rbac
+from blacktop.builders.rbac import cluster_rbac, operator_environment_cluster_role
 from blacktop.kube.resources import all_resources
 from chart_support import CHART, JSON, find, helm, render
 from helpers import Kubectl, scratch_namespace
@@ -188,25 +188,39 @@ def test_rbac_grants_the_webhook_configuration_only_when_the_operator_manages_it
     assert grants(rendered(values_files["non-default"]))
 
 
-def test_state_backend_rights_are_confined_to_the_release_namespace(values_files: dict[str, Path]) -> None:
+def _grants(role: JSON) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+
+
+def test_case12_chart_rbac_grants_only_what_the_code_calls(values_files: dict[str, Path]) -> None:
+    """Issue 11, case 12: no cluster-wide Secret, ConfigMap or namespace-delete rights; what the operator
+    does inside environments comes from a ClusterRole it binds there; each cluster-wide rule says why."""
     objects = rendered(values_files["default"])
     (cluster_role,) = [o for o in find(objects, "ClusterRole") if o["metadata"]["name"] == "blacktop"]
-    cluster_wide = {
-        (g, r, v)
-        for rule in cluster_role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
-    }
-    for verb in ("list", "update", "delete"):
-        assert ("", "secrets", verb) not in cluster_wide, f"secrets {verb} must not be cluster-wide"
-    assert not any(r == "leases" for _, r, _ in cluster_wide)
+    cluster_wide = _grants(cluster_role)
+    assert not [grant for grant in cluster_wide if grant[1] in ("secrets", "configmaps", "leases")], cluster_wide
+    assert ("", "namespaces", "delete") not in cluster_wide
+    for kind in ("resourcequotas", "limitranges", "networkpolicies"):
+        assert {v for _, r, v in cluster_wide if r == kind} == {"list", "watch"}, kind  # watched, written per namespace
+    assert not {v for _, r, v in cluster_wide if r in ("podmonitors", "prometheusrules")}
     (role,) = find(objects, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert {r for rule in role["rules"] for r in rule["resources"]} >= {"secrets", "leases"}
-    # Binding the editor role is allowed for that one role only.
+    # Binding is allowed for the two roles the operator binds, and no other.
     (bind,) = [rule for rule in cluster_role["rules"] if "bind" in rule["verbs"]]
-    assert bind["resourceNames"] == ["blacktop-environment-editor"]
+    assert bind["resourceNames"] == ["blacktop-environment-editor", "blacktop-operator-environment"]
+    # Inside an environment's namespace: exactly what the builders say (the operator binds this role there).
+    (inside,) = [o for o in find(objects, "ClusterRole") if o["metadata"]["name"] == "blacktop-operator-environment"]
+    assert inside["rules"] == operator_environment_cluster_role()["rules"]
+    # Every rule of the operator's roles is explained where it is written.
+    template = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    rule_lines = [i for i, line in enumerate(template) if line.strip().startswith("- apiGroups:")]
+    assert len(rule_lines) >= 12
+    for index in rule_lines:
+        above = template[index - 1].strip()
+        assert above.startswith(("#", "{{-")), f"rule at line {index + 1} of rbac.yaml has no comment: {above}"
 
 
 def test_environment_rbac_is_what_blacktop_install_applies(values_files: dict[str, Path]) -> None:
@@ -221,6 +235,14 @@ def test_environment_rbac_is_what_blacktop_install_applies(values_files: dict[st
 
 def _env(container: JSON) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def _operator(objects: list[JSON]) -> tuple[JSON, JSON, dict[str, str]]:
+    """The operator Deployment's pod spec, its one container and that container's environment."""
+    (deployment,) = find(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container, _env(container)
 
 
 def test_deployment_follows_the_contracts(values_files: dict[str, Path]) -> None:
@@ -260,12 +282,9 @@ def test_deployment_follows_the_contracts(values_files: dict[str, Path]) -> None
 
 def test_non_default_values_reach_the_deployment(values_files: dict[str, Path]) -> None:
     objects = rendered(values_files["non-default"])
-    (deployment,) = find(objects, "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    pod, container, env = _operator(objects)
     assert container["image"] == "registry.example.com/blacktop@sha256:" + "a" * 64
     assert container["args"] == ["run", "--verbose"]
-    env = _env(container)
     assert env["BLACKTOP_MAX_CONCURRENT_RUNS"] == "4"
     assert env["BLACKTOP_PLATFORM_ADMIN_GROUPS"] == "platform"
     assert env["BLACKTOP_TTL_CHECK_SECONDS"] == "10"
@@ -338,8 +357,9 @@ def test_webhook_configuration_and_generated_certificate(values_files: dict[str,
         assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == ca_pem
         (rule,) = webhook["rules"]
         assert rule["apiGroups"] == ["platform.blacktop.dev"]
-        # ServiceRequests are checked on DELETE too (a source others consume is refused).
-        assert rule["operations"] == ["CREATE", "UPDATE"] + (["DELETE"] if path == "/validate-servicerequest" else [])
+        # Environments (the team boundary) and ServiceRequests (a source others consume) on DELETE too.
+        deletes = ["DELETE"] if path in ("/validate-environment", "/validate-servicerequest") else []
+        assert rule["operations"] == ["CREATE", "UPDATE", *deletes]
         assert rule["resources"] == [PLURALS[path]]
         if rule["scope"] == "Namespaced":
             (expression,) = webhook["namespaceSelector"]["matchExpressions"]
@@ -452,3 +472,37 @@ def test_rendered_manifests_pass_a_server_side_dry_run(
     body = "\n---\n".join(yaml.safe_dump(o) for o in sent)
     out = kubectl("apply", "--dry-run=server", "-f", "-", input=body).stdout
     assert out.count("(server dry run)") == len(sent), out
+
+
+def test_case11_the_platform_can_make_the_webhook_trust_only_the_apiserver() -> None:
+    """Issue 11, case 11 (chart side): webhook.clientAuth mounts the CA of the apiserver's webhook
+    client certificate and tells the operator to accept only it; reserved names and guardrail limits
+    reach the operator; the developer role is bound only while the webhook enforces the team boundary."""
+    objects = render(
+        extra=[
+            "--set-string",
+            f"webhook.clientAuth.caBundle={CA_PEM}",
+            "--set",
+            "webhook.clientAuth.allowedNames={apiserver-webhooks}",
+            "--set",
+            "config.reservedNamespaces={platform-*,shared}",
+        ]
+    )
+    (config_map,) = [o for o in find(objects, "ConfigMap") if o["metadata"]["name"].endswith("webhook-client-ca")]
+    assert config_map["data"]["ca.crt"].strip() == CA_PEM.strip()
+    pod, container, env = _operator(objects)
+    assert env["BLACKTOP_WEBHOOK_CLIENT_CA"] == "/etc/blacktop/webhook-client/ca.crt"
+    assert env["BLACKTOP_WEBHOOK_CLIENT_NAMES"] == "apiserver-webhooks"
+    assert env["BLACKTOP_RESERVED_NAMESPACES"] == "platform-*,shared"
+    assert env["BLACKTOP_CEL_COST_LIMIT"] == "10000000"
+    assert env["BLACKTOP_GUARDRAIL_TIMEOUT_SECONDS"] == "2"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/blacktop/webhook-client"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert find(objects, "ClusterRoleBinding", "blacktop-environment-developer")
+    # Without client auth nothing is mounted; without the webhook nobody is bound to self-serve Environments.
+    plain = render()
+    assert "BLACKTOP_WEBHOOK_CLIENT_CA" not in _operator(plain)[2]
+    assert not find(
+        render(extra=["--set", "webhook.enabled=false"]), "ClusterRoleBinding", "blacktop-environment-developer"
+    )

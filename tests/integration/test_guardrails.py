@@ -32,6 +32,7 @@ from helpers import (
     try_apply,
     unique,
     wait_for,
+    webhook_urls,
 )
 
 pytestmark = pytest.mark.integration
@@ -138,11 +139,6 @@ def test_webhook_configuration_is_strict_and_excludes_system_namespaces(kubectl:
         assert {"kube-system", "kube-public", "kube-node-lease", "blacktop-system"} <= set(excluded)
 
 
-def _webhook_urls(kubectl: Kubectl, kind: str = "validatingwebhookconfiguration") -> list[str]:
-    config = get(kubectl, kind, "blacktop") or {}
-    return [h["clientConfig"]["url"] for h in config.get("webhooks") or []]
-
-
 def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
     kubectl: Kubectl, operator: OperatorProcess, modules_root: Path, tmp_path: Path
 ) -> None:
@@ -161,7 +157,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
         own.start()
         wait_for(
             lambda: (
-                (urls := _webhook_urls(kubectl) + _webhook_urls(kubectl, "mutatingwebhookconfiguration"))
+                (urls := webhook_urls(kubectl) + webhook_urls(kubectl, "mutatingwebhookconfiguration"))
                 and all(f":{own.webhook_port}/" in u for u in urls)
             ),
             timeout=60,
@@ -201,7 +197,7 @@ def test_operator_points_the_webhook_at_itself_and_releases_it_on_stop(
             meta = config["metadata"]
             config["metadata"] = {"name": meta["name"], "labels": meta.get("labels") or {}}
             assert try_apply(kubectl, config).returncode == 0
-    assert all(f":{operator.webhook_port}/" in u for u in _webhook_urls(kubectl))
+    assert all(f":{operator.webhook_port}/" in u for u in webhook_urls(kubectl))
 
 
 # -- built-in protections and broken policies ---------------------------------------------------------

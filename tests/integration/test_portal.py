@@ -369,7 +369,7 @@ def test_an_invalid_value_is_flagged_with_the_message_admission_gives(
     expect(page.locator("#f-database")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#verdict")).to_have_attribute("data-state", "denied")
     message = str(flagged.text_content())
-    assert message == "parameters.database: 'Orders-DB' does not match '^[a-z][a-z0-9_]{0,62}$'"
+    assert message == "parameters.database: 'Orders-DB' does not match '^[a-z][a-z0-9]*(_[a-z0-9]+)*$'"
     assert message in _refusal(alice, _manifest(page, f"name: {name}", "database: Orders-DB"))
 
     # Fixing it as you type clears the message; a size over the team's budget is refused by its policy.

@@ -27,10 +27,13 @@ from helpers import (
     Kubectl,
     OperatorProcess,
     apply_json,
+    as_user,
     condition,
+    environment_body,
     event_reasons,
     get,
     make_environment,
+    scrape_metrics,
     secret_values,
     service_request,
     try_apply,
@@ -93,8 +96,9 @@ def environment(kubectl: Kubectl, pg_catalog: str) -> Iterator[str]:
 
 
 def db_name(environment: str, database: str) -> str:
-    name = f"{environment}_{database}".replace("-", "_")
-    return f"db_{name}" if name.startswith("pg_") else name  # pg_ names are reserved
+    """The module's name on the server: `<environment>__<database>` (see terraform-modules/postgres-database)."""
+    name = f"{environment.replace('-', '_')}__{database}"
+    return f"_{name}" if name.startswith("pg_") else name  # pg_ names are reserved
 
 
 def patch_size(kubectl: Kubectl, name: str, namespace: str, size: str) -> None:
@@ -195,6 +199,110 @@ def test_invalid_database_name_is_refused_before_any_run(
     assert refused.returncode != 0
     assert "invalid parameters: parameters.database:" in refused.stderr
     assert get(kubectl, "servicerequest", name, "-n", environment) is None  # nothing to run, nothing to clean
+
+
+def test_case01_no_parameter_sets_identity_and_no_team_takes_over_anothers_database(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer, pg_catalog: str
+) -> None:
+    """Issue 11, case 1: a member of another team, with a golden path whose schema admits any key,
+    tries to become the payments request (its environment, namespace and name) and to fold their own
+    names onto its database; they get their own database or a refusal, never the victim's."""
+    victim, database, sr = provision(kubectl, environment, "orders")
+    victim_uri = secret_values(kubectl, f"{victim}-connection", environment)["uri"]
+    mark = postgres.query(f"SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{database}'")
+    assert mark == [f"managed by blacktop for request {sr['metadata']['uid']}"]  # the uid, not chosen names
+    open_path = json.loads(json.dumps(yaml.safe_load((REPO / "examples" / "goldenpath-postgres.yaml").read_text())))
+    open_path["metadata"]["name"] = open_name = unique("pg-open")
+    del open_path["spec"]["parameters"]["additionalProperties"]  # like the default schema: any key goes
+    apply_json(kubectl, open_path)
+    attacker = as_user("mallory", "other")
+    # Their own environment, named so that the old `<environment>_<database>` names folded together.
+    other_env = f"{environment}-orders"
+    assert try_apply(kubectl, environment_body(other_env, "other"), *attacker).returncode == 0
+    try:
+        for ready in (f"environment/{other_env}", f"goldenpath/{open_name}"):
+            kubectl("wait", "--for=condition=Ready", ready, "--timeout=50s")
+        takeover = service_request(unique("mallory"), other_env, open_name, database=victim.replace("-", "_"))
+        takeover["spec"]["parameters"].update(environment=environment, namespace=environment, name=victim)
+        refused = try_apply(kubectl, takeover, *attacker)
+        assert refused.returncode != 0
+        assert "parameter(s) environment, name, namespace cannot be set: Blacktop passes" in refused.stderr
+        # The fold: their `<environment>-orders` + `x<id>` against the victim's `<environment>` + `orders_x<id>`.
+        victim2, part = unique("victim"), f"x{unique('db')[-6:]}"
+        apply_json(kubectl, service_request(victim2, environment, GOLDEN_PATH, database=f"orders_{part}"))
+        victim2_db = db_name(environment, f"orders_{part}")
+        wait_ready(kubectl, victim2, environment)
+        squat = unique("squat")
+        assert (
+            try_apply(kubectl, service_request(squat, other_env, open_name, database=part), *attacker).returncode == 0
+        )
+        wait_ready(kubectl, squat, other_env)
+        theirs = secret_values(kubectl, f"{squat}-connection", other_env)
+        assert theirs["database"] == db_name(other_env, part) != victim2_db
+        for target in (database, victim2_db):  # the victim's databases stay the victim's roles', with their passwords
+            assert postgres.query(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{target}'") == [
+                target
+            ]
+            as_owner = f"postgresql://{target}:{theirs['password']}@127.0.0.1:{postgres.port}/{target}"
+            assert postgres.psql("SELECT 1", uri=as_owner, check=False).returncode != 0
+        # Deleting their request drops only theirs; the victim's logins still work.
+        kubectl("delete", "servicerequest", squat, "-n", other_env, "--timeout=180s")
+        assert postgres.query("SELECT current_user", uri=victim_uri) == [database]
+        victim2_uri = secret_values(kubectl, f"{victim2}-connection", environment)["uri"]
+        assert postgres.query("SELECT current_database()", uri=victim2_uri) == [victim2_db]
+        kubectl("delete", "servicerequest", victim2, "-n", environment, "--timeout=180s")
+    finally:
+        kubectl("delete", "environment", other_env, "--ignore-not-found", "--timeout=180s")
+        kubectl("delete", "goldenpath", open_name, "--ignore-not-found", "--wait=false")
+    delete_and_check_nothing_left(kubectl, postgres, victim, environment, sr["metadata"]["uid"], database)
+
+
+def environment_cost(kubectl: Kubectl, environment: str, leftover: float) -> bool:
+    """Whether the environment's status.cost is its requests' cost plus ``leftover`` (for the requests it has)."""
+    cost = ((get(kubectl, "environment", environment) or {}).get("status") or {}).get("cost") or {}
+    requests = json.loads(kubectl("get", "servicerequests", "-n", environment, "-o", "json").stdout)["items"]
+    expected = leftover + sum(float((r.get("status") or {}).get("monthlyCost") or 0) for r in requests)
+    return cost.get("monthly") == f"{expected:.2f}" and cost.get("serviceRequests") == len(requests)
+
+
+def test_case04_state_left_by_a_stripped_finalizer_is_destroyed_and_counted_until_then(
+    kubectl: Kubectl, environment: str, postgres: PostgresServer, operator: OperatorProcess
+) -> None:
+    """Issue 11, case 4: a tenant strips the finalizer of their own request while its destroy cannot run.
+    The leftover state is reported (Event, metric) with its cost still counted, then destroyed."""
+    member = as_user("alice@payments", "payments")
+    name, database, sr = provision(kubectl, environment, "orphan")
+    uid = sr["metadata"]["uid"]
+    series = f'blacktop_leftover_states{{golden_path="{GOLDEN_PATH}",reason="orphaned"}} 1.0'
+    postgres.stop()
+    try:
+        kubectl("delete", "servicerequest", name, "-n", environment, "--wait=false", *member)
+        wait_reason(kubectl, name, environment, "ProviderError", timeout=120, interval=0.5)
+        strip = '[{"op":"remove","path":"/metadata/finalizers"}]'
+        kubectl("patch", "servicerequest", name, "-n", environment, "--type=json", "-p", strip, *member)
+        wait_for(lambda: get(kubectl, "servicerequest", name, "-n", environment) is None, timeout=30, what="it to go")
+        assert get(kubectl, "secret", f"tfstate-default-{uid}", "-n", OPERATOR_NS) is not None
+        wait_for(
+            lambda: "LeftoverNotDestroyed" in event_reasons(kubectl, name, environment),
+            timeout=60,
+            what="the leftover to be reported",
+        )
+        wait_for(lambda: series in scrape_metrics(operator), timeout=30, what=series)
+        # Its cost still counts against the environment's budget, beside what the remaining requests cost.
+        wait_for(lambda: environment_cost(kubectl, environment, 15), timeout=60, what="the leftover's cost counted")
+    finally:
+        postgres.start()
+    wait_for(
+        lambda: get(kubectl, "secret", f"tfstate-default-{uid}", "-n", OPERATOR_NS) is None,
+        timeout=180,
+        what="the leftover state to be destroyed",
+    )
+    assert "LeftoverDestroyed" in event_reasons(kubectl, name, environment)
+    assert postgres.query(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") == []
+    assert postgres.query(f"SELECT 1 FROM pg_roles WHERE rolname = '{database}'") == []
+    assert get(kubectl, "lease", f"lock-tfstate-default-{uid}", "-n", OPERATOR_NS) is None
+    wait_for(lambda: series not in scrape_metrics(operator), timeout=30, what="the leftover gauge to clear")
+    wait_for(lambda: environment_cost(kubectl, environment, 0), timeout=60, what="the environment's cost to drop")
 
 
 def test_server_outage_is_a_provider_error_and_recovers_by_itself(
@@ -327,21 +435,42 @@ def test_drift_is_only_reported_when_the_policy_says_report(
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 
+def empty_state(kubectl: Kubectl, uid: str) -> None:
+    """Empty the request's state, as a run that died after CREATE and before saving its state leaves it."""
+    secret = get(kubectl, "secret", f"tfstate-default-{uid}", "-n", OPERATOR_NS)
+    assert secret is not None
+    state = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
+    state.update(resources=[], outputs={}, serial=state["serial"] + 1)
+    secret["data"]["tfstate"] = base64.b64encode(gzip.compress(json.dumps(state).encode())).decode()
+    kubectl("replace", "-f", "-", input=json.dumps(secret))
+
+
 def test_leftovers_of_an_interrupted_run_are_adopted_and_strangers_refused(
     kubectl: Kubectl, environment: str, postgres: PostgresServer
 ) -> None:
-    # A run died after CREATE ROLE (with its mark) and CREATE DATABASE, before the state was saved.
-    name = unique("leftover")
-    database = db_name(environment, name.replace("-", "_"))
-    mark = f"managed by blacktop for {environment}/{name}"
-    postgres.psql(f"CREATE ROLE \"{database}\" LOGIN PASSWORD 'stale'; COMMENT ON ROLE \"{database}\" IS '{mark}'")
-    postgres.psql(f'CREATE DATABASE "{database}" OWNER "{database}"')
-    apply_json(kubectl, service_request(name, environment, GOLDEN_PATH, database=name.replace("-", "_")))
-    sr = wait_ready(kubectl, name, environment)
+    # A run created the role and the database (marked with the request's uid), then died before saving
+    # its state: the next run finds them, sees its own mark and adopts them.
+    name, database, sr = provision(kubectl, environment, "leftover")
+    uid = sr["metadata"]["uid"]
+    assert postgres.query(f"SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{database}'") == [
+        f"managed by blacktop for request {uid}"
+    ]
+    before = secret_values(kubectl, f"{name}-connection", environment)["password"]
+    empty_state(kubectl, uid)
+    patch_size(kubectl, name, environment, "medium")
+    wait_for(
+        lambda: (
+            state_resources(kubectl, uid) == ["postgresql_database.app", "postgresql_role.app", "random_password.role"]
+        ),
+        timeout=180,
+        what="the next run to adopt the role and database into the state",
+    )
+    wait_ready(kubectl, name, environment)
     assert postgres.query(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{database}%'") == ["1"]
     uri = secret_values(kubectl, f"{name}-connection", environment)["uri"]
+    assert before not in uri  # a new password, set on the adopted role
     assert postgres.query("SELECT current_user", uri=uri) == [database]  # the password is the new one
-    delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
+    delete_and_check_nothing_left(kubectl, postgres, name, environment, uid, database)
 
     # A role of the same name that Blacktop did not make is never taken over.
     name = unique("stranger")

@@ -277,7 +277,8 @@ def test_mutating_configuration_stamps_service_requests_only() -> None:
     validating = webhook.build_configuration(operator_namespace="ops", url="https://h", ca_bundle="x")
     operations = {h["name"]: h["rules"][0]["operations"] for h in validating["webhooks"]}
     assert operations["validate-servicerequest.platform.blacktop.dev"] == ["CREATE", "UPDATE", "DELETE"]
-    assert operations["validate-environment.platform.blacktop.dev"] == ["CREATE", "UPDATE"]
+    assert operations["validate-environment.platform.blacktop.dev"] == ["CREATE", "UPDATE", "DELETE"]  # team boundary
+    assert operations["validate-goldenpath.platform.blacktop.dev"] == ["CREATE", "UPDATE"]
 
 
 # -- environment cost -----------------------------------------------------------------------------------

@@ -231,8 +231,13 @@ def test_an_invalid_value_gets_admissions_own_words_next_to_its_field(state: Clu
         check_team_boundary=False,
     )
     assert found.denial == verdict.denial
-    assert found.denial == "invalid parameters: parameters.database: 'Users!' does not match '^[a-z][a-z0-9_]{0,62}$'"
-    assert found.errors == {"p.database": ["parameters.database: 'Users!' does not match '^[a-z][a-z0-9_]{0,62}$'"]}
+    assert (
+        found.denial
+        == "invalid parameters: parameters.database: 'Users!' does not match '^[a-z][a-z0-9]*(_[a-z0-9]+)*$'"
+    )
+    assert found.errors == {
+        "p.database": ["parameters.database: 'Users!' does not match '^[a-z][a-z0-9]*(_[a-z0-9]+)*$'"]
+    }
     # Before the name and environment are there, the parameters are checked already.
     early = preview(state, "postgres-database", {"p.database": "Users!"})
     assert early.errors == found.errors

@@ -239,7 +239,8 @@ def test_the_preview_answers_with_admissions_words_as_json() -> None:
         )
         answer = await response.json()
         assert (
-            answer["denial"] == "invalid parameters: parameters.database: 'Bad' does not match '^[a-z][a-z0-9_]{0,62}$'"
+            answer["denial"]
+            == "invalid parameters: parameters.database: 'Bad' does not match '^[a-z][a-z0-9]*(_[a-z0-9]+)*$'"
         )
         assert answer["errors"]["p.database"] == [answer["denial"].removeprefix("invalid parameters: ")]
         assert answer["admitted"] is False

@@ -848,7 +848,11 @@ async def test_deleting_an_environment_waits_for_its_requests(h: Harness) -> Non
     assert "waiting for 1 service request(s) to be destroyed: db" in raised.value.message
     assert h.client.stored(SERVICEREQUESTS, "db", namespace) is None  # asked to go (the fake has no finalizers)
     await environment.finalize_environment(h.ctx, env)
-    assert h.client.stored(NAMESPACE, namespace) is None
+    # The namespace is left to garbage collection (it is owned by the Environment): the operator holds
+    # no right to delete namespaces at all.
+    ns = h.client.stored(NAMESPACE, namespace)
+    assert ns is not None
+    assert ns["metadata"]["ownerReferences"][0]["uid"] == env["metadata"]["uid"]
 
 
 @reaches()
@@ -1465,6 +1469,120 @@ async def test_a_source_is_destroyed_only_after_its_consumers(h: Harness) -> Non
     await h.ctx.client.delete(SERVICEREQUESTS, "api", namespace)
     assert await h.finalize("db", namespace) is None
     assert h.runners.operations[-1] == "destroy"
+
+
+# -- issue 11: tenancy ---------------------------------------------------------------------------------
+
+
+@reaches(Reason.RESERVED_NAME)
+async def test_an_environment_with_a_reserved_name_gets_nothing(h: Harness) -> None:
+    from helpers import environment_body
+
+    body = h.client.put(environment_body("monitoring", "other"))  # got in while no webhook ran
+    status = await environment.reconcile_environment(h.ctx, body)
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", Reason.RESERVED_NAME)
+    assert "the monitoring namespace" in ready.message
+    assert h.client.stored(NAMESPACE, "monitoring") is None
+
+
+@reaches(Reason.COST_LIMIT_EXCEEDED)
+async def test_a_policy_over_the_cost_limit_says_so_and_is_enforced_all_the_same(h: Harness) -> None:
+    expression = "object.x.split(',').all(a, object.x.split(',').size() > 0)"
+    rule = {"name": "slow", "expression": expression, "message": "m"}
+    h.client.put(
+        {"apiVersion": API, "kind": "GuardrailPolicy", "metadata": {"name": "pricey"}, "spec": {"rules": [rule]}}
+    )
+    status = await guardrailpolicy.reconcile_policy(h.ctx, "pricey")
+    assert status is not None
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert ready.reason == Reason.COST_LIMIT_EXCEEDED
+    assert "rule slow: estimated worst-case cost" in ready.message
+    assert [p.name for p in await guardrailpolicy.active_policies(h.ctx)] == ["pricey"]
+
+
+@reaches(Reason.SECRET_CONFLICT)
+async def test_a_connection_secret_someone_else_owns_is_left_alone(h: Harness) -> None:
+    namespace = await ready_world(h)
+    theirs = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-connection", "namespace": namespace}}
+    h.client.put({**theirs, "data": {"mine": "eA=="}})
+    h.request("db", namespace, size="small")
+    failure = await h.reconcile("db", namespace)
+    assert failure is not None
+    assert (failure.reason, failure.delay) == (Reason.SECRET_CONFLICT, h.ctx.settings.dependency_retry_seconds)
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert "does not belong to this ServiceRequest" in ready["message"]
+    assert (h.client.stored(SECRET, "db-connection", namespace) or {})["data"] == {"mine": "eA=="}
+
+
+@reaches(Reason.MODULE_OUTSIDE_ROOT)
+async def test_a_module_with_a_symlink_out_of_the_root_is_refused(h: Harness, tmp_path: Path) -> None:
+    from blacktop.terraform.module import ModuleCache
+
+    root = tmp_path / "modules"
+    shutil.copytree(REPO / "terraform-modules" / "tiny", root / "tiny")
+    (tmp_path / "elsewhere.tf").write_text("")
+    (root / "tiny" / "linked.tf").symlink_to(tmp_path / "elsewhere.tf")
+    h.ctx.modules = ModuleCache(root)
+    name = await h.golden_path()
+    status = h.client.stored(GOLDENPATHS, name)
+    assert status is not None
+    ready = next(c for c in status["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == Reason.MODULE_OUTSIDE_ROOT
+    assert "linked.tf in module folder 'tiny' is a symlink" in ready["message"]
+
+
+@reaches(Reason.ABANDONED)
+async def test_an_abandoned_request_goes_without_a_destroy_and_says_what_it_left(h: Harness) -> None:
+    namespace = await provisioned(h)
+    body = h.body("db", namespace)
+    body["metadata"]["annotations"] = {"platform.blacktop.dev/abandon": "true"}
+    h.client.put(body)
+    assert await h.finalize("db", namespace) is None
+    assert "destroy" not in h.runners.operations
+    uid = body["metadata"]["uid"]
+    state = h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace)
+    assert state is not None
+    assert "terraform_data.service" in state["metadata"]["annotations"]["platform.blacktop.dev/abandoned"]
+
+
+@reaches()
+async def test_a_request_that_never_applied_anything_deletes_at_once(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace, size="small")
+    h.runners.fail("init", "Error: Failed to query available provider packages")
+    assert isinstance(await h.reconcile("db", namespace), Failure)
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is not None  # seeded
+    assert await h.finalize("db", namespace) is None
+    assert "destroy" not in h.runners.operations
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is None
+
+
+@reaches(Reason.LEFTOVER_NOT_DESTROYED, Reason.LEFTOVER_DESTROYED)
+async def test_state_left_by_a_request_gone_without_a_destroy_is_destroyed(h: Harness) -> None:
+    from blacktop.controllers.leftovers import Sweeper
+
+    namespace = await provisioned(h)
+    uid = h.body("db", namespace)["metadata"]["uid"]
+    state = h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) or {}
+    assert state["metadata"]["annotations"]["platform.blacktop.dev/revision"] == "1"  # destroyed at the revision it ran
+    await h.client.delete(SERVICEREQUESTS, "db", namespace)  # its finalizer was removed
+    sweeper = Sweeper(h.ctx)
+    h.runners.fail("destroy", "Error: dial tcp 127.0.0.1:5432: connection refused")
+    left = await sweeper.sweep()
+    assert [(v.golden_path, v.reason, v.monthly_cost_cents) for v in left.values()] == [("tiny", "orphaned", 100)]
+    assert h.ctx.metrics.inventory.leftover_cents(namespace) == 100  # still counted
+    assert h.client.event_reasons("db")[-1] == Reason.LEFTOVER_NOT_DESTROYED
+    h.clock.advance(600)
+    sweeper._attempts[uid] = (1, 0.0, "retry now")  # due at once (the backoff is monotonic time)
+    assert await sweeper.sweep() == {}
+    assert h.client.stored(SECRET, f"tfstate-default-{uid}", h.ctx.settings.namespace) is None
+    assert h.client.event_reasons("db")[-1] == Reason.LEFTOVER_DESTROYED
+    assert h.ctx.metrics.inventory.leftover_cents(namespace) == 0
+    # What it destroyed with: the recorded variables, the request's own identity among them.
+    assert h.runners.opened[-1].variables["name"] == "db"
 
 
 # -- every Reason has a test ------------------------------------------------------------------------

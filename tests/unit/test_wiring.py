@@ -25,6 +25,9 @@ class _Kube:
     def close(self) -> None:
         pass
 
+    async def whoami(self) -> str:
+        return "system:serviceaccount:blacktop-system:blacktop"
+
 
 def test_the_settings_the_cli_built_are_the_only_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(drift_check_seconds=7, resync_seconds=11, metrics_port=0, health_port=0)

@@ -82,3 +82,12 @@ reused, so upgrades do not rotate the certificate; `helm template` (no cluster) 
 {{- dict "crt" ($cert.Cert | b64enc) "key" ($cert.Key | b64enc) "ca" ($ca.Cert | b64enc) | toJson }}
 {{- end }}
 {{- end }}
+
+{{/* The ConfigMap holding the CA of the API server's webhook client certificate (key ca.crt), or "". */}}
+{{- define "blacktop.webhookClientCA" -}}
+{{- if and .Values.webhook.enabled .Values.webhook.clientAuth.existingConfigMap }}
+{{- .Values.webhook.clientAuth.existingConfigMap }}
+{{- else if and .Values.webhook.enabled .Values.webhook.clientAuth.caBundle }}
+{{- printf "%s-webhook-client-ca" (include "blacktop.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}

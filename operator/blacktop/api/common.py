@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -21,6 +21,11 @@ MONEY = r"^[0-9]{1,9}(\.[0-9]{1,2})?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 DURATION = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 CURRENCY = r"^[A-Z]{3}$"
+# A condition's message is for people: a few lines, never a dump. Bounding it here bounds every
+# status Blacktop writes (three conditions repeating a 100 KB message once made every later
+# admission review of the object larger than the webhook accepts).
+MAX_CONDITION_MESSAGE = 2048
+TRUNCATED = " ... (truncated)"
 
 # Constrained strings for list items and map values (so every schema node keeps its type).
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
@@ -74,6 +79,11 @@ class Condition(StatusModel):
     observed_generation: int | None = Field(None, description="The .metadata.generation this condition was set for.")
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
 
+    @field_validator("message")
+    @classmethod
+    def _bounded(cls, message: str) -> str:
+        return bounded(message, MAX_CONDITION_MESSAGE)
+
 
 class ConditionedStatus(StatusModel):
     """Base of every kind's status: conditions with a summary Ready, and the generation they describe."""
@@ -84,6 +94,13 @@ class ConditionedStatus(StatusModel):
         description="Current state; Ready summarises it (Reconciling and Stalled appear while they apply).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying so when it was cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
 def format_time(moment: datetime) -> str:

@@ -72,6 +72,13 @@ class Reason:
     RETRIES_EXHAUSTED = "RetriesExhausted"
     COMPILE_ERROR = "CompileError"
     ACTIVE = "Active"
+    COST_LIMIT_EXCEEDED = "CostLimitExceeded"
+    RESERVED_NAME = "ReservedName"
+    MODULE_OUTSIDE_ROOT = "ModuleOutsideRoot"
+    SECRET_CONFLICT = "SecretConflict"  # noqa: S105 (a reason, not a password)
+    ABANDONED = "Abandoned"
+    LEFTOVER_DESTROYED = "LeftoverDestroyed"
+    LEFTOVER_NOT_DESTROYED = "LeftoverNotDestroyed"
     REVISION_CREATED = "RevisionCreated"
     REVISION_NOT_FOUND = "RevisionNotFound"
     SOURCE_UNAVAILABLE = "SourceUnavailable"

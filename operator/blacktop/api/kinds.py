@@ -14,6 +14,7 @@ from blacktop.api.goldenpathrevision import REVISION_RULES, GoldenPathRevisionSp
 from blacktop.api.guardrailpolicy import GuardrailPolicySpec, GuardrailPolicyStatus
 from blacktop.api.scorecard import ROOT_RULES as SCORECARD_RULES
 from blacktop.api.scorecard import PlatformScorecardSpec, PlatformScorecardStatus
+from blacktop.api.servicerequest import NAME_RULES as REQUEST_NAME_RULES
 from blacktop.api.servicerequest import ServiceRequestSpec, ServiceRequestStatusSchema
 
 GROUP = "platform.blacktop.dev"
@@ -133,6 +134,7 @@ SERVICE_REQUEST = KindInfo(
         {"name": "LeadTime(s)", "type": "integer", "jsonPath": ".status.leadTimeSeconds"},
         _AGE,
     ],
+    root_validations=REQUEST_NAME_RULES,
     selectable_fields=[".spec.goldenPath"],
 )
 

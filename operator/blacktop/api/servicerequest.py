@@ -18,6 +18,16 @@ from blacktop.api.common import (
 )
 from blacktop.api.history import RequestHistory
 
+# The request's name reaches label values (at most 63 characters), Secret and ConfigMap names, the
+# workspace folder and the names modules derive from it: a DNS label keeps all of them valid.
+NAME_RULES = [
+    cel(
+        "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "a ServiceRequest name must be a DNS label of at most 63 characters (lowercase letters, digits and '-'): "
+        "it names the request's Secret, labels and the infrastructure made for it",
+    ),
+]
+
 
 class Stage(StrEnum):
     """Where a request is, in one word (the conditions carry the detail)."""
@@ -68,8 +78,9 @@ class ServiceRequestSpec(SpecModel):
     )
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="Parameters, validated against the golden path's schema (`kubectl get goldenpath <name> -o yaml`).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Parameters, validated against the golden path's schema (`kubectl get goldenpath <name> -o yaml`). "
+        "At most 256 of them, 32 KiB as JSON, nested at most 16 levels.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 256},
     )
     connection_secret_name: str | None = Field(
         None,

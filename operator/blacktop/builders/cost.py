@@ -20,10 +20,11 @@ def monthly_cost_cents(model: CostModel | None, parameters: dict[str, Any]) -> i
     return money_to_cents(model.monthly)
 
 
-def environment_cost(spec: EnvironmentSpec, requests: list[dict[str, Any]]) -> EnvironmentCost:
-    """The sum of the requests' ``status.monthlyCost`` against the environment's budget (an
-    unreadable amount counts as zero: it never blocks the rest)."""
-    total = 0
+def environment_cost(spec: EnvironmentSpec, requests: list[dict[str, Any]], leftover_cents: int = 0) -> EnvironmentCost:
+    """The sum of the requests' ``status.monthlyCost`` (plus what requests that went without a destroy
+    left, ``leftover_cents``) against the environment's budget (an unreadable amount counts as zero: it
+    never blocks the rest)."""
+    total = leftover_cents
     for request in requests:
         cost = (request.get("status") or {}).get("monthlyCost")
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from blacktop.api.environment import EnvironmentSpec, NetworkIsolation
 from blacktop.builders import naming
+from blacktop.builders.rbac import operator_subject
 
 JSON = dict[str, Any]
 
@@ -129,6 +130,16 @@ def build_network_policy(env: JSON, spec: EnvironmentSpec, monitoring_namespace:
     }
 
 
+def _role_binding(env: JSON, spec: EnvironmentSpec, name: str, cluster_role: str, subjects: list[JSON]) -> JSON:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(env, spec, name, namespace_name(env)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": subjects,
+    }
+
+
 def build_role_binding(env: JSON, spec: EnvironmentSpec, team_group: str) -> JSON:
     """The team's group and the listed owners get the aggregated editor role in the namespace."""
     subjects: list[JSON] = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": team_group}]
@@ -136,25 +147,25 @@ def build_role_binding(env: JSON, spec: EnvironmentSpec, team_group: str) -> JSO
         subject = {"apiGroup": "rbac.authorization.k8s.io", "kind": owner.kind.value, "name": owner.name}
         if subject not in subjects:
             subjects.append(subject)
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _meta(env, spec, naming.EDITOR_ROLE_BINDING, namespace_name(env)),
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": naming.EDITOR_CLUSTER_ROLE,
-        },
-        "subjects": subjects,
-    }
+    return _role_binding(env, spec, naming.EDITOR_ROLE_BINDING, naming.EDITOR_CLUSTER_ROLE, subjects)
+
+
+def build_operator_binding(env: JSON, spec: EnvironmentSpec, operator_username: str) -> JSON:
+    """The operator's own rights in the namespace (Secrets, quota, dashboards...), so it holds none of
+    them cluster-wide. Created right after the namespace, before anything that needs it."""
+    subjects = [operator_subject(operator_username)]
+    return _role_binding(env, spec, naming.OPERATOR_ROLE_BINDING, naming.OPERATOR_CLUSTER_ROLE, subjects)
 
 
 def build_children(
-    env: JSON, spec: EnvironmentSpec, *, team_group: str, monitoring_namespace: str
+    env: JSON, spec: EnvironmentSpec, *, team_group: str, monitoring_namespace: str, operator_username: str = ""
 ) -> EnvironmentChildren:
-    """Everything an Environment implies, namespace first (the others live in it)."""
-    present = [
-        build_namespace(env, spec),
+    """Everything an Environment implies, namespace first (the others live in it), then the operator's
+    own binding (the others need it)."""
+    present = [build_namespace(env, spec)]
+    if operator_username:
+        present.append(build_operator_binding(env, spec, operator_username))
+    present += [
         build_resource_quota(env, spec),
         build_limit_range(env, spec),
         build_role_binding(env, spec, team_group),

@@ -20,6 +20,8 @@ LABEL_AGGREGATE_TO_EDITOR = f"{DOMAIN}/aggregate-to-environment-editor"
 LABEL_NOTIFICATION_CHANNEL = f"{DOMAIN}/notification-channel"
 
 FINALIZER = f"{DOMAIN}/finalizer"
+# Set by a platform admin on a ServiceRequest: delete it without destroying what it made (recorded).
+ABANDON_ANNOTATION = f"{DOMAIN}/abandon"
 
 # Annotations people and the admission webhook write on ServiceRequests. Not under DOMAIN: Kopf keeps
 # its own marks there and ignores changes to them, and an approval must wake the request up.
@@ -30,6 +32,9 @@ REQUESTED_BY = f"{USER_DOMAIN}/requested-by"  # stamped by admission: who last c
 
 EDITOR_CLUSTER_ROLE = "blacktop-environment-editor"
 EDITOR_ROLE_BINDING = "blacktop-environment-editors"
+# What the operator may do inside an environment's namespace, bound there to the operator itself.
+OPERATOR_CLUSTER_ROLE = "blacktop-operator-environment"
+OPERATOR_ROLE_BINDING = "blacktop-operator"
 RESOURCE_QUOTA = "blacktop-quota"
 LIMIT_RANGE = "blacktop-limits"
 NETWORK_POLICY = "blacktop-isolation"

@@ -1,8 +1,8 @@
 """The webhook configurations `blacktop`: which kinds go to which webhook path, and how. Pure.
 
 The ValidatingWebhookConfiguration has one webhook per kind, its URL path the Kopf handler id
-(`validate-environment`, ...; ServiceRequests also on DELETE, so a request others consume cannot go
-first). The MutatingWebhookConfiguration has one, `mutate-servicerequest`: it stamps who last changed
+(`validate-environment`, ...; Environments also on DELETE, for the team boundary, and ServiceRequests,
+so a request others consume cannot go first). The MutatingWebhookConfiguration has one, `mutate-servicerequest`: it stamps who last changed
 a request's spec and who approved its plan (annotations nobody can forge). The same
 shape serves local mode (``url`` client config, applied by the operator itself) and the Helm chart
 (``service`` client config). Blacktop builds it instead of letting Kopf manage it because Kopf's
@@ -23,9 +23,11 @@ TIMEOUT_SECONDS = 5
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 CHANGES = ("CREATE", "UPDATE")
-# (handler id = URL path, plural, namespaced, operations)
+# (handler id = URL path, plural, namespaced, operations). Environments are reviewed on deletion too
+# (who may delete one is the team boundary's business, not only RBAC's), and so are ServiceRequests
+# (one whose outputs others consume is refused).
 WEBHOOKS: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
-    ("validate-environment", "environments", False, CHANGES),
+    ("validate-environment", "environments", False, (*CHANGES, "DELETE")),
     ("validate-servicerequest", "servicerequests", True, (*CHANGES, "DELETE")),
     ("validate-guardrailpolicy", "guardrailpolicies", False, CHANGES),
     ("validate-goldenpath", "goldenpaths", False, CHANGES),
@@ -35,6 +37,11 @@ MUTATING_WEBHOOKS: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("mutate-servicerequest", "servicerequests", True, CHANGES),
 )
 VALIDATING, MUTATING = "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"
+
+
+def operations_of(plural: str) -> list[str]:
+    """The operations the validating webhook of ``plural`` reviews (the handler registers the same)."""
+    return next(list(ops) for _, kind, _, ops in WEBHOOKS if kind == plural)
 
 
 def excluded_namespaces(operator_namespace: str) -> list[str]:

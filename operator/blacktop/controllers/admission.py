@@ -1,12 +1,27 @@
-"""Admission reviews: what Blacktop answers when an object is created or changed.
+"""Admission reviews: what Blacktop answers when an object is created, changed or deleted.
 
 Each review gathers what the decision needs (active policies, the request's environment and golden
-path, its siblings for the budget) and lets the pure deciders in :mod:`blacktop.guardrails` decide.
-A ServiceRequest's parameters are checked against its golden path's JSON Schema here too, with the
-message the controller would write, so a typo is refused at ``kubectl apply``.
-The answer is a :class:`Review`: a denial line (or none) and warnings. An update that leaves the
-spec alone (Kopf adding its finalizer, a label) is always admitted: a policy added later must not
-stop the operator from finishing or deleting what already exists.
+path, its siblings for the budget) and lets the pure deciders in :mod:`blacktop.guardrails` decide;
+the rules themselves run in worker processes under a deadline (controllers/evaluation.py). The
+answer is a :class:`Review`: a denial line (or none) and warnings.
+
+What is checked before any policy:
+
+- Environments: reserved names on create; the team boundary on every operation, metadata-only
+  changes and deletions included (the operator's own changes, such as its finalizer, pass).
+- ServiceRequests: the abandon annotation, which only a platform admin may set; an approval (who may
+  approve which plan); the bounds of the parameters and the identity variables they may not set;
+  the connection Secret, which must not be someone else's; the golden path's parameter schema,
+  with the message the controller would write, so a typo is refused at ``kubectl apply``; the
+  inputs (their sources, outputs and cycles). A request whose outputs others consume is refused
+  deletion.
+- GuardrailPolicies must compile and stay under the estimated cost limit.
+- GoldenPaths: the module's built-in protections (every file tofu reads, nested local modules,
+  no remote sources, nothing pointing outside the modules root).
+
+An update that leaves the spec alone (Kopf adding its finalizer, a label) is admitted once those
+checks pass: a policy added later must not stop the operator from finishing or deleting what
+already exists.
 """
 
 from __future__ import annotations
@@ -23,18 +38,22 @@ from blacktop.api.common import format_time
 from blacktop.api.feedback import FeedbackSpec
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.api.guardrailpolicy import RuleStage
-from blacktop.builders import composition, parameters
+from blacktop.builders import composition, naming, parameters
+from blacktop.builders.servicerequest import connection_secret_name
 from blacktop.config import Settings
 from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
+from blacktop.controllers.environment import reserved_denial
 from blacktop.controllers.goldenpath import schema_problem
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
 from blacktop.guardrails import approvals, boundaries, context, engine
+from blacktop.kube.errors import KubeApiError
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform.findings import disallowed_providers
 
 JSON = dict[str, Any]
+SECRET = resource_for("v1", "Secret")
 
 
 @dataclass
@@ -63,30 +82,92 @@ def _answer(decision: engine.Decision, ctx: Context, body: JSON, dryrun: bool) -
     return Verdict(decision=decision).review
 
 
+def _by_operator(ctx: Context, userinfo: Mapping[str, Any] | None) -> bool:
+    """Whether Blacktop itself asks (its finalizer, Kopf's annotations, a TTL deletion)."""
+    return bool(ctx.username) and str((userinfo or {}).get("username") or "") == ctx.username
+
+
+def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    spec = (obj or {}).get("spec")
+    return spec if isinstance(spec, Mapping) else {}
+
+
 async def review_environment(
-    ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None, *, dryrun: bool
+    ctx: Context,
+    body: JSON,
+    old: JSON | None,
+    userinfo: Mapping[str, Any] | None,
+    *,
+    dryrun: bool,
+    operation: str = "CREATE",
 ) -> Review:
-    """Team boundary, then the Admission-stage rules of the policies matching the environment."""
-    if spec_unchanged(body, old):
-        return Review()
-    team = str((body.get("spec") or {}).get("team") or "")
+    """Reserved names, the team boundary (every operation), then the Admission-stage rules of the
+    policies matching the environment (on create and spec changes)."""
     settings = ctx.settings
-    denial = boundaries.environment_denial(userinfo, team, settings.team_group(team), settings.platform_admin_groups)
-    if denial:
+    name = str((body.get("metadata") or {}).get("name") or "")
+    if operation == "CREATE" and (denial := reserved_denial(ctx, name)):
         return Review(denial=denial)
+    if not _by_operator(ctx, userinfo):
+        # The team that owns it decides: the stored object's on change and deletion.
+        teams = {str(_spec(obj).get("team") or "") for obj in (old, body) if obj is not None}
+        for team in sorted(teams):
+            group = settings.team_group(team)
+            if denial := boundaries.environment_denial(
+                userinfo, team, group, settings.platform_admin_groups, operation
+            ):
+                return Review(denial=denial)
+    if operation == "DELETE" or spec_unchanged(body, old):
+        return Review()
     policies = await active_policies(ctx)
     variables = context.environment_variables(body, old, userinfo)
-    decision = engine.evaluate(policies, context.environment_subject(body), variables, RuleStage.ADMISSION)
+    decision = await ctx.evaluator.evaluate(policies, context.environment_subject(body), variables, RuleStage.ADMISSION)
     return _answer(decision, ctx, body, dryrun)
+
+
+def _abandon_denial(ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None) -> str | None:
+    """Only a platform admin may ask Blacktop to leave a request's infrastructure behind."""
+
+    def value(obj: Mapping[str, Any] | None) -> object:
+        return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(naming.ABANDON_ANNOTATION)
+
+    if value(body) in (None, value(old)) or _by_operator(ctx, userinfo):
+        return None
+    if boundaries.is_admin(userinfo, ctx.settings.platform_admin_groups):
+        return None
+    user = str((userinfo or {}).get("username") or "(unknown)")
+    return (
+        f"denied: only platform admins may set {naming.ABANDON_ANNOTATION} (it deletes the request without "
+        f"destroying what it made); user {user} is not one. Delete the request to destroy its infrastructure"
+    )
+
+
+async def _secret_denial(ctx: Context, body: JSON) -> str | None:
+    """The connection Secret must not exist already unless this very request owns it."""
+    meta = body.get("metadata") or {}
+    name, namespace = connection_secret_name(body), str(meta.get("namespace") or "")
+    try:
+        secret = await ctx.client.get(SECRET, name, namespace)
+    except KubeApiError as exc:
+        return f"denied: could not check whether Secret {namespace}/{name} exists ({exc.message}); try again"
+    if secret is None or naming.is_owned_by(secret, str(meta.get("uid") or "")):
+        return None
+    return (
+        f"denied: Secret {name} already exists in namespace {namespace} and does not belong to this "
+        "ServiceRequest; Blacktop never overwrites a Secret it did not make: set spec.connectionSecretName to "
+        "an unused name"
+    )
 
 
 async def review_service_request(
     ctx: Context, body: JSON, old: JSON | None, userinfo: Mapping[str, Any] | None, *, dryrun: bool
 ) -> Review:
-    """An approval (who may approve which plan), then for a spec change: the team boundary within the
-    environment, the golden path's parameter schema, the inputs (sources, outputs, cycles), the
-    Admission-stage rules (budget included)."""
-    if denial := approvals.approval_denial(body, old, userinfo, ctx.settings.platform_admin_groups):
+    """The abandon annotation and an approval (who may approve which plan); then, for a spec change,
+    what :func:`prepare_service_request` checks (parameter bounds and identity, the team boundary
+    within the environment, the golden path's parameter schema), the connection Secret, the inputs
+    (sources, outputs, cycles) and the Admission-stage rules (budget included)."""
+    if denial := _abandon_denial(ctx, body, old, userinfo) or approvals.approval_denial(
+        body, old, userinfo, ctx.settings.platform_admin_groups
+    ):
         return Review(denial=denial)
     if spec_unchanged(body, old):
         return Review()
@@ -97,23 +178,32 @@ async def review_service_request(
         ctx.client.list(SERVICEREQUESTS, namespace),
         active_policies(ctx),
     )
+    verdict = prepare_service_request(
+        ctx.settings, body, old, userinfo, env=env, golden_paths=golden_paths, siblings=siblings
+    )
+    if verdict.denial is not None:
+        return Review(denial=verdict.denial)
+    # Only once the team boundary passed: whether a Secret exists is the team's business.
+    if env is not None and (denial := await _secret_denial(ctx, body)):
+        return Review(denial=denial)
     by_name = {gp["metadata"]["name"]: gp for gp in golden_paths}
-    golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
+    golden = by_name.get(str(_spec(body).get("goldenPath")))
     inputs = await _review_inputs(ctx, body, siblings, by_name, golden)
-    verdict = decide_service_request(
-        ctx.settings,
+    if inputs.denials:
+        return Review(denial="\n".join(f"denied: {d}" for d in inputs.denials))
+    variables = context.request_variables(
         body,
         old,
+        env,
+        golden,
         userinfo,
-        env=env,
-        golden_paths=golden_paths,
-        siblings=siblings,
-        policies=policies,
-        inputs=inputs,
+        siblings=[(s, by_name.get(str((s.get("spec") or {}).get("goldenPath")))) for s in siblings],
+        leftover_cents=ctx.metrics.inventory.leftover_cents(namespace),
     )
-    if verdict.decision is None:
-        return Review(denial=verdict.denial)
-    review = _answer(verdict.decision, ctx, body, dryrun)
+    decision = await ctx.evaluator.evaluate(
+        policies, context.request_subject(body, env), variables, RuleStage.ADMISSION
+    )
+    review = _answer(decision, ctx, body, dryrun)
     review.warnings = inputs.warnings + review.warnings
     if review.denial is None and not dryrun:
         note_platform_edit(ctx, body, old, userinfo)
@@ -137,6 +227,38 @@ class Verdict:
         return Review(denial=denial, warnings=[v.text for v in self.decision.warnings])
 
 
+def prepare_service_request(
+    settings: Settings,
+    body: JSON,
+    old: JSON | None,
+    userinfo: Mapping[str, Any] | None,
+    *,
+    env: JSON | None,
+    golden_paths: Iterable[JSON],
+    siblings: Iterable[JSON],
+    check_team_boundary: bool = True,
+) -> Verdict:
+    """What refuses a request before any policy, with no I/O: parameters beyond their bounds or
+    naming an identity variable, the team boundary (without an identity, ``check_team_boundary``
+    False, it is left to ``kubectl apply``), parameters that do not match the golden path's schema.
+    None of them: a Verdict with neither denial nor decision."""
+    name = str((body.get("metadata") or {}).get("name") or "")
+    params = _spec(body).get("parameters")
+    if problem := parameters.bounds_problem(params if params is not None else {}) or parameters.identity_problem(
+        params if isinstance(params, Mapping) else ()
+    ):
+        return Verdict(denial=f"denied: ServiceRequest {name}: {problem}")
+    if env is not None and check_team_boundary:
+        team = str((env.get("spec") or {}).get("team") or "")
+        denial = boundaries.request_denial(userinfo, env, settings.team_group(team), settings.platform_admin_groups)
+        if denial:
+            return Verdict(denial=denial)
+    golden = next((gp for gp in golden_paths if gp["metadata"]["name"] == _spec(body).get("goldenPath")), None)
+    if golden is not None and (denial := parameters_denial(golden, body)):
+        return Verdict(denial=denial)
+    return Verdict()
+
+
 def decide_service_request(
     settings: Settings,
     body: JSON,
@@ -148,32 +270,33 @@ def decide_service_request(
     siblings: Iterable[JSON],
     policies: Iterable[engine.CompiledPolicy],
     check_team_boundary: bool = True,
-    inputs: composition.InputReview | None = None,
 ) -> Verdict:
-    """The admission decision from the objects it depends on, with no I/O and no side effect.
+    """The admission decision from the objects it depends on, with no I/O and no side effect, the
+    rules evaluated in this process.
 
-    The webhook calls it with what it just read; the portal's request builder calls it with the
-    operator's cached view, so a form shows the very refusal ``kubectl apply`` would get. Without
-    an identity (``check_team_boundary`` False) the team boundary is left to ``kubectl apply``.
-    ``inputs`` is the review of the request's inputs (its sources' outputs; read by the caller, as
-    it reads modules), refused after the parameters.
+    The portal's request builder calls it with the operator's cached view, so a form shows the
+    refusal ``kubectl apply`` would get (the webhook adds what needs reads: the connection Secret,
+    the inputs, and runs the rules in its worker processes under a deadline).
     """
-    if env is not None and check_team_boundary:
-        team = str((env.get("spec") or {}).get("team") or "")
-        denial = boundaries.request_denial(userinfo, env, settings.team_group(team), settings.platform_admin_groups)
-        if denial:
-            return Verdict(denial=denial)
+    golden_paths, siblings = list(golden_paths), list(siblings)
+    verdict = prepare_service_request(
+        settings,
+        body,
+        old,
+        userinfo,
+        env=env,
+        golden_paths=golden_paths,
+        siblings=siblings,
+        check_team_boundary=check_team_boundary,
+    )
+    if verdict.denial is not None:
+        return verdict
     by_name = {gp["metadata"]["name"]: gp for gp in golden_paths}
-    golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
-    if golden is not None and (denial := parameters_denial(golden, body)):
-        return Verdict(denial=denial)
-    if inputs is not None and inputs.denials:
-        return Verdict(denial="\n".join(f"denied: {d}" for d in inputs.denials))
     variables = context.request_variables(
         body,
         old,
         env,
-        golden,
+        by_name.get(str(_spec(body).get("goldenPath"))),
         userinfo,
         siblings=[(s, by_name.get(str((s.get("spec") or {}).get("goldenPath")))) for s in siblings],
     )
@@ -298,19 +421,22 @@ async def review_feedback(ctx: Context, body: JSON, old: JSON | None) -> Review:
     )
 
 
-def review_policy(body: JSON, old: JSON | None) -> Review:
-    """A policy must compile; the denial carries the compiler's message."""
+def review_policy(ctx: Context, body: JSON, old: JSON | None) -> Review:
+    """A policy must compile, and each rule's estimated worst-case cost stay under the limit; the
+    denial carries the compiler's message or the estimate, naming the rule."""
     if spec_unchanged(body, old):
         return Review()  # e.g. Kopf's annotations on a policy that got in while no webhook ran
     try:
-        engine.compile_body(body)
+        engine.compile_body(body, cost_limit=ctx.settings.cel_cost_limit)
     except engine.PolicyCompileError as exc:
         return Review(denial=str(exc))
     return Review()
 
 
 async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Review:
-    """Built-in protections: no local-exec/remote-exec/external, only allowed providers.
+    """Built-in protections: no local-exec/remote-exec/external, only allowed providers, only local
+    modules inside the module's folder, nothing pointing outside the modules root; and no parameter
+    that would shadow an identity variable.
 
     A module that is missing or unreadable is not refused here: it may be shipped after its golden
     path, and the GoldenPath's status says what is wrong with it. Nor is a module in git: fetching
@@ -323,19 +449,23 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
         spec = GoldenPathSpec.model_validate(body.get("spec") or {})
     except ValidationError:
         return Review()  # the CRD schema answers for the shape
+    name = body.get("metadata", {}).get("name")
+    denied = f"denied by built-in protection: GoldenPath {name}, module {spec.module!r}: "
+    problems = []
+    properties = spec.parameters.get("properties")
+    if problem := parameters.identity_problem(properties.keys() if isinstance(properties, dict) else ()):
+        problems.append(problem)
     if spec.git is not None:
-        return Review()
+        # The schema is checked here all the same: it needs no fetch.
+        return Review(denial=denied + "; ".join(problems)) if problems else Review()
     try:
         info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
+    except modules.ModuleEscapeError as exc:
+        return Review(denial=denied + str(exc))
     except modules.ModuleError:
-        return Review()
-    problems = list(info.findings.violations)
+        return Review(denial=denied + "; ".join(problems)) if problems else Review()
+    problems += info.findings.violations
     if bad := disallowed_providers(info.findings.providers, ctx.settings.allowed_providers):
         allowed = ", ".join(ctx.settings.allowed_providers)
         problems.append(f"provider(s) {', '.join(bad)} not allowed (allowed: {allowed})")
-    if problems:
-        name = body.get("metadata", {}).get("name")
-        return Review(
-            denial=f"denied by built-in protection: GoldenPath {name}, module {spec.module!r}: " + "; ".join(problems)
-        )
-    return Review()
+    return Review(denial=denied + "; ".join(problems)) if problems else Review()

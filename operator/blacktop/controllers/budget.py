@@ -1,8 +1,9 @@
 """An Environment's monthly cost, kept current as its ServiceRequests come, change price and go.
 
 The Environment reconciler computes the same sum on every reconcile (and its periodic resync);
-this refresh runs when a ServiceRequest's ``status.monthlyCost`` changes, so budgets in status and
-in guardrail policies never lag a resync behind. It writes only ``status.cost``, under the
+this refresh runs when a ServiceRequest's ``status.monthlyCost`` changes (or what requests that went
+without a destroy left behind does), so budgets in status and in guardrail policies never lag a
+resync behind. It writes only ``status.cost``, under the
 environment's lock, and only when the sum changed.
 """
 
@@ -50,7 +51,8 @@ async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentC
             spec = EnvironmentSpec.model_validate(env.get("spec") or {})
         except ValidationError:
             return None
-        cost = cost_model.environment_cost(spec, await ctx.client.list(SERVICEREQUESTS, namespace))
+        requests = await ctx.client.list(SERVICEREQUESTS, namespace)
+        cost = cost_model.environment_cost(spec, requests, ctx.metrics.inventory.leftover_cents(namespace))
         tracker = StatusTracker(env, EnvironmentStatus, now=ctx.now())
         tracker.status.cost = cost  # no condition is judged: observedGeneration stays the reconciler's
         await tracker.write(ctx.client, ENVIRONMENTS)

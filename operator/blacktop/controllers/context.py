@@ -4,9 +4,10 @@ The API client, the settings (the very object the CLI built), the metrics, where
 (:class:`blacktop.terraform.runner.Runners`: start-up passes subprocess runners whose state backend
 uses the client's own kubeconfig, tests pass fakes), the module cache, the clock and the random source
 (injected, so tests control time and jitter), and the process-wide tables: per-object locks, the run
-slots, the state locks runs of this process hold, the last price seen per request, and the
-background tasks in flight. Nothing of this lives in module globals, so a test builds a fresh
-Context with fakes and nothing leaks between tests.
+slots, the state locks runs of this process hold, the last price seen per request, the background
+tasks in flight, the guardrail evaluator (worker processes; in-process for tests) and who the operator
+is. Nothing of this lives in module globals, so a test builds a fresh Context with fakes and nothing
+leaks between tests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from blacktop.config import Settings
+from blacktop.controllers.evaluation import Evaluator
 from blacktop.kube.client import Client
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.notifications.delivery import Notifier
@@ -42,6 +44,7 @@ class Context:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -50,6 +53,13 @@ class Context:
         self.clock = clock
         self.rng = rng or random.Random()  # backoff jitter  # noqa: S311 (not cryptography)
         self.modules = ModuleCache(settings.modules_root)
+        # Guardrail rules run in worker processes under a deadline (settings.guardrail_*), off the event loop.
+        self.evaluator = evaluator or Evaluator(
+            workers=settings.guardrail_workers, timeout=settings.guardrail_timeout_seconds
+        )
+        # Who the operator is to the API server (SelfSubjectReview at start-up): its own changes (finalizers,
+        # Kopf's annotations, TTL deletions) pass the team boundary that every other user's must.
+        self.username = ""
         # Git commits and copies of folder modules that golden path revisions name (bounded).
         self.sources = ModuleSources(
             settings.module_cache_root,

@@ -193,7 +193,10 @@ async def _correct(ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run
         return
     outputs = await run.runner.outputs()
     if outputs.ok:  # outputs may have changed with the correction (a re-created resource)
-        await delivery.deliver(ctx, inputs, outputs.values)
+        try:
+            await delivery.deliver(ctx, inputs, outputs.values)
+        except delivery.SecretTaken as taken:  # someone else's Secret took the name: never overwritten
+            await events.post_event(ctx.client, body, events.WARNING, Reason.SECRET_CONFLICT, str(taken))
     corrected = f"drift corrected by applying the module again ({drift.changes}) in {applied.seconds:.1f}s"
     tracker.set(ConditionType.DRIFTED, False, Reason.DRIFT_CORRECTED, corrected)
     await events.post_event(ctx.client, body, events.NORMAL, Reason.DRIFT_CORRECTED, corrected)

@@ -4,11 +4,19 @@ Level-based and idempotent: every call computes the desired children from the sp
 applies them under one field manager, removes what must not exist, and writes a status that says in
 plain words what happened. It is called on create, update, resume, a periodic resync, and whenever a
 child is edited or deleted behind our back.
+
+An Environment with a reserved name (the operator's or the monitoring namespace, Kubernetes' own,
+the platform team's list) gets nothing at all, even if it got past admission (ReservedName). The
+operator's rights inside the namespace come from a RoleBinding it makes there right after the
+namespace (builders/rbac.py, operator_environment_cluster_role); the children after it wait until
+the binding is in force, instead of failing once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +32,9 @@ from blacktop.controllers import monitoring, notifications
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.tracker import StatusTracker
+from blacktop.guardrails import boundaries
 from blacktop.kube import events
-from blacktop.kube.errors import KubeApiError
+from blacktop.kube.errors import ForbiddenError, KubeApiError
 from blacktop.kube.resources import ENVIRONMENTS, SERVICEREQUESTS, resource_for
 
 logger = logging.getLogger(__name__)
@@ -63,6 +72,53 @@ async def _namespace_conflict(ctx: Context, env: JSON) -> str | None:
     )
 
 
+ACCESS_SECONDS = 15.0
+
+
+async def _await_access(ctx: Context, child: JSON) -> None:
+    """Wait (with a deadline) until the API server lets the operator create ``child``: a RoleBinding
+    just made takes a moment to reach the authorizer."""
+    meta = child["metadata"]
+    resource = resource_for(child["apiVersion"], child["kind"])
+    group = child["apiVersion"].rpartition("/")[0]
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {
+            "resourceAttributes": {
+                "namespace": meta.get("namespace"),
+                "verb": "patch",
+                "group": group,
+                "resource": resource.plural,
+                "name": meta["name"],
+            }
+        },
+    }
+    deadline = time.monotonic() + ACCESS_SECONDS
+    while time.monotonic() < deadline:
+        answer = await ctx.client.create(review)
+        if (answer.get("status") or {}).get("allowed"):
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _apply_child(ctx: Context, child: JSON) -> None:
+    try:
+        await ctx.client.apply(child)
+    except ForbiddenError:
+        await _await_access(ctx, child)  # our RoleBinding in the namespace may not be in force yet
+        await ctx.client.apply(child)
+
+
+def reserved_denial(ctx: Context, name: str) -> str | None:
+    """Why no Environment may have this name (the settings' reserved names), or None."""
+    settings = ctx.settings
+    reserved = boundaries.reserved_names(
+        settings.namespace, settings.monitoring_namespace, settings.reserved_namespaces
+    )
+    return boundaries.reserved_denial(name, reserved)
+
+
 async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     """Converge one Environment (an object body) and write its status. Safe to call any time."""
     meta = env["metadata"]
@@ -77,6 +133,11 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         # The CRD schema should have caught this; say so rather than failing silently.
         message = f"spec is invalid: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}"
         tracker.not_ready(Reason.INVALID_SPEC, message, stalled=True)
+        return await _finish(ctx, tracker)
+
+    if reserved := reserved_denial(ctx, name):
+        tracker.set(ConditionType.NAMESPACE_READY, False, Reason.RESERVED_NAME, reserved)
+        tracker.not_ready(Reason.RESERVED_NAME, reserved, stalled=True)
         return await _finish(ctx, tracker)
 
     tracker.status.namespace = builders.namespace_name(env)
@@ -105,11 +166,12 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         spec,
         team_group=ctx.settings.team_group(spec.team),
         monitoring_namespace=ctx.settings.monitoring_namespace,
+        operator_username=ctx.username,
     )
     for child in children.present:
         kind, child_name = child["kind"], child["metadata"]["name"]
         try:
-            await ctx.client.apply(child)
+            await _apply_child(ctx, child)
         except KubeApiError as exc:
             message = f"could not apply {kind} {child_name!r}: {exc.message}"
             logger.warning("environment %s: %s", name, message)
@@ -125,7 +187,8 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
         requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
     except KubeApiError:
         requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
-    tracker.status.cost = cost_model.environment_cost(spec, requests)
+    left = ctx.metrics.inventory.leftover_cents(tracker.status.namespace)
+    tracker.status.cost = cost_model.environment_cost(spec, requests, left)
 
     ns = tracker.status.namespace
     tracker.set(ConditionType.NAMESPACE_READY, True, Reason.RECONCILED, f"namespace {ns} exists")
@@ -218,6 +281,5 @@ async def finalize_environment(ctx: Context, env: JSON) -> None:
         tracker.set(ConditionType.RECONCILING, True, Reason.DELETING, message)
         await tracker.write(ctx.client, ENVIRONMENTS)
         raise Failure(Reason.WAITING_FOR_SERVICE_REQUESTS, message, delay=ctx.settings.deletion_poll_seconds)
-    if owned:
-        # Garbage collection would get there too; deleting now makes `kubectl delete` finish promptly.
-        await ctx.client.delete(resource_for("v1", "Namespace"), ns)
+    # The namespace is owned by the Environment: garbage collection deletes it once the Environment is
+    # gone, so the operator needs no right to delete namespaces (it could otherwise delete any).

@@ -1,12 +1,15 @@
 """The GoldenPath reconciler: is this catalog entry usable, and if not, why not; which revision is it at.
 
 It finds the module (under the operator's modules root, or in git at the commit its ref resolves to),
-parses it, refuses forbidden constructs and providers outside the allow-list, checks the parameter
-schema is a valid JSON Schema, that declared outputs exist and that the cost model names a real
-parameter, and counts its requests. A module that passes becomes a new GoldenPathRevision when what
-runs changed (controllers.revisions); one that fails never does, so nothing ever runs it. A git
-server that cannot be reached leaves a Ready golden path Ready on its last revision (Validated
-Unknown says why): re-checking never takes a working catalog entry away.
+parses every file OpenTofu would read (nested local modules included), refuses forbidden constructs,
+remote module sources, symlinks out of the modules root and providers outside the allow-list, checks
+the parameter schema is a valid JSON Schema that declares none of the identity variables Blacktop
+sets itself, that declared outputs exist, that the cost model names a real parameter and that the
+credentials Secret is in the operator's namespace (the only one whose Secrets it may read), and
+counts its requests. A module that passes becomes a new GoldenPathRevision when what runs changed
+(controllers.revisions); one that fails never does, so nothing ever runs it. A git server that
+cannot be reached leaves a Ready golden path Ready on its last revision (Validated Unknown says
+why): re-checking never takes a working catalog entry away.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import ValidationError
 
 from blacktop.api.conditions import ConditionType, Reason, is_true
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
+from blacktop.builders.parameters import identity_problem
 from blacktop.controllers import modulesource, revisions
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
@@ -45,12 +49,27 @@ def schema_problem(schema: JSON) -> str | None:
     return None
 
 
-def spec_problems(spec: GoldenPathSpec, outputs: set[str]) -> list[str]:
+def credentials_problem(spec: GoldenPathSpec, operator_namespace: str) -> str | None:
+    """Why the credentials Secret cannot be used: it must be in the operator's namespace. Pure."""
+    ref = spec.credentials_secret_ref
+    if not operator_namespace or ref is None or ref.namespace == operator_namespace:
+        return None
+    return (
+        f"credentialsSecretRef must name a Secret in the operator's namespace {operator_namespace!r} "
+        f"(not {ref.namespace!r}): it is the only namespace whose Secrets Blacktop reads"
+    )
+
+
+def spec_problems(spec: GoldenPathSpec, outputs: set[str], operator_namespace: str = "") -> list[str]:
     """Inconsistencies between the spec and its module or schema. Pure."""
     problems = [
         f"output {o.name!r} is not an output of module {spec.module!r}" for o in spec.outputs if o.name not in outputs
     ]
     properties = spec.parameters.get("properties", {})
+    if isinstance(properties, dict) and (problem := identity_problem(properties)):
+        problems.append(f"the parameters schema declares a parameter Blacktop sets itself: {problem}")
+    if problem := credentials_problem(spec, operator_namespace):
+        problems.append(problem)
     if spec.cost and spec.cost.parameter:
         if spec.cost.parameter not in properties:
             problems.append(f"cost.parameter {spec.cost.parameter!r} is not a parameter in the schema")
@@ -131,7 +150,7 @@ def _failures(ctx: Context, spec: GoldenPathSpec, found: modulesource.Found) -> 
         failures.append((Reason.PROVIDER_NOT_ALLOWED, f"provider(s) {', '.join(bad)} not allowed (allowed: {allowed})"))
     if problem := schema_problem(spec.parameters):
         failures.append((Reason.INVALID_SCHEMA, problem))
-    if problems := spec_problems(spec, info.findings.outputs):
+    if problems := spec_problems(spec, info.findings.outputs, ctx.settings.namespace):
         failures.append((Reason.INVALID_SPEC, "; ".join(problems)))
     return failures
 
@@ -164,6 +183,7 @@ async def _unavailable(
         return await tracker.write(ctx.client, GOLDENPATHS)
     tracker.status.module_digest = None
     tracker.status.providers = []
-    tracker.set(ConditionType.VALIDATED, False, Reason.MODULE_NOT_FOUND, str(exc))
-    tracker.not_ready(Reason.MODULE_NOT_FOUND, str(exc), stalled=True)
+    reason = Reason.MODULE_OUTSIDE_ROOT if isinstance(exc, modules.ModuleEscapeError) else Reason.MODULE_NOT_FOUND
+    tracker.set(ConditionType.VALIDATED, False, reason, str(exc))
+    tracker.not_ready(reason, str(exc), stalled=True)
     return await tracker.write(ctx.client, GOLDENPATHS)

@@ -1,16 +1,21 @@
 """The GuardrailPolicy reconciler, the active policy set, and the record of violations.
 
 A policy is Ready (reason Active) when every rule and message placeholder compiles, else Ready=False
-with reason CompileError and the compiler's message. Warn and Audit violations, seen at admission
-or on a plan, are appended to the policy's status (the last 20, and a running count). Every write
-happens under the policy's lock on a freshly read object, so a reconcile and concurrent recordings
-never overwrite each other's view.
+with reason CompileError and the compiler's message; a rule whose estimated cost is over the limit
+(one that got in before the webhook checked it) gives CostLimitExceeded: it is still enforced, under
+the evaluation deadline. Warn and Audit violations, seen at admission or on a plan, are appended to
+the policy's status (the last 20, and a running count). Every write happens under the policy's lock
+on a freshly read object, so a reconcile and concurrent recordings never overwrite each other's
+view. A violation seen at admission is recorded only once the reviewed object exists in the API as
+reviewed (same uid, same spec): what an admission review says is never written on its word alone,
+so a forged review cannot fill a policy's status with fake violations or flush the real ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +26,7 @@ from blacktop.api.guardrailpolicy import Violation as StatusViolation
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.guardrails.engine import CompiledPolicy, PolicyCompileError, Violation, compile_active, compile_body
-from blacktop.kube.resources import GUARDRAILPOLICIES
+from blacktop.kube.resources import ENVIRONMENTS, GUARDRAILPOLICIES, SERVICEREQUESTS
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,12 @@ async def reconcile_policy(ctx: Context, name: str) -> GuardrailPolicyStatus | N
             compiled = compile_body(body)
         except PolicyCompileError as exc:
             tracker.not_ready(Reason.COMPILE_ERROR, "; ".join(exc.problems), stalled=True)
+            return await tracker.write(ctx.client, GUARDRAILPOLICIES)
+        try:
+            compile_body(body, cost_limit=ctx.settings.cel_cost_limit)
+        except PolicyCompileError as exc:
+            message = "; ".join(exc.problems) + "; it is enforced all the same, under the evaluation deadline"
+            tracker.not_ready(Reason.COST_LIMIT_EXCEEDED, message, stalled=True)
         else:
             stages = sorted({r.stage.value for r in compiled.rules})
             tracker.ready(
@@ -90,13 +101,45 @@ async def record(ctx: Context, violations: Iterable[Violation], obj: JSON) -> No
             await tracker.write(ctx.client, GUARDRAILPOLICIES)
 
 
+CONFIRM_SECONDS = 15.0
+
+
+async def stored_as_reviewed(ctx: Context, obj: JSON, deadline_seconds: float = CONFIRM_SECONDS) -> bool:
+    """Whether ``obj`` (as an admission review showed it) is now stored: same uid, same spec. The
+    apiserver stores an admitted object right after the review; poll for it with a deadline."""
+    meta = obj.get("metadata") or {}
+    resource = {"Environment": ENVIRONMENTS, "ServiceRequest": SERVICEREQUESTS}.get(str(obj.get("kind")))
+    if resource is None or not meta.get("name") or not meta.get("uid"):
+        return False
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        stored = await ctx.client.get(resource, str(meta["name"]), meta.get("namespace"))
+        same = stored is not None and stored["metadata"].get("uid") == meta["uid"]
+        if same and stored is not None and (stored.get("spec") or {}) == (obj.get("spec") or {}):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+
+
 def record_in_background(ctx: Context, violations: list[Violation], obj: JSON) -> None:
-    """Record without holding up the admission response; failures are logged."""
+    """Record without holding up the admission response, once the object is stored as reviewed;
+    failures are logged."""
     if not violations:
         return
 
     async def _run() -> None:
         try:
+            if not await stored_as_reviewed(ctx, obj):
+                meta = obj.get("metadata") or {}
+                logger.warning(
+                    "not recording %d guardrail violation(s) about %s %s/%s: no such object was stored as reviewed",
+                    len(violations),
+                    obj.get("kind"),
+                    meta.get("namespace") or "",
+                    meta.get("name"),
+                )
+                return
             await record(ctx, violations, obj)
         except Exception as exc:  # a lost record must never break admission; say so in the log
             logger.warning("could not record guardrail violations: %s", exc)

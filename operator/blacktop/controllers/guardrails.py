@@ -69,7 +69,7 @@ async def judge_plan(
     variables = context.request_variables(body, None, env, golden.body, None, plan=plan, golden_spec=golden.spec)
     policies = await active_policies(ctx)
     started = time.monotonic()
-    decision = engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.PLAN)
+    decision = await ctx.evaluator.evaluate(policies, context.request_subject(body, env), variables, RuleStage.PLAN)
     ctx.metrics.observe_stage("policy", time.monotonic() - started)
     observe(ctx, decision)
     if decision.recorded:

@@ -1,9 +1,9 @@
 """What a run of a request works on, gathered once: the module, its variables, the credentials, the state.
 
 Provisioning, destroy and drift checks all run the golden path's module with the same inputs: the
-standard variables (where the request runs), its parameters and its inputs (other requests'
-outputs, :mod:`blacktop.controllers.composition`), limited to those the module declares; the golden
-path's provider credentials; the request's state. :func:`resolve` gathers them
+standard variables (where the request runs, and its uid; never a parameter's), its parameters and its
+inputs (other requests' outputs, :mod:`blacktop.controllers.composition`), limited to those the module
+declares; the golden path's provider credentials; the request's state. :func:`resolve` gathers them
 into one :class:`Inputs` before any run starts, so a missing dependency is reported before a lock
 is taken, and everything after it reads typed fields. (A check that skips a run whose inputs did not
 change would compare them here.)
@@ -43,13 +43,14 @@ class Inputs:
 
 
 def standard_variables(request: RequestView, env: EnvironmentRef, golden: GoldenPathView) -> dict[str, Any]:
-    """Variables every module may declare to learn where it runs."""
+    """Variables every module may declare to learn where it runs (and the uid that marks what it made)."""
     return {
         "name": request.name,
         "namespace": request.namespace,
         "environment": env.name,
         "team": env.team,
         "tier": env.tier,
+        "uid": request.uid,
         "golden_path": golden.name,
     }
 
@@ -85,18 +86,25 @@ async def resolve(
         # The revision's files: a git commit from the module cache, or a folder parsed once per digest.
         info = await modulesource.module_info(ctx, golden.spec, golden.module_digest)
     except modules.ModuleError as exc:
-        reason = Reason.SOURCE_UNAVAILABLE if isinstance(exc, SourceError) else Reason.MODULE_NOT_FOUND
+        if isinstance(exc, SourceError):
+            reason = Reason.SOURCE_UNAVAILABLE
+        elif isinstance(exc, modules.ModuleEscapeError):
+            reason = Reason.MODULE_OUTSIDE_ROOT
+        else:
+            reason = Reason.MODULE_NOT_FOUND
         raise Failure(reason, str(exc), delay=ctx.settings.dependency_retry_seconds) from None
-    candidates = {**standard_variables(request, env, golden), **parameters}
     # Other requests' outputs (spec.inputs): into the variable file and the redaction list, nowhere else.
     taken = await composition.resolve(ctx, request, settled=settled)
     if not taken.ready:
         raise composition.InputsNotReady(taken, delay=ctx.settings.dependency_retry_seconds)
-    candidates.update(taken.values)
+    # The standard variables are the operator's: a parameter or an input of the same name never
+    # overrides them (admission refuses such a parameter, and so does parameters.validate).
+    candidates = {**parameters, **taken.values, **standard_variables(request, env, golden)}
     credentials = await _credentials(ctx, golden)
     target = RunTarget(
         name=request.key,
         module=info.path,
+        root=info.root,
         variables={k: v for k, v in candidates.items() if k in info.findings.variables},
         credentials=credentials,
         state=state_of(ctx.settings.namespace, request.uid),

@@ -8,7 +8,8 @@ Entering a run: a new ``lastRun`` with a fresh lock ID goes into status and is w
 anything else, so a crash leaves a lock this request recognises as its own; then the state lock is
 taken (:mod:`blacktop.controllers.statelock`; a lock held by anyone else ends the run as
 StateLocked), and a runner is opened on the request's inputs, each operation waiting for a run
-slot. Inside, :meth:`Run.step` checks an operation's result: a failed one ends the run with its
+slot (opening checks the module the run is about to run, as shipped and as copied: a refused one
+ends the run before any tool runs, with its reason). Inside, :meth:`Run.step` checks an operation's result: a failed one ends the run with its
 classified reason (:class:`RunFailed`). However the block ends, the lock is released and
 ``lastRun`` says how the run ended.
 
@@ -38,6 +39,7 @@ from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import SERVICEREQUESTS
+from blacktop.terraform.module import ModuleRefused
 from blacktop.terraform.runner import Runner, RunResult, Slot
 from blacktop.terraform.state import new_lock_id
 
@@ -132,7 +134,11 @@ async def run(
     await tracker.write(ctx.client, SERVICEREQUESTS)  # the lock ID is on record before the lock is taken
     try:
         async with statelock.held(ctx, inputs.request, inputs.target.state, info, recorded):
-            runner = await ctx.runners.open(inputs.target, _slot(ctx))
+            try:
+                runner = await ctx.runners.open(inputs.target, _slot(ctx))
+            except ModuleRefused as refused:
+                detail = f"refused before any tofu command ran: {refused.message}"
+                raise RunFailed("checking the module", refused.reason, detail) from None
             yield Run(ctx, tracker, info, runner)
     except statelock.StateLockedError as locked:
         _finish(ctx, info, failed=True)

@@ -23,12 +23,13 @@ from pydantic import ValidationError
 from blacktop.api.common import cents_to_money, format_time
 from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
-from blacktop.builders import cost, parameters
+from blacktop.builders import cost, naming, parameters
 from blacktop.controllers import (
     approvals,
     composition,
     delivery,
     guardrails,
+    leftovers,
     lookup,
     monitoring,
     revisions,
@@ -140,6 +141,8 @@ async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int |
     tracker.status.inputs = list(inputs.request_inputs)
     progress = (Stage.PLANNING, f"planning {golden.name}")
     async with runs.attempt(ctx, inputs, tracker, "apply", progress=progress) as run:
+        # Under the state lock, before any tool runs: what destroying it needs if the request goes without.
+        await leftovers.record(ctx, inputs, tracker.status.monthly_cost)
         applied = await _plan_and_apply(ctx, inputs, tracker, run)
     if applied is not None:
         await _deliver(ctx, inputs, tracker, *applied)
@@ -226,7 +229,15 @@ async def _plan_and_apply(
 async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunResult, outputs: Outputs) -> None:
     """After a successful apply: the connection Secret, monitoring, lead time, Ready."""
     request, golden, status = inputs.request, inputs.golden_path, tracker.status
-    secret = await delivery.deliver(ctx, inputs, outputs.values)
+    try:
+        secret = await delivery.deliver(ctx, inputs, outputs.values)
+    except delivery.SecretTaken as taken:
+        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {applied.seconds:.1f}s")
+        tracker.not_ready(Reason.SECRET_CONFLICT, str(taken), stalled=True)
+        status.stage = Stage.FAILED
+        await tracker.write(ctx.client, SERVICEREQUESTS)
+        # The user may delete or rename their Secret at any moment: look again soon.
+        raise Failure(Reason.SECRET_CONFLICT, str(taken), delay=ctx.settings.dependency_retry_seconds) from None
     now = ctx.now()
     status.connection_secret = secret["metadata"]["name"]
     status.outputs = sorted(secret["data"])
@@ -249,7 +260,8 @@ async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunR
 
 
 async def finalize_service_request(ctx: Context, body: JSON) -> None:
-    """Destroy what the request made, then its state; raises Failure while that fails."""
+    """Destroy what the request made, then its state; raises Failure while that fails. A request a
+    platform admin abandoned goes without a destroy (recorded); one that never applied anything goes at once."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
     # Decode.
     request = views.request_view(body)
@@ -262,7 +274,10 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         raise Failure(Reason.WAITING_FOR_DEPENDENTS, message, delay=ctx.settings.deletion_poll_seconds)
     state = state_of(ctx.settings.namespace, request.uid)
     recorded = statelock.recorded_lock_ids(tracker.status.last_run)
-    if not await statelock.state_exists(ctx, state):
+    if naming.ABANDON_ANNOTATION in (body["metadata"].get("annotations") or {}):
+        await leftovers.abandon(ctx, body)
+        return
+    if not await leftovers.anything_applied(ctx, state):  # no state, or the empty one seeded before a first run
         await statelock.forget(ctx, request, state, recorded)  # a run that failed early still made the Lease
         await ctx.runners.discard(request.key)
         return  # nothing was ever applied (or it is already destroyed)

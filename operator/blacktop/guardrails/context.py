@@ -133,14 +133,16 @@ def request_variables(
     siblings: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = (),
     plan: Mapping[str, Any] | None = None,
     golden_spec: GoldenPathSpec | None = None,
+    leftover_cents: int = 0,
 ) -> JSON:
     """Variables for a ServiceRequest. ``siblings`` are the other requests of its environment with their
-    golden paths: their cost plus this one's is ``cost.environmentMonthly`` (computed from the specs, so
-    requests that have not been reconciled yet count too). ``golden_spec``: the golden path's spec when
-    the caller has already decoded it (a reconcile has; an admission review has not)."""
+    golden paths: their cost plus this one's (plus ``leftover_cents``, what requests that went without
+    a destroy left behind) is ``cost.environmentMonthly`` (computed from the specs, so requests that
+    have not been reconciled yet count too). ``golden_spec``: the golden path's spec when the caller
+    has already decoded it (a reconcile has; an admission review has not)."""
     cents, currency = request_cost_cents(request, golden_path, golden_spec=golden_spec)
     name = _map(request.get("metadata")).get("name")
-    others = sum(
+    others = leftover_cents + sum(
         request_cost_cents(sibling, gp)[0]
         for sibling, gp in siblings
         if _map(sibling.get("metadata")).get("name") != name

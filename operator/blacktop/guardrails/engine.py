@@ -4,19 +4,25 @@ A rule's expression must hold; when it does not (false, an evaluation error, or 
 rule is violated and its message, with ``{{ expression }}`` placeholders filled in, says why. What a
 violation does depends on the policy's mode: Enforce denies, Warn admits with a warning, Audit admits
 and records. A rule that cannot be evaluated counts as violated, so a broken rule fails closed.
+
+With a cost limit, compiling also prices every expression (:mod:`blacktop.guardrails.cost`) and
+refuses one whose worst case is over the limit, naming the rule and the estimate. Decisions travel
+as JSON (:func:`decision_to_json`) between the operator and the process that evaluates them
+(controllers/evaluation.py), which reports each rule it starts through ``progress``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from blacktop.api.guardrailpolicy import ApprovalRequirement, GuardrailPolicySpec, Match, Mode, RuleStage
-from blacktop.guardrails import cel
+from blacktop.guardrails import cel, cost
 
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 MAX_MESSAGE = 1024
@@ -51,6 +57,7 @@ class CompiledPolicy:
     mode: Mode
     match: Match
     rules: tuple[CompiledRule, ...]
+    source: str = ""  # the spec as JSON: what another process compiles the same policy from
 
 
 def _compile_message(template: str) -> tuple[str | cel.Program, ...]:
@@ -67,8 +74,22 @@ def _compile_message(template: str) -> tuple[str | cel.Program, ...]:
     return tuple(p for p in parts if p != "")
 
 
-def compile_policy(name: str, spec: GuardrailPolicySpec) -> CompiledPolicy:
-    """Compile every rule and message placeholder; raises PolicyCompileError listing every problem."""
+def _over_limit(rule: CompiledRule, limit: float) -> str | None:
+    """Why the rule is too expensive to admit (its condition and message placeholders together), or None."""
+    programs = [rule.condition, *(p for p in rule.message if isinstance(p, cel.Program))]
+    estimated = sum(cost.estimate(p.expression.serialize()) for p in programs)
+    if estimated <= limit:
+        return None
+    return (
+        f"rule {rule.name}: estimated worst-case cost {estimated:,} exceeds the limit of {limit:,.0f} "
+        f"(strings are assumed up to {cost.MAX_STRING:,} characters and lists up to {cost.MAX_ITEMS:,} "
+        "elements; nested all()/exists()/map() over split() or unbounded lists multiply): simplify the expression"
+    )
+
+
+def compile_policy(name: str, spec: GuardrailPolicySpec, *, cost_limit: float | None = None) -> CompiledPolicy:
+    """Compile every rule and message placeholder; raises PolicyCompileError listing every problem
+    (with ``cost_limit``, also every rule whose estimated cost is over it)."""
     problems: list[str] = []
     rules: list[CompiledRule] = []
     for rule in spec.rules:
@@ -85,13 +106,18 @@ def compile_policy(name: str, spec: GuardrailPolicySpec) -> CompiledPolicy:
         if rule.require_approval is not None and rule.stage is not RuleStage.PLAN:
             problems.append(f"rule {rule.name}: requireApproval needs stage: Plan (the request stops after its plan)")
             continue
-        rules.append(CompiledRule(rule.name, rule.stage, condition, message, rule.require_approval))
+        compiled = CompiledRule(rule.name, rule.stage, condition, message, rule.require_approval)
+        if cost_limit is not None and (expensive := _over_limit(compiled, cost_limit)):
+            problems.append(expensive)
+            continue
+        rules.append(compiled)
     if problems:
         raise PolicyCompileError(name, problems)
-    return CompiledPolicy(name=name, mode=spec.mode, match=spec.match, rules=tuple(rules))
+    source = spec.model_dump_json(by_alias=True)
+    return CompiledPolicy(name=name, mode=spec.mode, match=spec.match, rules=tuple(rules), source=source)
 
 
-def compile_body(body: Mapping[str, Any]) -> CompiledPolicy:
+def compile_body(body: Mapping[str, Any], *, cost_limit: float | None = None) -> CompiledPolicy:
     """Compile a GuardrailPolicy object body; a spec that does not validate is a PolicyCompileError too."""
     name = str((body.get("metadata") or {}).get("name") or "unnamed")
     try:
@@ -100,7 +126,7 @@ def compile_body(body: Mapping[str, Any]) -> CompiledPolicy:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         raise PolicyCompileError(name, [f"spec.{where}: {first['msg']}"]) from None
-    return compile_policy(name, spec)
+    return compile_policy(name, spec, cost_limit=cost_limit)
 
 
 def compile_active(bodies: Iterable[Mapping[str, Any]]) -> list[CompiledPolicy]:
@@ -263,10 +289,21 @@ def offending_resources(rule: CompiledRule, variables: Mapping[str, Any]) -> tup
     return tuple(found)
 
 
+def relevant(policies: Iterable[CompiledPolicy], subject: Subject, stage: RuleStage) -> list[CompiledPolicy]:
+    """The policies that match ``subject`` and have rules of ``stage`` (the only ones evaluate looks at)."""
+    return [p for p in policies if matches(p.match, subject) and any(r.stage is stage for r in p.rules)]
+
+
 def evaluate(
-    policies: Iterable[CompiledPolicy], subject: Subject, variables: Mapping[str, Any], stage: RuleStage
+    policies: Iterable[CompiledPolicy],
+    subject: Subject,
+    variables: Mapping[str, Any],
+    stage: RuleStage,
+    *,
+    progress: Callable[[str, str], None] | None = None,
 ) -> Decision:
-    """Evaluate the matching policies' rules of ``stage`` against ``variables``."""
+    """Evaluate the matching policies' rules of ``stage`` against ``variables``; ``progress(policy, rule)``
+    is called as each rule starts."""
     decision = Decision()
     bindings: cel.Bindings | None = None
     for policy in sorted(policies, key=lambda p: p.name):
@@ -275,6 +312,8 @@ def evaluate(
         for rule in policy.rules:
             if rule.stage is not stage:
                 continue
+            if progress is not None:
+                progress(policy.name, rule.name)
             if bindings is None:  # converted once per request, and only if some rule needs it
                 bindings = cel.Bindings(dict(variables))
             decision.evaluated += 1
@@ -293,3 +332,42 @@ def evaluate(
                 policy.mode
             ].append(violation)
     return decision
+
+
+# -- decisions as JSON (between the operator and its evaluation process) ------------------------------
+
+
+def decision_to_json(decision: Decision) -> str:
+    """A decision as one line of JSON."""
+    return json.dumps(asdict(decision), default=str)
+
+
+def _violation(data: Mapping[str, Any]) -> Violation:
+    return Violation(
+        policy=str(data["policy"]),
+        rule=str(data["rule"]),
+        mode=Mode(data["mode"]),
+        stage=RuleStage(data["stage"]),
+        message=str(data["message"]),
+        resources=tuple(str(r) for r in data.get("resources") or ()),
+    )
+
+
+def decision_from_json(text: str) -> Decision:
+    """The decision :func:`decision_to_json` wrote."""
+    data = json.loads(text)
+    return Decision(
+        denials=[_violation(v) for v in data["denials"]],
+        warnings=[_violation(v) for v in data["warnings"]],
+        audits=[_violation(v) for v in data["audits"]],
+        passed=[(str(p), str(r), Mode(m)) for p, r, m in data["passed"]],
+        evaluated=int(data["evaluated"]),
+    )
+
+
+def unfinished(policy: str, rule: str, stage: RuleStage, why: str) -> Decision:
+    """The decision when evaluation could not finish: denied, naming the rule that was running (fail closed)."""
+    message = (
+        f"{why}; a guardrail that cannot be evaluated denies (fail closed): simplify the rule or ask the platform team"
+    )
+    return Decision(denials=[Violation(policy, rule, Mode.ENFORCE, stage, message[:MAX_MESSAGE])], evaluated=1)

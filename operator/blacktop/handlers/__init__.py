@@ -19,6 +19,7 @@ MODULES = (
     "environment",
     "goldenpath",
     "guardrailpolicy",
+    "leftovers",
     "metrics",
     "portal",
     "notifications",

@@ -21,6 +21,7 @@ ROUTINE_IDS = (
     "scorecard-",
     "environment-child-",
     "environment-cost",
+    "leftovers-watch",
     "environment_resync",
     "environment_ttl",
     "golden_path_resync",

@@ -15,6 +15,7 @@ from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.handlers import logfilters
 from blacktop.kube.client import ClusterConfigError, KubeClient
+from blacktop.kube.errors import KubeApiError
 from blacktop.terraform.subprocess_runner import SubprocessRunners
 
 
@@ -57,6 +58,20 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.ctx = Context(client=client, settings=config, runners=runners)
 
 
+# Registered after `configure`, so it runs next; its one API call may fail for a while (Kopf retries).
+@kopf.on.startup()
+async def identify(memo: kopf.Memo, **_: Any) -> None:
+    """Who the operator is to the apiserver (its own changes pass the team boundary, see
+    controllers/admission.py), and the guardrail worker processes, before the first review."""
+    ctx: Context = memo.ctx
+    try:
+        ctx.username = await memo.kube.whoami()
+    except KubeApiError as exc:
+        raise kopf.TemporaryError(f"cannot tell who the operator is (SelfSubjectReview): {exc}", delay=2) from exc
+    logging.getLogger(__name__).info("operating as %s", ctx.username)
+    await ctx.evaluator.start()
+
+
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
     """Kopf's own watches and patches go to the cluster our client resolves (Kopf's built-in login
@@ -82,6 +97,9 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    ctx = getattr(memo, "ctx", None)
+    if ctx is not None:
+        await ctx.evaluator.close()
     client = getattr(memo, "kube", None)
     if client is not None:
         client.close()

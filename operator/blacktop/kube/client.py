@@ -238,6 +238,12 @@ class KubeClient:
             self.request_sync, method, path, body=body, content_type=content_type, query=query
         )
 
+    async def whoami(self) -> str:
+        """The username this client authenticates as (a SelfSubjectReview, which every user may create)."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        answer = await self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=review)
+        return str(((answer.get("status") or {}).get("userInfo") or {}).get("username") or "")
+
     # -- verbs --------------------------------------------------------------------------------
 
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> JSON | None:

@@ -49,6 +49,7 @@ _RESOURCES = [
     Resource("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False),
     Resource("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
     Resource("coordination.k8s.io/v1", "Lease", "leases", namespaced=True),
+    Resource("authorization.k8s.io/v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False),
     Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False),
     Resource(
         "admissionregistration.k8s.io/v1",

@@ -43,6 +43,9 @@ SERVICE_CIDR = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 WORKDIR_PREFIX = "blacktop-cluster-"
 _OWNER_LOCK = ".owner.lock"
+# The name in the client certificate the apiserver presents to admission webhooks (see
+# _webhook_admission_config); the operator accepts reviews only from it (BLACKTOP_WEBHOOK_CLIENT_NAMES).
+WEBHOOK_CLIENT_NAME = "kube-apiserver-webhook-client"
 
 
 class ClusterStartError(RuntimeError):
@@ -148,6 +151,12 @@ class LocalCluster:
     def ca_file(self) -> Path:
         """The cluster CA certificate (PEM)."""
         return self.workdir / "pki" / "ca.crt"
+
+    @property
+    def webhook_client_ca(self) -> Path:
+        """The CA that signed the apiserver's client certificate for webhook calls (its CN is
+        WEBHOOK_CLIENT_NAME): what a webhook trusts to tell the apiserver from anyone else."""
+        return self.ca_file
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -311,6 +320,7 @@ class LocalCluster:
                 f"--service-account-signing-key-file={sa.key}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--api-audiences=https://kubernetes.default.svc",
+                f"--admission-control-config-file={self._webhook_admission_config(ca)}",
                 f"--service-cluster-ip-range={service_cidr}",
                 "--allow-privileged=true",
                 *topology,
@@ -394,6 +404,35 @@ class LocalCluster:
         spec: dict[str, object] = node.get("spec") or {}  # type: ignore[assignment]
         taints = {t["key"] for t in spec.get("taints") or []}  # type: ignore[attr-defined]
         return conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints
+
+    def _webhook_admission_config(self, ca: pki.CertificateAuthority) -> Path:
+        """An --admission-control-config-file giving the apiserver a client certificate (issued by the
+        cluster CA, CN WEBHOOK_CLIENT_NAME) for every admission webhook it calls: `*` matches any host."""
+        pair = ca.issue("webhook-client", WEBHOOK_CLIENT_NAME)
+        kubeconfig = self.workdir / "webhook-client.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [{"name": "*", "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+        }
+        kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        kubeconfig.chmod(0o600)
+        plugin = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(kubeconfig),
+        }
+        admission = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                {"name": name, "configuration": plugin}
+                for name in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")
+            ],
+        }
+        path = self.workdir / "admission-config.yaml"
+        path.write_text(yaml.safe_dump(admission, sort_keys=False), encoding="utf-8")
+        return path
 
     def _launch(self, name: str, argv: list[str]) -> None:
         self.procs[name] = processes.start(argv, self.log_files[name], die_with_parent=not self.detached)

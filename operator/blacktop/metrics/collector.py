@@ -22,12 +22,14 @@ from blacktop.metrics.inventory import (
     ENVIRONMENT,
     GOLDEN_PATH,
     KINDS,
+    LEFTOVER_REASONS,
     SERVICE_REQUEST,
     TIERS,
     UNKNOWN,
     EnvironmentView,
     GoldenPathView,
     Inventory,
+    LeftoverView,
     RequestView,
 )
 
@@ -79,6 +81,12 @@ def _families() -> dict[str, GaugeMetricFamily]:
             "Objects being deleted for longer than 15 minutes, by kind.",
             labels=["kind"],
         ),
+        "leftovers": GaugeMetricFamily(
+            "blacktop_leftover_states",
+            "State left by ServiceRequests that are gone, whose infrastructure still exists, by golden path and "
+            "reason (orphaned: its finalizer was removed, destroyed as soon as possible; abandoned: by an admin).",
+            labels=["golden_path", "reason"],
+        ),
     }
 
 
@@ -96,9 +104,11 @@ class InventoryCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         now = self.clock()
         environments, golden_paths, requests = self.inventory.snapshot()
+        leftovers = self.inventory.leftover_views()
         families = _families()
         _readiness(families["resources"], environments, golden_paths, requests)
-        _adoption_and_cost(families, environments, requests)
+        _adoption_and_cost(families, environments, requests, leftovers)
+        _leftovers(families["leftovers"], golden_paths, leftovers)
         _expiry(families, environments, now)
         _stuck(families["stuck"], environments, golden_paths, requests, now)
         _waiting(families["waiting"], requests)
@@ -120,8 +130,18 @@ def _readiness(
             family.add_metric([kind, ready], tally[kind, ready])
 
 
+def _leftovers(family: GaugeMetricFamily, golden_paths: list[GoldenPathView], leftovers: list[LeftoverView]) -> None:
+    tally = Tally((v.golden_path, v.reason) for v in leftovers)
+    for golden_path in sorted({gp.name for gp in golden_paths} | {v.golden_path for v in leftovers}):
+        for reason in LEFTOVER_REASONS:
+            family.add_metric([golden_path, reason], tally[golden_path, reason])
+
+
 def _adoption_and_cost(
-    families: dict[str, GaugeMetricFamily], environments: dict[str, EnvironmentView], requests: list[RequestView]
+    families: dict[str, GaugeMetricFamily],
+    environments: dict[str, EnvironmentView],
+    requests: list[RequestView],
+    leftovers: list[LeftoverView],
 ) -> None:
     adoption: Tally[tuple[str, str]] = Tally()
     cost: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -136,6 +156,8 @@ def _adoption_and_cost(
             adoption[req.golden_path, owner.tier if owner else UNKNOWN] += 1
         if owner is not None:
             cost[owner.team, owner.currency] += req.monthly_cost_cents
+    for left in leftovers:  # what is left still costs, until it is destroyed
+        cost[left.team, left.currency] += left.monthly_cost_cents
     for (golden_path, tier), count in sorted(adoption.items()):
         families["requests"].add_metric([golden_path, tier], count)
     teams = {env.team for env in environments.values() if env.deleting_since is None}

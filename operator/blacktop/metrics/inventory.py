@@ -4,7 +4,9 @@ The operator already watches every Environment, GoldenPath and ServiceRequest; e
 fed to :meth:`Inventory.update`, which keeps a small view per object (never the whole body) and
 returns the transitions worth counting: a request's first Ready (lead time), a finished run (result
 and failure class), drift turning up. Scrape-time gauges (readiness, adoption, cost, budgets,
-expiry, stuck deletions) are computed from these views by :mod:`blacktop.metrics.collector`.
+expiry, stuck deletions) are computed from these views by :mod:`blacktop.metrics.collector`. It also
+holds the leftovers: the state of requests that are gone (a removed finalizer) or abandoned, whose
+infrastructure still exists and still costs (controllers/leftovers.py keeps them current).
 
 Pure apart from a lock: the prometheus-client HTTP server reads the views from its own thread while
 the event loop updates them.
@@ -83,6 +85,21 @@ class GoldenPathView:
     ready: str
     tiers: tuple[str, ...]
     deleting_since: datetime | None
+
+
+@dataclass(frozen=True)
+class LeftoverView:
+    """What a request that is gone left behind: its state, what it cost, why it is still there."""
+
+    namespace: str
+    golden_path: str
+    team: str
+    currency: str
+    monthly_cost_cents: int
+    reason: str  # orphaned (its request is gone: destroyed as soon as possible) or abandoned (by an admin)
+
+
+LEFTOVER_REASONS = ("orphaned", "abandoned")
 
 
 @dataclass(frozen=True)
@@ -277,6 +294,7 @@ class Inventory:
         self.environments: dict[str, EnvironmentView] = {}
         self.golden_paths: dict[str, GoldenPathView] = {}
         self.requests: dict[str, RequestView] = {}
+        self.leftovers: dict[str, LeftoverView] = {}  # by the uid of the request that is gone
 
     def update(self, kind: str, body: JSON, *, deleted: bool = False) -> Transitions:
         """Take in one watch event of ``kind`` (``deleted`` for a DELETED event)."""
@@ -306,6 +324,24 @@ class Inventory:
             table.pop(uid, None)
         else:
             table[uid] = view
+
+    def _tier_of(self, environment: str) -> str:
+        env = self.environments.get(environment)
+        return env.tier if env else UNKNOWN
+
+    def set_leftovers(self, leftovers: dict[str, LeftoverView]) -> None:
+        """Replace what is known to be left behind (after a look at the state Secrets)."""
+        with self._lock:
+            self.leftovers = dict(leftovers)
+
+    def leftover_cents(self, namespace: str) -> int:
+        """What the leftovers of requests in ``namespace`` still cost per month."""
+        with self._lock:
+            return sum(v.monthly_cost_cents for v in self.leftovers.values() if v.namespace == namespace)
+
+    def leftover_views(self) -> list[LeftoverView]:
+        with self._lock:
+            return list(self.leftovers.values())
 
     def snapshot(self) -> tuple[dict[str, EnvironmentView], list[GoldenPathView], list[RequestView]]:
         """Copies of the views (environments by name), taken under the lock."""

@@ -40,7 +40,8 @@ class RunTarget:
     """What a runner works on: one request's module, inputs and state."""
 
     name: str  # stable and unique per request (a workspace folder, a pod name)
-    module: Path  # the module's folder under the operator's modules root
+    module: Path  # the module's folder under root
+    root: Path  # the modules root, or the git tree / kept copy of a revision: the module never reaches out of it
     variables: Mapping[str, Any]
     credentials: Mapping[str, str]  # provider credentials: environment variables, never logged
     state: StateRef
@@ -138,7 +139,9 @@ class Runners(Protocol):
     """Where runs happen: opens a runner on a target, and forgets a target that is gone."""
 
     async def open(self, target: RunTarget, slot: Slot) -> Runner:
-        """A runner for ``target`` (fresh inputs), waiting on ``slot`` before each operation."""
+        """A runner for ``target`` (fresh inputs), waiting on ``slot`` before each operation. Raises
+        :class:`blacktop.terraform.module.ModuleRefused` when the module it would run must not run (every
+        run, destroy included, checks exactly what the tool would read)."""
         ...
 
     async def discard(self, name: str) -> None:

@@ -180,6 +180,27 @@ def unlocked(lease: JSON) -> JSON:
     return {**lease, "metadata": meta, "spec": spec}
 
 
+def state_resources(secret: JSON) -> list[str]:
+    """The addresses of the managed resources a state Secret holds (``random_password.role``,
+    ``module.db.postgresql_role.app``); empty for an empty or unreadable state."""
+    try:
+        raw = base64.b64decode((secret.get("data") or {}).get("tfstate") or "")
+        if ((secret.get("metadata") or {}).get("annotations") or {}).get("encoding") == "gzip" or raw[
+            :2
+        ] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        state = json.loads(raw or b"{}")
+    except (ValueError, OSError, EOFError):
+        return []
+    found = []
+    for resource in state.get("resources") or [] if isinstance(state, dict) else []:
+        if not isinstance(resource, dict) or resource.get("mode") != "managed" or not resource.get("instances"):
+            continue
+        module = f"{resource['module']}." if resource.get("module") else ""
+        found.append(f"{module}{resource.get('type')}.{resource.get('name')}")
+    return found
+
+
 def empty_state_secret(state: StateRef) -> JSON:
     """The backend's state Secret of ``state`` holding an empty state.
 

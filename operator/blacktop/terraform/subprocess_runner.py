@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from python_terraform import IsFlagged, Terraform
 
 from blacktop.config import Settings
-from blacktop.terraform import workspace
+from blacktop.terraform import module, workspace
 from blacktop.terraform.errors import classify
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import redact
@@ -163,6 +163,8 @@ class SubprocessRunners:
     grace: float
     kubeconfig: str | None  # how the state backend reaches the cluster (None: in-cluster config)
     cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
+    # Every run checks the module it is about to run (terraform/module.py check_source, check_copy).
+    allowed_providers: tuple[str, ...]
 
     @classmethod
     def from_settings(cls, settings: Settings, *, kubeconfig: str | None) -> SubprocessRunners:
@@ -176,13 +178,18 @@ class SubprocessRunners:
             grace=settings.run_grace_seconds,
             kubeconfig=kubeconfig,
             cli_config=cache_dir() / "tofu.tfrc",
+            allowed_providers=settings.allowed_providers,
         )
 
     async def open(self, target: RunTarget, slot: Slot) -> SubprocessRunner:
+        """A runner on a fresh workspace copy of the module; raises ModuleRefused when the module (as
+        shipped, or as copied) must not run: nothing of it runs then, not even ``init``."""
         backend = workspace.Backend(target.state, self.kubeconfig)
+        await asyncio.to_thread(module.check_source, target.module, target.root)
         workdir = await asyncio.to_thread(
             workspace.prepare, self.workspace_root, target.name, target.module, dict(target.variables), backend
         )
+        await asyncio.to_thread(module.check_copy, workdir, target.module.name, self.allowed_providers)
         return SubprocessRunner(
             binary=str(find_tool(self.binary)),
             workdir=workdir,
@@ -199,7 +206,9 @@ class SubprocessRunners:
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the operator dies, even by SIGKILL. The tool then stops like on
-    shutdown (persisting what it finished) instead of running on unlocked beside the next run."""
+    shutdown (persisting what it finished) instead of running on unlocked beside the next run. And
+    umask 077: plans, lock files and provider caches it writes are the operator's user's only."""
+    os.umask(0o077)
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 

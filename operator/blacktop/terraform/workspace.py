@@ -4,7 +4,10 @@ The shipped module folder is never run in place. Each request gets its own direc
 runs so installed providers are reused), refreshed from the module before every run. State lives in
 the cluster through the built-in ``kubernetes`` backend (:mod:`blacktop.terraform.state`). Variables
 go into a JSON var file: nothing is ever interpolated into a shell. Only the subprocess runner knows
-this layout; everything else talks to a :class:`blacktop.terraform.runner.Runner`.
+this layout; everything else talks to a :class:`blacktop.terraform.runner.Runner`. A workspace holds
+the variables, saved plans (with every value the plan knows, generated passwords included) and
+provider caches, so it is readable by the operator's user only: folders 0700, files 0600 (0700 when
+executable), and the tool runs with umask 077 (terraform/subprocess_runner.py) so what it writes is too.
 """
 
 from __future__ import annotations
@@ -47,10 +50,24 @@ class Backend:
         return {"terraform": {"backend": {"kubernetes": backend}}}
 
 
+def _private(path: Path) -> None:
+    """Make ``path`` and everything under it the owner's only (symlinks, e.g. into a plugin cache, left alone)."""
+    for folder, dirs, files in os.walk(path):
+        os.chmod(folder, 0o700)
+        for name in (*dirs, *files):
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                continue
+            executable = entry.is_dir() or os.access(entry, os.X_OK)
+            entry.chmod(0o700 if executable else 0o600)
+
+
 def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend) -> Path:
     """(Re)create the workspace ``root/key`` from ``module``; returns its path (blocking I/O)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root.chmod(0o700)  # it may predate this rule
     workdir = root / key
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(mode=0o700, exist_ok=True)
     for entry in workdir.iterdir():
         if entry.name in KEEP:
             continue
@@ -69,7 +86,7 @@ def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backe
     (workdir / "blacktop_backend_override.tf.json").write_text(json.dumps(backend.config(), indent=2))
     var_file = workdir / VAR_FILE
     var_file.write_text(json.dumps(variables, indent=2, sort_keys=True))
-    var_file.chmod(0o600)  # parameters may include things the module treats as sensitive
+    _private(workdir)  # copies keep the module's 0644; providers and plans of earlier runs too
     return workdir
 
 

@@ -4,6 +4,7 @@ blacktop run [--local] [--install]      the operator in the foreground (Ctrl-C s
 blacktop install [--catalog]            CRDs, cluster RBAC, operator namespace, example catalog
 blacktop cluster up|down|status|kubeconfig
 blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
+blacktop runner                          what a runner pod runs (pod mode; started by the operator)
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blacktop.config import Settings
-from blacktop.kube.client import KubeClient
-from blacktop.kube.install import EXAMPLES_DIR, install
+
+# The Kubernetes client is imported by the commands that use it: `blacktop runner` (in every runner
+# pod) starts without it.
 
 
 def _catalog_files() -> list[Path]:
+    from blacktop.kube.install import EXAMPLES_DIR
+
     return sorted(EXAMPLES_DIR.glob("goldenpath-*.yaml"))
 
 
 def _install(kubeconfig: str | None, settings: Settings, with_catalog: bool) -> None:
+    from blacktop.kube.client import KubeClient
+    from blacktop.kube.install import install
+
     client = KubeClient.from_kubeconfig(kubeconfig)
     try:
         catalog = _catalog_files() if with_catalog else []
@@ -124,6 +131,12 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runner(args: argparse.Namespace) -> int:
+    from blacktop.runners import agent
+
+    return agent.main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blacktop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,12 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-base", action="store_true", help="rebuild the Debian base to pick up Debian's updates"
     )
     image.set_defaults(func=cmd_image)
+
+    runner = sub.add_parser("runner", help="serve one run in a runner pod (pod mode: the operator starts these)")
+    runner.set_defaults(func=cmd_runner)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":  # Kopf configures logging for the operator itself
+    if args.command not in {"run", "runner"}:  # Kopf configures the operator's logging, the runner its own
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.func(args)
     return code

@@ -15,6 +15,7 @@ from helpers import (
     condition,
     get,
     make_environment,
+    patch_parameters,
     secret_values,
     service_request,
     tiny_golden_path,
@@ -115,16 +116,7 @@ def test_invalid_parameters_are_reported_and_fixable(kubectl: Kubectl, environme
     assert ready["status"] == "False"
     assert "parameters.size" in ready["message"]
     assert "gigantic" in ready["message"]
-    kubectl(
-        "patch",
-        "servicerequest",
-        name,
-        "-n",
-        environment,
-        "--type=merge",
-        "-p",
-        '{"spec":{"parameters":{"size":"medium"}}}',
-    )
+    patch_parameters(kubectl, name, environment, size="medium")
     kubectl("wait", "--for=condition=Ready", f"servicerequest/{name}", "-n", environment, "--timeout=180s")
     kubectl("delete", "servicerequest", name, "-n", environment, "--timeout=180s")
 

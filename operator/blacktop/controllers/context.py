@@ -41,9 +41,9 @@ class Context:
         rng: random.Random | None = None,
     ) -> None:
         if runners is None:
-            from blacktop.terraform.subprocess_runner import SubprocessRunners
+            from blacktop.runners import runners_for
 
-            runners = SubprocessRunners.from_settings(settings)
+            runners = runners_for(settings, client)  # settings.runner: local or pod
         self.client = client
         self.settings = settings
         self.runners = runners
@@ -51,8 +51,11 @@ class Context:
         self.clock = clock
         self.rng = rng or random.Random()  # backoff jitter  # noqa: S311 (not cryptography)
         self.modules = ModuleCache(settings.modules_root)
-        # Bounds OpenTofu processes cluster-wide (settings.max_concurrent_runs).
+        # Bound runs cluster-wide (settings.max_concurrent_runs) and per team (settings.team_run_limit).
         self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
+        self.team_runs: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.team_run_limit)
+        )
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
         self.held_locks: set[str] = set()
         # The last monthlyCost seen per request uid: most request events (progress in status) change no price.

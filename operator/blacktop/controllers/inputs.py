@@ -21,7 +21,7 @@ from blacktop.controllers.failures import Failure
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube.resources import resource_for
 from blacktop.terraform import module as modules
-from blacktop.terraform.runner import RunTarget
+from blacktop.terraform.runner import RunnerOptions, RunTarget
 from blacktop.terraform.state import state_of
 
 SECRET = resource_for("v1", "Secret")
@@ -76,11 +76,19 @@ async def resolve(
         raise Failure(Reason.MODULE_NOT_FOUND, str(exc), delay=ctx.settings.dependency_retry_seconds) from None
     candidates = {**standard_variables(request, env), **parameters}
     credentials = await _credentials(ctx, golden)
+    ref, runner = golden.spec.credentials_secret_ref, golden.spec.runner
     target = RunTarget(
         name=request.key,
         module=info.path,
         variables={k: v for k, v in candidates.items() if k in info.findings.variables},
         credentials=credentials,
         state=state_of(ctx.settings.namespace, request.uid),
+        credentials_secret=(ref.namespace, ref.name) if ref is not None else None,
+        runner=RunnerOptions(
+            image=runner.image,
+            requests=runner.resources.requests.model_dump(exclude_none=True),
+            limits=runner.resources.limits.model_dump(exclude_none=True),
+        ),
+        request=f"{request.namespace}/{request.name}",
     )
     return Inputs(request=request, environment=env, golden_path=golden, parameters=parameters, target=target)

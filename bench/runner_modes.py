@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -163,7 +164,8 @@ def wait_all(cluster: Cluster, names: list[str], timeout: float) -> dict[str, fl
 def measure(cluster: Cluster, mode: str, image: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
     proc = start_operator(cluster, mode, image, args.slots, work / f"operator-{mode}.log")
     try:
-        time.sleep(5)  # Kopf's watches up
+        for team in TEAMS:  # reconciled by the operator (at once in the second mode: they are Ready)
+            cluster.kubectl("wait", "--for=condition=Ready", f"environment/{team}-dev", "--timeout=180s")
         singles = []
         for i in range(args.single + 1):  # the first is a warm-up (module parsed, image paged in)
             name = f"{mode}-one-{i}"
@@ -198,6 +200,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4, help="BLACKTOP_MAX_CONCURRENT_RUNS")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="blacktop-bench-runners-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     print(f"before: {load()}", flush=True)
     started = time.monotonic()
     image = images.build_operator_image(out=work / "blacktop.oci.tar")
@@ -213,8 +222,6 @@ def main() -> None:
         for team in TEAMS:
             env = {"apiVersion": API, "kind": "Environment", "metadata": {"name": f"{team}-dev"}}
             cluster.apply({**env, "spec": {"team": team, "tier": "dev"}})
-        for team in TEAMS:
-            cluster.kubectl("wait", "--for=condition=Ready", f"environment/{team}-dev", "--timeout=120s")
         results = {}
         for mode in ("local", "pod"):
             print(f"measuring {mode} ...", flush=True)

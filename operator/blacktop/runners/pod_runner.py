@@ -99,7 +99,13 @@ class PodRunners:
         selector = f"{pods.RUNNER_SELECTOR},{pods.LABEL_REQUEST}={target.state.suffix}"
         for pod in await self.client.list(PODS, self.namespace, label_selector=selector):
             name = pod["metadata"]["name"]
-            if name in self.active or pods.terminated(pod):
+            if name in self.active:
+                continue
+            if pods.terminated(pod):
+                if pods.ANNOTATION_ENDING not in (pod["metadata"].get("annotations") or {}):
+                    # It ended after its operator died: nobody deleted its Secrets (outputs, plan) yet.
+                    await self.delete_secrets(name)
+                    await self.mark_finished(name, "orphaned")
                 continue
             labels = pod["metadata"].get("labels") or {}
             await announce(
@@ -253,6 +259,9 @@ class PodRunner:
         if not self._created:
             return False
         name, runners = self.name, self._runners
+        # The run is over for this process: a pod still working is from now on a leftover, which the
+        # next run of the request waits for (settle) before it takes the lock.
+        runners.active.discard(name)
         if ending == "cancelled":
             # The operator is shutting down: leave the pod to finish what it does; the next process adopts it.
             alive = not pods.terminated(await runners.get_pod(name))
@@ -276,7 +285,6 @@ class PodRunner:
             await runners.forget(name)  # its pod goes with its ServiceAccount (a deleted one has no logs to keep)
         else:
             await runners.mark_finished(name, ending)  # kept for `kubectl logs` (see the sweep)
-        runners.active.discard(name)
         return False
 
     async def _exited(self, command: Command) -> bool:

@@ -20,7 +20,7 @@ ARG PYTHON_IMAGE=docker.io/library/python:3.11.14-slim-bookworm
 # -- 1. tofu and the providers, laid out like the tool cache (~/.cache/blacktop) ---------------------
 FROM ${GO_IMAGE} AS tools
 # install.sh tool names: OpenTofu and every provider of the mirror.
-ARG TOOLS="tofu providers provider-postgresql"
+ARG TOOLS="tofu providers provider-kubernetes provider-postgresql"
 ENV BLACKTOP_CACHE_DIR=/opt/blacktop/cache CGO_ENABLED=0
 WORKDIR /src
 COPY hack/tools/ hack/tools/

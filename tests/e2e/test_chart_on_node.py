@@ -273,7 +273,11 @@ def test_helm_uninstall_leaves_only_the_crds_and_the_catalog(
         ]
         if get(admin, *args) is not None:
             kept.append((obj["kind"], obj["metadata"]["name"]))
-    assert sorted(kept) == [("GoldenPath", "postgres-database"), ("GoldenPath", "tiny")]
-    for plural in ("environments", "goldenpaths", "servicerequests", "guardrailpolicies"):
+    assert sorted(kept) == [
+        ("GoldenPath", "postgres-database"),
+        ("GoldenPath", "tiny"),
+        ("GoldenPath", "web-service"),
+    ]
+    for plural in ("environments", "goldenpaths", "goldenpathrevisions", "servicerequests", "guardrailpolicies"):
         assert get(admin, "crd", f"{plural}.platform.blacktop.dev") is not None
     wait_for(lambda: not operator_pods(admin) or None, timeout=120, what="the operator pod to be gone")

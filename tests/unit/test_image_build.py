@@ -91,7 +91,7 @@ def test_dockerfile_builds_from_the_builders_files() -> None:
     assert "COPY pyproject.toml README.md /src/" in dockerfile
     assert "--require-hashes" in dockerfile
     # The builder installs the same package set (mmdebstrap --include) from the same file.
-    assert images._package_list(HACK_IMAGE / "packages.txt") == ["python3", "ca-certificates", "libstdc++6"]
+    assert images._package_list(HACK_IMAGE / "packages.txt") == ["python3", "ca-certificates", "libstdc++6", "git"]
 
 
 def test_dockerfile_tools_stage_builds_every_provider_of_install_sh() -> None:

@@ -50,6 +50,14 @@ class ServiceRequestSpec(SpecModel):
         description="Secret that receives the connection details (default: <name>-connection). Immutable once set.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "connectionSecretName is immutable")]},
     )
+    revision: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Pin the request to this revision of its golden path (kubectl get goldenpathrevisions): rollouts never "
+            "move it. Changing it moves the request (an upgrade or a rollback). Unset: follow the golden path's rollouts."
+        ),
+    )
 
 
 class PlanSummary(StatusModel):
@@ -96,3 +104,5 @@ class ServiceRequestStatus(ConditionedStatus):
     monthly_cost: str | None = Field(None, description="Monthly cost by the golden path's cost model.")
     outputs: list[str] = Field(default_factory=list, description="Names (never values) of the outputs in the Secret.")
     last_drift_check_time: str | None = Field(None, description="When drift was last checked (RFC 3339).")
+    revision: int | None = Field(None, description="The golden path revision the request was last applied with.")
+    commit: str | None = Field(None, description="The module commit of that revision (git sources).")

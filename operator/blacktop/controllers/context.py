@@ -21,6 +21,7 @@ from blacktop.kube.client import Client
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.runner import Runners
+from blacktop.terraform.sources import ModuleSources
 
 
 def _utcnow() -> datetime:
@@ -51,6 +52,14 @@ class Context:
         self.clock = clock
         self.rng = rng or random.Random()  # backoff jitter  # noqa: S311 (not cryptography)
         self.modules = ModuleCache(settings.modules_root)
+        # Git commits and copies of folder modules that golden path revisions name (bounded).
+        self.sources = ModuleSources(
+            settings.module_cache_root,
+            settings.modules_root,
+            max_entries=settings.module_cache_entries,
+            max_bytes=settings.module_max_bytes,
+            timeout=settings.git_timeout_seconds,
+        )
         # Bound runs cluster-wide (settings.max_concurrent_runs) and per team (settings.team_run_limit).
         self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
         self.team_runs: defaultdict[str, asyncio.Semaphore] = defaultdict(

@@ -10,18 +10,19 @@ change would compare them here.)
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
 
 from blacktop.api.conditions import Reason
+from blacktop.controllers import modulesource
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube.resources import resource_for
 from blacktop.terraform import module as modules
 from blacktop.terraform.runner import RunnerOptions, RunTarget
+from blacktop.terraform.sources import SourceError
 from blacktop.terraform.state import state_of
 
 SECRET = resource_for("v1", "Secret")
@@ -38,7 +39,7 @@ class Inputs:
     target: RunTarget
 
 
-def standard_variables(request: RequestView, env: EnvironmentRef) -> dict[str, Any]:
+def standard_variables(request: RequestView, env: EnvironmentRef, golden: GoldenPathView) -> dict[str, Any]:
     """Variables every module may declare to learn where it runs."""
     return {
         "name": request.name,
@@ -46,6 +47,7 @@ def standard_variables(request: RequestView, env: EnvironmentRef) -> dict[str, A
         "environment": env.name,
         "team": env.team,
         "tier": env.tier,
+        "golden_path": golden.name,
     }
 
 
@@ -70,11 +72,12 @@ async def resolve(
 ) -> Inputs:
     """The inputs of a run; raises Failure when the module or the credentials are missing."""
     try:
-        # Parsed once per module digest (the golden path's status names it): no file I/O when known.
-        info = await asyncio.to_thread(ctx.modules.known, golden.spec.module, golden.module_digest)
+        # The revision's files: a git commit from the module cache, or a folder parsed once per digest.
+        info = await modulesource.module_info(ctx, golden.spec, golden.module_digest)
     except modules.ModuleError as exc:
-        raise Failure(Reason.MODULE_NOT_FOUND, str(exc), delay=ctx.settings.dependency_retry_seconds) from None
-    candidates = {**standard_variables(request, env), **parameters}
+        reason = Reason.SOURCE_UNAVAILABLE if isinstance(exc, SourceError) else Reason.MODULE_NOT_FOUND
+        raise Failure(reason, str(exc), delay=ctx.settings.dependency_retry_seconds) from None
+    candidates = {**standard_variables(request, env, golden), **parameters}
     credentials = await _credentials(ctx, golden)
     ref, runner = golden.spec.credentials_secret_ref, golden.spec.runner
     target = RunTarget(

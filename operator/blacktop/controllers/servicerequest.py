@@ -11,6 +11,7 @@ reason and the redacted tail of the tool's message, and are retried with capped 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from blacktop.api.common import cents_to_money, format_time
 from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import cost, parameters
-from blacktop.controllers import delivery, guardrails, lookup, monitoring, runs, statelock, views
+from blacktop.controllers import delivery, guardrails, lookup, monitoring, revisions, runs, statelock, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
@@ -87,8 +88,10 @@ def check(
     return Decision(parameters=params)
 
 
-async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestStatus:
-    """Converge one ServiceRequest; raises Failure when it must be tried again."""
+async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int | None = None) -> ServiceRequestStatus:
+    """Converge one ServiceRequest; raises Failure when it must be tried again. It runs the revision of
+    its golden path it runs already (or its pin; a new request: the rollout's target); ``revision``
+    moves it (a rollout)."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
     if body["metadata"].get("deletionTimestamp"):
         return tracker.status
@@ -100,6 +103,11 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         return await tracker.write(ctx.client, SERVICEREQUESTS)
     env = await lookup.environment_ref(ctx, request.namespace)
     exists, golden = await lookup.golden_path(ctx, request.spec.golden_path)
+    if golden is not None and golden.ready:
+        try:
+            golden = await revisions.at_revision(ctx, body, golden, revision=revision)
+        except Failure as missing:
+            return await _refuse(ctx, tracker, Refusal(missing.reason, missing.message, Stage.FAILED))
     # Decide.
     decision = check(request, env, golden, golden_exists=exists)
     if env is not None:
@@ -188,6 +196,9 @@ async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunR
     status.failures = 0
     status.next_retry_time = None
     status.stage = Stage.READY
+    if golden.revision is not None:  # what it now runs, for rollouts and `kubectl get servicerequests`
+        status.revision = golden.revision.revision
+        status.commit = golden.revision.git.commit if golden.revision.git else None
     if status.first_ready_time is None:
         status.first_ready_time = format_time(now)
         # Never negative, even if the API server's clock is ahead of ours.
@@ -220,6 +231,8 @@ async def finalize_service_request(ctx: Context, body: JSON) -> None:
         tracker.not_ready(Reason.DESTROY_FAILED, message, stalled=True)
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise Failure(Reason.DESTROY_FAILED, message, delay=ctx.settings.blocked_retry_seconds)
+    with contextlib.suppress(Failure):  # destroy with the revision it runs; if that is gone, with today's
+        golden = await revisions.at_revision(ctx, body, golden)
     env = await lookup.environment_ref(ctx, request.namespace) or views.NO_ENVIRONMENT
     params, _ = parameters.validate(golden.spec.parameters, request.spec.parameters)
     # Act.

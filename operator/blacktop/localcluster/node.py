@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -366,8 +367,11 @@ class LocalNode:
         raise NodeError(f"unshare ({pid}) has no child: the sandbox did not start")
 
     def _claim_slot(self, init_pid: int) -> NodeNetwork:
-        """Create the veth of the first free slot (atomic: the claim) and wire both ends."""
-        for slot in range(SLOTS):
+        """Create the veth of a free slot (atomic: the claim) and wire both ends. The search starts at a
+        random slot, so a slot another cluster just freed is not taken again at once (whose last
+        state, e.g. a test checking that its stop left nothing, would then look like a leftover)."""
+        start = random.randrange(SLOTS)  # noqa: S311 (spreading, not security)
+        for slot in ((start + i) % SLOTS for i in range(SLOTS)):
             net = NodeNetwork(slot)
             created = _ip("link", "add", net.host_iface, "type", "veth", "peer", "name", net.peer_iface, check=False)
             if created.returncode != 0:

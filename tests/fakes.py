@@ -16,6 +16,7 @@ OpenTofu and the operator process.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import gzip
@@ -36,9 +37,20 @@ from blacktop.kube.client import FIELD_MANAGER
 from blacktop.kube.errors import ConflictError, KubeApiError, NotFoundError
 from blacktop.kube.resources import SERVICEREQUESTS, Resource, resource_for
 from blacktop.metrics.registry import create_metrics
-from blacktop.terraform.errors import classify
+from blacktop.terraform.errors import Classification, classify
 from blacktop.terraform.plan import summarise
-from blacktop.terraform.runner import Outputs, PlanResult, RunResult, RunTarget, ShownPlan, Slot
+from blacktop.terraform.runner import (
+    Announce,
+    Ending,
+    Outputs,
+    PlanResult,
+    RunIdentity,
+    RunnerBusyError,
+    RunResult,
+    RunTarget,
+    ShownPlan,
+    Slot,
+)
 
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]
@@ -229,10 +241,15 @@ class FakeClient:
 class _Script:
     """What the fake runner's operations return."""
 
-    failures: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)  # operation -> [(stderr, timed out)]
+    # operation -> [(stderr, timed out, reason or None: classified from stderr)]
+    failures: dict[str, list[tuple[str, bool, str | None]]] = field(default_factory=dict)
     changes: bool = True  # plan: whether applying would change anything
     plan: JSON = field(default_factory=dict)  # show_plan: the plan document
     outputs: dict[str, tuple[Any, bool]] = field(default_factory=dict)
+    detach: bool = False  # close("cancelled"): the runner works on without the operator (a pod)
+    cancel: set[str] = field(default_factory=set)  # operations that are cancelled (an operator shutdown)
+    gate: asyncio.Event | None = None  # operations wait for it (to hold runs in flight)
+    busy: str | None = None  # settle: an earlier process's runner does not finish (RunnerBusyError)
 
 
 SECRET = resource_for("v1", "Secret")
@@ -247,22 +264,26 @@ class FakeRunner:
         self.slot = slot
 
     async def _result(self, operation: str, ok_codes: tuple[int, ...] = (0,), code: int = 0) -> RunResult:
+        script = self._runners.script
         async with self.slot(operation):
             lease = self._runners.client.stored(LEASE, self.target.state.lock_lease, self.target.state.namespace)
             holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
             self._runners.calls.append((operation, holder))
-            queued = self._runners.script.failures.get(operation) or []
+            self._runners.in_flight.add(self.target.name)
+            try:
+                if script.gate is not None:
+                    await script.gate.wait()
+            finally:
+                self._runners.in_flight.discard(self.target.name)
+            if operation in script.cancel:
+                script.cancel.discard(operation)
+                raise asyncio.CancelledError
+            queued = script.failures.get(operation) or []
             if queued:
-                stderr, timed_out = queued.pop(0)
+                stderr, timed_out, reason = queued.pop(0)
+                found = Classification(reason) if reason else classify(operation, stderr, timed_out=timed_out)
                 return RunResult(
-                    operation,
-                    1,
-                    "",
-                    stderr,
-                    0.5,
-                    timed_out=timed_out,
-                    ok_codes=ok_codes,
-                    classification=classify(operation, stderr, timed_out=timed_out),
+                    operation, 1, "", stderr, 0.5, timed_out=timed_out, ok_codes=ok_codes, classification=found
                 )
             return RunResult(operation, code, "", "", 1.5, ok_codes=ok_codes)
 
@@ -308,6 +329,10 @@ class FakeRunner:
             self._save_state([])
         return result
 
+    async def close(self, ending: Ending) -> bool:
+        self._runners.closed.append(ending)
+        return ending == "cancelled" and self._runners.script.detach
+
 
 class FakeRunners:
     """The Runners protocol over :class:`FakeRunner` (see the module docstring)."""
@@ -318,17 +343,39 @@ class FakeRunners:
         self.opened: list[RunTarget] = []
         self.discarded: list[str] = []
         self.calls: list[tuple[str, str | None]] = []  # (operation, the state lock's holder meanwhile)
+        self.runs: list[RunIdentity] = []
+        self.closed: list[Ending] = []  # how each run ended, as its runner was told
+        self.leftover: str | None = None  # settle: what an earlier process's runner is (None: nothing)
+        self.in_flight: set[str] = set()  # targets whose operation runs (waits at the gate) right now
 
-    def fail(self, operation: str, stderr: str = "Error: something odd", *, timed_out: bool = False) -> None:
-        """Make the next ``operation`` (init, plan, show, apply, output, destroy) fail with ``stderr``."""
-        self.script.failures.setdefault(operation, []).append((stderr, timed_out))
+    def fail(
+        self,
+        operation: str,
+        stderr: str = "Error: something odd",
+        *,
+        timed_out: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        """Make the next ``operation`` (init, plan, show, apply, output, destroy) fail with ``stderr``
+        (classified from it, or as ``reason``: a runner pod's failure)."""
+        self.script.failures.setdefault(operation, []).append((stderr, timed_out, reason))
 
     @property
     def operations(self) -> list[str]:
         return [operation for operation, _ in self.calls]
 
-    async def open(self, target: RunTarget, slot: Slot) -> FakeRunner:
+    async def settle(self, target: RunTarget, announce: Announce) -> None:
+        if self.script.busy is not None:
+            raise RunnerBusyError(self.script.busy)
+        if self.leftover is not None:
+            await announce(self.leftover)
+            lease = self.client.stored(LEASE, target.state.lock_lease, target.state.namespace)
+            self.calls.append(("settle", ((lease or {}).get("spec") or {}).get("holderIdentity")))
+            self.leftover = None
+
+    async def open(self, target: RunTarget, slot: Slot, run: RunIdentity) -> FakeRunner:
         self.opened.append(target)
+        self.runs.append(run)
         return FakeRunner(self, target, slot)
 
     async def discard(self, name: str) -> None:

@@ -291,6 +291,12 @@ def service_request(name: str, namespace: str, golden_path: str, **parameters: A
     }
 
 
+def patch_parameters(kubectl: Kubectl, name: str, namespace: str, **parameters: Any) -> None:
+    """Change parameters of ServiceRequest ``namespace/name`` (a JSON merge patch of its spec)."""
+    patch = json.dumps({"spec": {"parameters": parameters}})
+    kubectl("patch", "servicerequest", name, "-n", namespace, "--type=merge", "-p", patch)
+
+
 def wait_reason(
     kubectl: Kubectl, name: str, namespace: str, reason: str, timeout: float = 120, interval: float = 0.2
 ) -> dict[str, Any]:

@@ -7,6 +7,7 @@ blacktop approve -n NS NAME [--digest D] approve the plan a ServiceRequest waits
 blacktop cluster up|down|status|kubeconfig
 blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
 blacktop feedback SCORE [-g GOLDEN_PATH] [-m COMMENT] [-n ENVIRONMENT]   rate a golden path or the platform
+blacktop runner                          what a runner pod runs (pod mode; started by the operator)
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from blacktop.toolbox import ToolMissingError, bin_dir
 
 
 def _catalog_files() -> list[Path]:
+    from blacktop.kube.install import EXAMPLES_DIR
+
     return sorted(EXAMPLES_DIR.glob("goldenpath-*.yaml"))
 
 
@@ -203,11 +206,15 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack, ready: threading
 
     if args.local:
         os.environ.update(local_defaults(os.environ))
-    if args.local and "BLACKTOP_WORKSPACE_ROOT" not in os.environ:
-        # OpenTofu's working copies live as long as this run, not in /tmp forever.
-        workspaces = tempfile.mkdtemp(prefix="blacktop-workspaces-")
-        stack.callback(shutil.rmtree, workspaces, True)
-        os.environ["BLACKTOP_WORKSPACE_ROOT"] = workspaces
+    # OpenTofu's working copies and the module cache live as long as this run, not in /tmp forever.
+    for variable, prefix in (
+        ("BLACKTOP_WORKSPACE_ROOT", "blacktop-workspaces-"),
+        ("BLACKTOP_MODULE_CACHE_ROOT", "blacktop-modules-"),
+    ):
+        if args.local and variable not in os.environ:
+            folder = tempfile.mkdtemp(prefix=prefix)
+            stack.callback(shutil.rmtree, folder, True)
+            os.environ[variable] = folder
     settings = Settings.from_env()
     _cluster(args, stack)
     if args.install:
@@ -383,6 +390,12 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runner(args: argparse.Namespace) -> int:
+    from blacktop.runners import agent
+
+    return agent.main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blacktop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -441,12 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feedback.add_argument("--kubeconfig")
     feedback.set_defaults(func=cmd_feedback)
+
+    runner = sub.add_parser("runner", help="serve one run in a runner pod (pod mode: the operator starts these)")
+    runner.set_defaults(func=cmd_runner)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":  # Kopf configures logging for the operator itself
+    if args.command not in {"run", "runner"}:  # Kopf configures the operator's logging, the runner its own
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.func(args)
     return code

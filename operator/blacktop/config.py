@@ -37,7 +37,15 @@ class Settings(BaseModel):
     metrics_port: int = Field(8080, description="Port of the Prometheus /metrics endpoint (0 disables it).")
     health_port: int = Field(8081, description="Port of Kopf's liveness endpoint (0 disables it).")
     modules_root: Path = Field(_REPO_MODULES, description="Folder holding the golden paths' modules.")
-    max_concurrent_runs: int = Field(os.cpu_count() or 2, description="Terraform runs at once, cluster-wide.")
+    max_concurrent_runs: int = Field(
+        os.cpu_count() or 2, ge=1, description="OpenTofu runs at once, cluster-wide (in pod mode: runner pods)."
+    )
+    max_concurrent_runs_per_team: int | None = Field(
+        None,
+        ge=1,
+        description="Runs of one team at once (its Environments' requests); default half the cluster-wide "
+        "limit, rounded up, so no team can fill every slot.",
+    )
     run_timeout_seconds: int = Field(1800, description="A Terraform run taking longer is terminated.")
     resync_seconds: float = Field(60.0, description="How often every object is reconciled without a change.")
     ttl_check_seconds: float = Field(5.0, description="How often environments are checked for expiry.")
@@ -86,6 +94,25 @@ class Settings(BaseModel):
     state_lock_attempts: int = Field(
         3, ge=1, description="Times taking a state lock is retried when someone moves the Lease meanwhile."
     )
+    # Where runs happen. "local": OpenTofu is a child process of the operator (make run, no node).
+    # "pod": each run is a pod of its own in the operator's namespace (the Helm chart's default).
+    runner: Literal["local", "pod"] = Field("local", description="Where OpenTofu runs: local (subprocess) or pod.")
+    runner_image: str | None = Field(
+        None,
+        description="Image of runner pods (pod mode; a golden path may name its own); the chart sets the operator's.",
+    )
+    runner_image_pull_secrets: tuple[str, ...] = Field((), description="Pull Secrets of runner pods (pod mode).")
+    runner_cpu_request: str = Field("100m", description="Default CPU request of a runner pod.")
+    runner_memory_request: str = Field("256Mi", description="Default memory request of a runner pod.")
+    runner_cpu_limit: str = Field("1", description="Default CPU limit of a runner pod.")
+    runner_memory_limit: str = Field("1Gi", description="Default memory limit of a runner pod.")
+    runner_start_timeout_seconds: float = Field(
+        300.0, gt=0, description="A runner pod not running after this long (unschedulable, no image) fails its run."
+    )
+    runner_keep_failed_seconds: float = Field(
+        600.0, ge=0, description="How long the pod of a failed run is kept for `kubectl logs` before it is removed."
+    )
+    runner_keep_failed_max: int = Field(20, ge=0, description="At most this many pods of failed runs are kept.")
     allowed_providers: tuple[str, ...] = Field(
         ("hashicorp/random", "cyrilgdn/postgresql", "blacktop/postgresql", "hashicorp/kubernetes"),
         description="Providers golden-path modules may use (namespace/type).",
@@ -173,6 +200,13 @@ class Settings(BaseModel):
     leftover_check_seconds: float = Field(
         60.0, description="How often state left by requests that are gone (a removed finalizer) is looked for."
     )
+
+    @property
+    def team_run_limit(self) -> int:
+        """Runs of one team at once (max_concurrent_runs_per_team, else half the cluster-wide limit)."""
+        if self.max_concurrent_runs_per_team is not None:
+            return min(self.max_concurrent_runs_per_team, self.max_concurrent_runs)
+        return max(1, -(-self.max_concurrent_runs // 2))
 
     def team_group(self, team: str) -> str:
         """The group whose members belong to ``team``."""

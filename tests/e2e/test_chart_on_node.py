@@ -24,6 +24,8 @@ import pytest
 import yaml
 
 from blacktop.localcluster import LocalCluster, images
+from blacktop.runners import pods
+from blacktop.terraform.runner import RunIdentity
 from chart_support import CHART, JSON, argocd_health, helm
 from helpers import (
     REPO,
@@ -227,6 +229,11 @@ def test_deleting_the_operator_pod_mid_apply_leaves_the_work_to_the_next_pod(
 
         during = wait_for(applying, timeout=180, interval=0.2, what="the apply to be running")
         HEALTHS.append(("request while applying", during, "Progressing"))
+        # The chart's default is pod mode: the apply runs in a runner pod of its own, not in the operator's.
+        run = RunIdentity(id=during["status"]["lastRun"]["id"], lock_id="", operation="apply")
+        selector = f"{pods.RUNNER_SELECTOR},{pods.LABEL_RUN}={run.id}"
+        runners = json.loads(admin("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)["items"]
+        assert [p["spec"]["serviceAccountName"] for p in runners] == [pods.run_name(run)]
         admin("delete", "pod", old_pod["metadata"]["name"], "-n", NAMESPACE, "--wait=false")
         wait_for(
             lambda: all(p["metadata"]["uid"] != old_pod["metadata"]["uid"] for p in operator_pods(admin)) or None,

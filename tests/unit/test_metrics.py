@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -235,16 +236,19 @@ def test_gauges_at_scrape_time() -> None:
     assert sample("blacktop_environments_past_ttl", tier="dev") == 0
 
 
-def test_run_slot_counts_queued_and_in_flight() -> None:
+def test_run_slots_count_queued_and_in_flight() -> None:
     metrics = create_metrics()
 
     async def scenario() -> tuple[float | None, float | None]:
-        semaphore = asyncio.Semaphore(1)
+        team, cluster = asyncio.Semaphore(2), asyncio.Semaphore(1)
         release = asyncio.Event()
 
         async def hold() -> None:
-            async with metrics.run_slot(semaphore, "apply"):
+            await metrics.wait_for_slot(team, cluster)
+            try:
                 await release.wait()
+            finally:
+                metrics.release_slot(team, cluster)
 
         first = asyncio.create_task(hold())
         second = asyncio.create_task(hold())
@@ -260,7 +264,24 @@ def test_run_slot_counts_queued_and_in_flight() -> None:
     assert value(metrics, "blacktop_runs_in_flight") == 0
     assert value(metrics, "blacktop_runs_queued") == 0
     assert value(metrics, "blacktop_stage_duration_seconds_count", stage="queued") == 2
-    assert value(metrics, "blacktop_stage_duration_seconds_count", stage="apply") == 2
+
+
+def test_a_run_cancelled_while_it_waits_for_a_slot_holds_none() -> None:
+    metrics = create_metrics()
+
+    async def scenario() -> tuple[bool, bool]:
+        team, cluster = asyncio.Semaphore(1), asyncio.Semaphore(0)  # the team's slot is free, the cluster's not
+        waiting = asyncio.create_task(metrics.wait_for_slot(team, cluster))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return team.locked(), cluster.locked()
+
+    assert asyncio.run(scenario()) == (False, True)  # the team's slot it had taken is given back
+    assert value(metrics, "blacktop_runs_queued") == 0
+    assert value(metrics, "blacktop_runs_in_flight") == 0
 
 
 def test_a_failed_drift_run_is_classified_by_its_drifted_condition() -> None:

@@ -137,6 +137,13 @@ def lease_holder(h: Harness, name: str, namespace: str) -> str | None:
     return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
 
+def died_mid_apply(h: Harness, request: dict[str, Any]) -> None:
+    """The operator was killed mid-apply: status recorded the run's lock (dead-lock), the Lease still holds it."""
+    h.client.put({**request, "status": {"lastRun": {"id": "dead", "operation": "apply", "lockId": "dead-lock"}}})
+    dead = states.LockInfo(id="dead-lock", operation="OperationTypeApply", who="blacktop@old", info="", created="")
+    h.client.put(states.new_lease(states.state_of(h.ctx.settings.namespace, request["metadata"]["uid"]), dead))
+
+
 def plan_policy(name: str, mode: str = "Enforce") -> dict[str, Any]:
     """A Plan-stage policy refusing plans that create terraform_data resources."""
     return {
@@ -332,10 +339,7 @@ async def test_the_lock_of_a_run_that_died_is_taken_over(h: Harness) -> None:
     namespace = await ready_world(h)
     request = h.request("db", namespace)
     uid = request["metadata"]["uid"]
-    # The operator was killed mid-apply: status recorded the run's lock, the Lease still holds it.
-    h.client.put({**request, "status": {"lastRun": {"id": "dead", "operation": "apply", "lockId": "dead-lock"}}})
-    dead = states.LockInfo(id="dead-lock", operation="OperationTypeApply", who="blacktop@old", info="", created="")
-    h.client.put(states.new_lease(states.state_of(h.ctx.settings.namespace, uid), dead))
+    died_mid_apply(h, request)
 
     assert await h.reconcile("db", namespace) is None
     assert lease_holder(h, "db", namespace) is None
@@ -751,6 +755,107 @@ async def test_a_drift_check_without_its_credentials_says_so(h: Harness) -> None
     assert (drifted["status"], drifted["reason"]) == ("Unknown", Reason.CREDENTIALS_NOT_FOUND)
     assert h.runners.operations == []  # no run began
     assert h.status("db", namespace)["lastDriftCheckTime"] == format_time(h.clock.now)  # next check after the interval
+
+
+# -- runners: pods that fail, runners left by an earlier process, slots ----------------------------
+
+
+@pytest.mark.parametrize("reason", [Reason.RUNNER_FAILED, Reason.RUNNER_EVICTED, Reason.RUNNER_OUT_OF_MEMORY])
+@reaches(Reason.RUNNER_FAILED, Reason.RUNNER_EVICTED, Reason.RUNNER_OUT_OF_MEMORY, each="reason")
+async def test_a_runner_that_fails_is_a_classified_failure_retried_like_any(h: Harness, reason: str) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.runners.fail("apply", "runner pod blacktop-run-x stopped: the reason says why", reason=reason)
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == reason
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert ready["message"].startswith(f"apply failed ({reason}, attempt 1, next retry in")
+    assert h.runners.closed == ["failed"]
+    assert lease_holder(h, "db", namespace) is None  # the runner had stopped: the lock is released
+    assert await h.reconcile("db", namespace) is None  # the retry
+    assert h.runners.closed == ["failed", "succeeded"]
+
+
+@reaches(Reason.RUNNER_ADOPTED, Reason.STATE_LOCK_RECOVERED, Reason.PROVISIONED)
+async def test_a_runner_an_earlier_process_left_is_waited_for_before_its_lock_is_taken_over(h: Harness) -> None:
+    namespace = await ready_world(h)
+    died_mid_apply(h, h.request("db", namespace))
+    h.runners.leftover = "waiting for runner pod blacktop-run-dead (run dead, apply)"
+
+    assert await h.reconcile("db", namespace) is None
+    # First the wait (the dead run's lock still in place), then the takeover, then the run.
+    assert h.runners.calls[0] == ("settle", "dead-lock")
+    assert h.runners.operations[1:] == ["init", "plan", "show", "apply", "output"]
+    reasons = h.client.event_reasons("db")
+    assert reasons.index(Reason.RUNNER_ADOPTED) < reasons.index(Reason.STATE_LOCK_RECOVERED)
+    adopted = [m for _, r, m in h.client.events("db") if r == Reason.RUNNER_ADOPTED]
+    assert adopted == ["waiting for runner pod blacktop-run-dead (run dead, apply)"]
+
+
+@reaches(Reason.STATE_LOCKED)
+async def test_a_runner_of_an_earlier_process_that_never_stops_is_reported_and_nothing_runs(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.runners.script.busy = "runner pod blacktop-run-old of an earlier run is still running past its deadline"
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.STATE_LOCKED
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert "waiting for an earlier runner failed (StateLocked" in ready["message"]
+    assert "still running past its deadline" in ready["message"]
+    assert h.runners.operations == []
+    assert lease_holder(h, "db", namespace) is None  # never taken
+
+
+@reaches(Reason.STATE_LOCK_RECOVERED, Reason.PROVISIONED)
+async def test_a_shutdown_mid_run_keeps_the_lock_only_while_the_runner_works_on(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    # A runner pod works on after the operator is cancelled: the lock stays with the run.
+    h.runners.script.detach, h.runners.script.cancel = True, {"apply"}
+    with pytest.raises(asyncio.CancelledError):
+        await h.reconcile("db", namespace)
+    run = h.status("db", namespace)["lastRun"]
+    assert h.runners.closed == ["cancelled"]
+    assert lease_holder(h, "db", namespace) == run["lockId"]
+    assert run["lockId"] not in h.ctx.held_locks  # not busy in this process: the next run recovers it
+    # The next run (the next operator process) takes it over and finishes.
+    h.runners.script.detach = False
+    assert await h.reconcile("db", namespace) is None
+    assert Reason.STATE_LOCK_RECOVERED in h.client.event_reasons("db")
+    # A subprocess dies with its run: a cancelled run releases the lock.
+    h.runners.script.cancel = {"plan"}
+    with pytest.raises(asyncio.CancelledError):
+        await h.reconcile("db", namespace)
+    assert lease_holder(h, "db", namespace) is None
+
+
+@reaches(Reason.PROVISIONED)
+async def test_a_run_keeps_its_slot_to_its_end_and_no_team_fills_every_slot(h: Harness) -> None:
+    assert (h.ctx.settings.max_concurrent_runs, h.ctx.settings.team_run_limit) == (2, 1)
+    payments = await ready_world(h)
+    search = await h.environment("search-dev", "search")
+    for name, namespace in (("a", payments), ("b", payments), ("c", search)):
+        h.request(name, namespace)
+    gate = h.runners.script.gate = asyncio.Event()
+    runs = [asyncio.create_task(h.reconcile(n, ns)) for n, ns in (("a", payments), ("b", payments), ("c", search))]
+    for _ in range(50):  # let every run get as far as it can (loop turns, no wall-clock time)
+        await asyncio.sleep(0)
+    in_flight = {target.split("-")[2] for target in h.runners.in_flight}  # <namespace>-<env>-<name>-<uid>
+    assert len(in_flight) == 2
+    assert "c" in in_flight  # the other team's run is not held up by payments' second request
+    assert h.ctx.metrics.runs_queued._value.get() == 1  # payments' second run waits for its team's slot
+    gate.set()
+    assert await asyncio.gather(*runs) == [None, None, None]
+    # Each payments run held its slot from its first operation to its last: never interleaved.
+    holders = [holder for operation, holder in h.runners.calls if operation != "settle"]
+    lock = {name: h.status(name, payments)["lastRun"]["lockId"] for name in ("a", "b")}
+    order = [name for holder in holders for name, held in lock.items() if held == holder]
+    assert order in (["a"] * 5 + ["b"] * 5, ["b"] * 5 + ["a"] * 5)
+    assert h.ctx.metrics.runs_in_flight._value.get() == 0
 
 
 # -- Environment ----------------------------------------------------------------------------------

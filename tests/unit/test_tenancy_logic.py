@@ -155,7 +155,7 @@ def test_every_run_checks_its_module_inside_the_tree_it_comes_from(tmp_path: Pat
     """A revision's module runs from its git commit's tree (or kept copy), outside the modules root:
     the runner checks it inside that tree, so a symlink out of the tree, a module folder swapped for
     a link, or a forbidden construct added later is refused before anything runs."""
-    from blacktop.terraform.runner import RunTarget
+    from blacktop.terraform.runner import RunIdentity, RunTarget
     from blacktop.terraform.subprocess_runner import SubprocessRunners
 
     runners = SubprocessRunners(
@@ -173,7 +173,8 @@ def test_every_run_checks_its_module_inside_the_tree_it_comes_from(tmp_path: Pat
         target = RunTarget(
             name="ns.db", module=tree / "m", root=tree, variables={}, credentials={}, state=states.state_of("ns", "u")
         )
-        return asyncio.run(runners.open(target, lambda _: contextlib.nullcontext()))  # type: ignore[arg-type, return-value]
+        run = RunIdentity(id="r", lock_id="l", operation="apply")
+        return asyncio.run(runners.open(target, lambda _: contextlib.nullcontext(), run))  # type: ignore[arg-type, return-value]
 
     open_target()  # clean: copied into the request's workspace
     assert (tmp_path / "workspaces" / "ns.db" / "main.tf").is_file()

@@ -62,6 +62,11 @@ class Reason:
     STATE_LOCK_RECOVERED = "StateLockRecovered"
     PROVIDER_ERROR = "ProviderError"
     TIMEOUT = "Timeout"
+    # Pod mode (BLACKTOP_RUNNER=pod): the runner pod, not the tool, is why a run failed or waited.
+    RUNNER_FAILED = "RunnerFailed"  # it could not start (image, scheduling) or died without answering
+    RUNNER_EVICTED = "RunnerEvicted"  # it was evicted or deleted while it ran
+    RUNNER_OUT_OF_MEMORY = "RunnerOutOfMemory"  # it was OOM-killed: its memory limit is too small
+    RUNNER_ADOPTED = "RunnerAdopted"  # a runner an earlier operator process started was waited for
     PROVISIONED = "Provisioned"
     NO_CHANGES = "NoChanges"
     DRIFT_DETECTED = "DriftDetected"
@@ -116,6 +121,9 @@ RUN_FAILURES = (
     Reason.STATE_LOCKED,
     Reason.PROVIDER_ERROR,
     Reason.TIMEOUT,
+    Reason.RUNNER_FAILED,
+    Reason.RUNNER_EVICTED,
+    Reason.RUNNER_OUT_OF_MEMORY,
 )
 
 

@@ -19,6 +19,7 @@ from blacktop.api.common import (
     DNS_SUBDOMAIN,
     DURATION,
     MONEY,
+    QUANTITY,
     ConditionedStatus,
     Money,
     SpecModel,
@@ -153,6 +154,40 @@ class Monitoring(SpecModel):
     )
 
 
+IMAGE = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$"
+
+
+class ResourceAmounts(SpecModel):
+    """CPU and memory, as Kubernetes quantities."""
+
+    cpu: str | None = Field(None, pattern=QUANTITY, max_length=32, description="CPU, e.g. 500m or 2.")
+    memory: str | None = Field(None, pattern=QUANTITY, max_length=32, description="Memory, e.g. 512Mi or 2Gi.")
+
+
+class RunnerResources(SpecModel):
+    """Requests and limits of a runner pod; what is left out comes from the operator's defaults."""
+
+    requests: ResourceAmounts = Field(default_factory=ResourceAmounts, description="What the scheduler reserves.")
+    limits: ResourceAmounts = Field(
+        default_factory=ResourceAmounts, description="The most it may use (over the memory limit it is OOM-killed)."
+    )
+
+
+class RunnerSpec(SpecModel):
+    """How this golden path's runs run in pod mode (BLACKTOP_RUNNER=pod); ignored by the local runner."""
+
+    image: str | None = Field(
+        None,
+        pattern=IMAGE,
+        max_length=512,
+        description="Image of the runner pods (default: the operator's image); it must contain blacktop, "
+        "tofu and the providers the module uses.",
+    )
+    resources: RunnerResources = Field(
+        default_factory=RunnerResources, description="CPU and memory of each runner pod (defaults from the operator)."
+    )
+
+
 class GoldenPathSpec(SpecModel):
     """A self-service offering: what a ServiceRequest naming this golden path gets."""
 
@@ -193,6 +228,9 @@ class GoldenPathSpec(SpecModel):
         "10m", pattern=DURATION, max_length=32, description="How often to check for drift."
     )
     monitoring: Monitoring | None = Field(None, description="Alerts and dashboard for each request.")
+    runner: RunnerSpec = Field(
+        default_factory=RunnerSpec, description="The runner pods of its runs in pod mode: image, CPU and memory."
+    )
     rollout: Rollout = Field(default_factory=Rollout, description="How a new revision reaches existing requests.")
     revision_history_limit: int = Field(
         10, ge=1, le=50, description="Revisions kept (besides any a request still runs or pins)."

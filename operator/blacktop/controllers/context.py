@@ -68,8 +68,11 @@ class Context:
             max_bytes=settings.module_max_bytes,
             timeout=settings.git_timeout_seconds,
         )
-        # Bounds OpenTofu processes cluster-wide (settings.max_concurrent_runs).
+        # Bound runs cluster-wide (settings.max_concurrent_runs) and per team (settings.team_run_limit).
         self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
+        self.team_runs: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.team_run_limit)
+        )
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
         self.held_locks: set[str] = set()
         # The last monthlyCost seen per request uid: most request events (progress in status) change no price.

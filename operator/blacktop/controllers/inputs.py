@@ -23,7 +23,7 @@ from blacktop.controllers.failures import Failure
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube.resources import resource_for
 from blacktop.terraform import module as modules
-from blacktop.terraform.runner import RunTarget
+from blacktop.terraform.runner import RunnerOptions, RunTarget
 from blacktop.terraform.sources import SourceError
 from blacktop.terraform.state import state_of
 
@@ -101,6 +101,7 @@ async def resolve(
     # overrides them (admission refuses such a parameter, and so does parameters.validate).
     candidates = {**parameters, **taken.values, **standard_variables(request, env, golden)}
     credentials = await _credentials(ctx, golden)
+    ref, runner = golden.spec.credentials_secret_ref, golden.spec.runner
     target = RunTarget(
         name=request.key,
         module=info.path,
@@ -109,6 +110,13 @@ async def resolve(
         credentials=credentials,
         state=state_of(ctx.settings.namespace, request.uid),
         secrets=tuple(taken.values.values()),
+        credentials_secret=(ref.namespace, ref.name) if ref is not None else None,
+        runner=RunnerOptions(
+            image=runner.image,
+            requests=runner.resources.requests.model_dump(exclude_none=True),
+            limits=runner.resources.limits.model_dump(exclude_none=True),
+        ),
+        request=f"{request.namespace}/{request.name}",
     )
     return Inputs(
         request=request,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import secrets
@@ -38,7 +37,7 @@ from blacktop.api.conditions import Reason
 from blacktop.api.kinds import API_VERSION
 from blacktop.api.servicerequest import RunInfo
 from blacktop.builders import naming
-from blacktop.controllers import lookup, revisions, statelock, views
+from blacktop.controllers import lookup, revisions, runs, statelock, views
 from blacktop.controllers.budget import refresh_environment_cost
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
@@ -49,6 +48,7 @@ from blacktop.kube.resources import SERVICEREQUESTS, resource_for
 from blacktop.metrics.inventory import LeftoverView
 from blacktop.terraform.module import ModuleRefused
 from blacktop.terraform.redact import tail
+from blacktop.terraform.runner import Ending, RunIdentity
 from blacktop.terraform.state import StateRef, new_lock_id, state_of, state_resources
 
 logger = logging.getLogger(__name__)
@@ -265,9 +265,20 @@ class Sweeper:
             run = RunInfo(id=secrets.token_hex(6), operation="destroy", lock_id=new_lock_id())
             try:
                 async with ctx.lock(f"leftover/{uid}"), statelock.held(ctx, view, ref, run, set()):
-                    runner = await ctx.runners.open(inputs.target, functools.partial(ctx.metrics.run_slot, ctx.runs))
-                    init = await runner.init()
-                    done = init if not init.ok else await runner.destroy()
+                    # The run slots every run shares (the team's and the cluster's), held to the end.
+                    slot = runs.RunSlot(ctx, inputs.environment.team or "")
+                    try:
+                        identity = RunIdentity(id=run.id, lock_id=run.lock_id or "", operation="destroy")
+                        runner = await ctx.runners.open(inputs.target, slot, identity)
+                        ending: Ending = "failed"
+                        try:
+                            init = await runner.init()
+                            done = init if not init.ok else await runner.destroy()
+                            ending = "succeeded" if done.ok else "failed"
+                        finally:
+                            await asyncio.shield(runner.close(ending))
+                    finally:
+                        slot.release()
             except statelock.StateLockedError as locked:
                 raise _NotDestroyed(locked.detail) from None
             except ModuleRefused as refused:

@@ -8,22 +8,28 @@ Entering a run: a new ``lastRun`` with a fresh lock ID goes into status and is w
 anything else, so a crash leaves a lock this request recognises as its own; then the state lock is
 taken (:mod:`blacktop.controllers.statelock`; a lock held by anyone else ends the run as
 StateLocked), and a runner is opened on the request's inputs, each operation waiting for a run
-slot (opening checks the module the run is about to run, as shipped and as copied: a refused one
-ends the run before any tool runs, with its reason). Inside, :meth:`Run.step` checks an operation's result: a failed one ends the run with its
-classified reason (:class:`RunFailed`). However the block ends, the lock is released and
+slot. Before the lock, the runners settle the target: a runner pod that an earlier operator process
+started is waited for (RunnerAdopted), never run beside. Opening checks the module the run is about
+to run, as shipped and as copied: a refused one ends the run before any tool runs, with its reason.
+Inside, :meth:`Run.step` checks an operation's result: a failed one ends the run with its classified
+reason (:class:`RunFailed`). However the block ends, the runner is closed and the lock is released
+(kept only when a shutdown leaves the runner working on: its successor waits for it) and
 ``lastRun`` says how the run ended.
 
 What a failed run means is the caller's decision. :func:`attempt` (apply, destroy) counts it as a
 failed attempt: ``failures`` and ``nextRetryTime`` in status, Ready=False with the reason (Stalled
 once retries are exhausted), and a :class:`~blacktop.controllers.failures.Failure` with the backoff
 delay. A drift check catches :class:`RunFailed` and reports it in its own condition. How runs share
-the slots is decided here as well (:func:`_slot`), so a fairer queue is a change of this module.
+the slots is decided here as well (:class:`RunSlot`): one cluster-wide and one per team, so a
+fairer queue is a change of this module.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -38,10 +44,13 @@ from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs
 from blacktop.controllers.tracker import StatusTracker
+from blacktop.kube import events
 from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.terraform.module import ModuleRefused
-from blacktop.terraform.runner import Runner, RunResult, Slot
+from blacktop.terraform.runner import Announce, Ending, RunIdentity, Runner, RunnerBusyError, RunResult
 from blacktop.terraform.state import new_lock_id
+
+logger = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=RunResult)
 SUCCEEDED, FAILED = "Succeeded", "Failed"
@@ -101,10 +110,33 @@ def _progress(tracker: StatusTracker[ServiceRequestStatus], stage: Stage, what: 
     tracker.not_ready(Reason.PROGRESSING, f"{what} (run {info.id})", stalled=False)
 
 
-def _slot(ctx: Context) -> Slot:
-    """How runs share the tool: one cluster-wide limit (settings.max_concurrent_runs), first come
-    first served, the wait timed as the ``queued`` stage."""
-    return functools.partial(ctx.metrics.run_slot, ctx.runs)
+class RunSlot:
+    """How runs share the tool: a slot of the cluster-wide limit (settings.max_concurrent_runs) and
+    one of the team's (settings.team_run_limit), first come first served. The run's first operation
+    waits for them (the ``queued`` stage) and the run keeps them to its end: a run that started is
+    never overtaken halfway, and in pod mode there are never more runner pods than slots. Each
+    operation is timed as its stage."""
+
+    def __init__(self, ctx: Context, team: str) -> None:
+        self._ctx = ctx
+        self._semaphores = (ctx.team_runs[team], ctx.runs)  # the team's first: never hold a global slot idle
+        self._held = False
+
+    @asynccontextmanager
+    async def __call__(self, stage: str) -> AsyncIterator[None]:
+        if not self._held:
+            await self._ctx.metrics.wait_for_slot(*self._semaphores)
+            self._held = True
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._ctx.metrics.observe_stage(stage, time.monotonic() - started)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._ctx.metrics.release_slot(*self._semaphores)
 
 
 def _finish(ctx: Context, info: RunInfo, *, failed: bool) -> None:
@@ -132,21 +164,57 @@ async def run(
     if progress is not None:
         _progress(tracker, *progress, info)
     await tracker.write(ctx.client, SERVICEREQUESTS)  # the lock ID is on record before the lock is taken
+    slot = RunSlot(ctx, inputs.environment.team or "")
     try:
-        async with statelock.held(ctx, inputs.request, inputs.target.state, info, recorded):
+        # A runner an earlier operator process left working on this state finishes first: never two writers.
+        await ctx.runners.settle(inputs.target, _announcer(ctx, tracker, info, progress))
+        async with statelock.held(ctx, inputs.request, inputs.target.state, info, recorded) as lock:
+            identity = RunIdentity(id=info.id, lock_id=info.lock_id or "", operation=operation)
             try:
-                runner = await ctx.runners.open(inputs.target, _slot(ctx))
+                runner = await ctx.runners.open(inputs.target, slot, identity)
             except ModuleRefused as refused:
                 detail = f"refused before any tofu command ran: {refused.message}"
                 raise RunFailed("checking the module", refused.reason, detail) from None
-            yield Run(ctx, tracker, info, runner)
+            ending: Ending = "failed"
+            try:
+                yield Run(ctx, tracker, info, runner)
+                ending = "failed" if info.result == FAILED else "succeeded"
+            except asyncio.CancelledError:
+                ending = "cancelled"
+                raise
+            finally:
+                # Shielded: on shutdown the runner is still told (and a pod left running keeps the lock).
+                if await asyncio.shield(runner.close(ending)):
+                    lock.keep()
     except statelock.StateLockedError as locked:
         _finish(ctx, info, failed=True)
         raise RunFailed("locking the state", Reason.STATE_LOCKED, locked.detail) from None
+    except RunnerBusyError as busy:  # an earlier process's runner still writes the state
+        _finish(ctx, info, failed=True)
+        raise RunFailed("waiting for an earlier runner", Reason.STATE_LOCKED, busy.detail) from None
     except RunFailed:
         _finish(ctx, info, failed=True)
         raise
+    finally:
+        slot.release()
     _finish(ctx, info, failed=False)
+
+
+def _announcer(
+    ctx: Context, tracker: StatusTracker[ServiceRequestStatus], info: RunInfo, progress: tuple[Stage, str] | None
+) -> Announce:
+    """What a run says when it must first wait for a runner an earlier operator process started: an
+    Event (RunnerAdopted), and the words in status while it waits."""
+
+    async def announce(words: str) -> None:
+        request = tracker.body
+        logger.warning("%s/%s: %s", request["metadata"].get("namespace"), request["metadata"]["name"], words)
+        await events.post_event(ctx.client, request, events.NORMAL, Reason.RUNNER_ADOPTED, words)
+        if progress is not None:
+            tracker.not_ready(Reason.PROGRESSING, f"{words} (run {info.id})", stalled=False)
+            await tracker.write(ctx.client, SERVICEREQUESTS)
+
+    return announce
 
 
 @asynccontextmanager

@@ -119,20 +119,41 @@ async def release(ctx: Context, state: StateRef, lock_id: str) -> None:
         logger.warning("could not release state lock %s (%s); the next run will recover it", lock_id, exc)
 
 
+class Held:
+    """A lock held for a block. :meth:`keep` leaves it locked when the block ends: work goes on
+    without this process (a runner pod the shutting-down operator leaves running), and the next run
+    must find the lock taken until it has waited for that work (then it is taken over as orphaned)."""
+
+    def __init__(self) -> None:
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+
 @asynccontextmanager
 async def held(
     ctx: Context, request: RequestView, state: StateRef, run: RunInfo, recorded: set[str]
-) -> AsyncIterator[None]:
-    """The lock for the duration of the block; released however the block ends."""
+) -> AsyncIterator[Held]:
+    """The lock for the duration of the block; released however the block ends, unless kept."""
     assert run.lock_id is not None
     await acquire(ctx, request, state, run, recorded)
     ctx.held_locks.add(run.lock_id)
+    handle = Held()
     try:
-        yield
+        yield handle
     finally:
         ctx.held_locks.discard(run.lock_id)
-        # Shielded: on operator shutdown the release still reaches the API server.
-        await asyncio.shield(release(ctx, state, run.lock_id))
+        if handle.kept:
+            logger.warning(
+                "%s/%s: state lock %s stays held: its runner works on; the next run waits for it, then takes the lock over",
+                request.namespace,
+                request.name,
+                run.lock_id,
+            )
+        else:
+            # Shielded: on operator shutdown the release still reaches the API server.
+            await asyncio.shield(release(ctx, state, run.lock_id))
 
 
 async def forget(ctx: Context, request: RequestView, state: StateRef, recorded: set[str]) -> None:

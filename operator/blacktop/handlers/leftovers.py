@@ -16,16 +16,14 @@ import kopf
 
 from blacktop.builders import naming
 from blacktop.controllers import leftovers
-from blacktop.handlers.wiring import context_of
+from blacktop.handlers.wiring import context_of, started_context
 
 GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "servicerequests"
 
 
 @kopf.on.startup()
 async def start_sweeper(memo: kopf.Memo, **_: Any) -> None:
-    if getattr(memo, "ctx", None) is None:
-        raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
-    memo.leftover_sweeper = sweeper = leftovers.Sweeper(context_of(memo))
+    memo.leftover_sweeper = sweeper = leftovers.Sweeper(started_context(memo, "the leftover state sweeper"))
     memo.leftover_task = asyncio.get_running_loop().create_task(sweeper.run_forever())
 
 

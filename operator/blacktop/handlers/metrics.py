@@ -13,18 +13,13 @@ import kopf
 
 from blacktop.api import kinds
 from blacktop.api.kinds import GROUP, VERSION
-from blacktop.handlers.wiring import context_of
+from blacktop.handlers.wiring import context_of, started_context
 from blacktop.metrics import server
 
 
 @kopf.on.startup()
 async def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
-    if getattr(memo, "ctx", None) is None:
-        # Kopf runs all start-up handlers in registration order in each pass, so the context from
-        # handlers.startup exists here unless `configure` failed in this pass. Waiting would log an
-        # ERROR per retry and hide the real failure; say once what happened instead.
-        raise kopf.PermanentError("metrics not served: the operator context is missing (start-up `configure` failed)")
-    ctx = context_of(memo)
+    ctx = started_context(memo, "metrics")
     memo.metrics_server = server.start(ctx.metrics, ctx.settings.metrics_port)
 
 

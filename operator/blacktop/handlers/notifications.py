@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from blacktop.controllers import notifications
-from blacktop.handlers.wiring import context_of
+from blacktop.handlers.wiring import context_of, started_context
 from blacktop.notifications.notices import ENVIRONMENT, SERVICE_REQUEST
 
 GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
@@ -22,10 +22,7 @@ GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
 
 @kopf.on.startup()
 async def start_notifications(memo: kopf.Memo, **_: Any) -> None:
-    if getattr(memo, "ctx", None) is None:
-        # Start-up handlers run in registration order; the context comes from handlers.startup.
-        raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
-    notifications.start(context_of(memo))
+    notifications.start(started_context(memo, "notifications"))
 
 
 @kopf.on.cleanup()

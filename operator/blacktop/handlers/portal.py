@@ -15,17 +15,14 @@ import kopf
 
 from blacktop.api import kinds
 from blacktop.api.kinds import GROUP, VERSION
-from blacktop.handlers.wiring import context_of, settings
+from blacktop.handlers.wiring import settings, started_context
 from blacktop.portal import server
 from blacktop.portal.access import Access
 from blacktop.portal.state import ClusterState
 
 
 async def serve_portal(memo: kopf.Memo, **_: Any) -> None:
-    if getattr(memo, "ctx", None) is None:
-        # Start-up handlers run in registration order; the context comes from handlers.startup.
-        raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
-    ctx = context_of(memo)
+    ctx = started_context(memo, "the developer portal")
     access = Access.through(ctx.client) if ctx.settings.portal_auth == "token" else None
     # The state is in the memo before the server starts: the first watch events may come at once.
     memo.portal_state = ClusterState()

@@ -18,7 +18,7 @@ from blacktop.api.kinds import GROUP, VERSION
 from blacktop.controllers.feedback import reconcile_feedback
 from blacktop.controllers.history import record_history
 from blacktop.controllers.scorecard import run_scorecard
-from blacktop.handlers.wiring import context_of
+from blacktop.handlers.wiring import context_of, started_context
 
 
 def _spec_changed(body: kopf.Body) -> bool:
@@ -27,10 +27,7 @@ def _spec_changed(body: kopf.Body) -> bool:
 
 @kopf.on.startup()
 async def start_scorecard(memo: kopf.Memo, **_: Any) -> None:
-    if getattr(memo, "ctx", None) is None:
-        # Start-up handlers run in registration order; the context comes from handlers.startup.
-        raise kopf.TemporaryError("waiting for the operator context", delay=0.2)
-    ctx = context_of(memo)
+    ctx = started_context(memo, "the scorecard")
     memo.scorecard_task = asyncio.get_running_loop().create_task(run_scorecard(ctx, ctx.settings.resync_seconds))
 
 

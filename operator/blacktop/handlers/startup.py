@@ -14,9 +14,10 @@ from blacktop.builders import naming
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.handlers import logfilters
+from blacktop.handlers.wiring import started_context
 from blacktop.kube.client import ClusterConfigError, KubeClient
 from blacktop.kube.errors import KubeApiError
-from blacktop.terraform.subprocess_runner import SubprocessRunners
+from blacktop.runners import runners_for
 
 
 # Nothing here is transient (no API calls): a failure is final, and the operator stops with it.
@@ -54,7 +55,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         raise kopf.PermanentError(str(exc)) from exc
     memo.kube = client
     # OpenTofu's state backend reaches the same cluster as this client (its kubeconfig; None: in-cluster).
-    runners = SubprocessRunners.from_settings(config, kubeconfig=client.kubeconfig)
+    runners = runners_for(config, client, kubeconfig=client.kubeconfig)  # settings.runner: local or pod
     memo.ctx = Context(client=client, settings=config, runners=runners)
 
 
@@ -63,7 +64,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def identify(memo: kopf.Memo, **_: Any) -> None:
     """Who the operator is to the apiserver (its own changes pass the team boundary, see
     controllers/admission.py), and the guardrail worker processes, before the first review."""
-    ctx: Context = memo.ctx
+    ctx = started_context(memo, "identification")
     try:
         ctx.username = await memo.kube.whoami()
     except KubeApiError as exc:

@@ -43,6 +43,16 @@ def context_of(memo: Any) -> Context:
     return ctx
 
 
+def started_context(memo: Any, what: str) -> Context:
+    """The context, for a start-up handler registered after handlers.startup. Kopf runs start-up
+    handlers in registration order in each pass, so the context exists here unless `configure`
+    failed in this pass: then this fails permanently too, saying so once, and the operator stops
+    with the real failure instead of retrying (and logging an ERROR) forever."""
+    if getattr(memo, "ctx", None) is None:
+        raise kopf.PermanentError(f"{what} not started: the operator context is missing (start-up `configure` failed)")
+    return context_of(memo)
+
+
 @asynccontextmanager
 async def retrying() -> AsyncIterator[None]:
     """A controller's Failure becomes Kopf's TemporaryError with the Failure's delay: the one place

@@ -43,6 +43,7 @@ _RESOURCES = [
     Resource("v1", "Event", "events", namespaced=True),
     Resource("v1", "ServiceAccount", "serviceaccounts", namespaced=True),
     Resource("v1", "Service", "services", namespaced=True),
+    Resource("v1", "Pod", "pods", namespaced=True),
     Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", namespaced=True),
     Resource("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", namespaced=True),
     Resource("rbac.authorization.k8s.io/v1", "Role", "roles", namespaced=True),

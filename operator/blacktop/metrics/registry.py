@@ -6,7 +6,7 @@ series. Label values are bounded sets (golden path, tier, team, reason, operatio
 object's name or uid, which would grow cardinality without limit.
 
 Other parts of the operator record through the small typed methods of :class:`Metrics`
-(``observe_guardrail_decision``, ``observe_admission_review``, ``observe_stage``, ``run_slot``)
+(``observe_guardrail_decision``, ``observe_admission_review``, ``observe_stage``, ``wait_for_slot``)
 rather than touching the prometheus-client objects, so label names cannot drift between callers.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,23 +205,29 @@ class Metrics:
             for result in ("requested", "approved"):
                 self.approvals.labels(operation=operation, result=result)
 
-    @asynccontextmanager
-    async def run_slot(self, semaphore: asyncio.Semaphore, stage: str) -> AsyncIterator[None]:
-        """Wait for a run slot (time spent is the ``queued`` stage), then time ``stage`` while it runs."""
+    async def wait_for_slot(self, *semaphores: asyncio.Semaphore) -> None:
+        """Take one slot of each of ``semaphores`` in order (the time spent is the ``queued`` stage);
+        the caller releases them (:meth:`release_slot`). Cancelled while waiting, it holds none."""
         self.runs_queued.inc()
         waiting = time.monotonic()
+        taken: list[asyncio.Semaphore] = []
         try:
-            await semaphore.acquire()
+            for semaphore in semaphores:
+                await semaphore.acquire()
+                taken.append(semaphore)
+        except BaseException:
+            for semaphore in taken:
+                semaphore.release()
+            raise
         finally:
             self.runs_queued.dec()
         self.observe_stage("queued", time.monotonic() - waiting)
         self.runs_in_flight.inc()
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.runs_in_flight.dec()
-            self.observe_stage(stage, time.monotonic() - started)
+
+    def release_slot(self, *semaphores: asyncio.Semaphore) -> None:
+        """Give back a slot :meth:`wait_for_slot` took."""
+        self.runs_in_flight.dec()
+        for semaphore in semaphores:
             semaphore.release()
 
 
@@ -276,10 +280,12 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             ["golden_path"],
             registry=registry,
         ),
-        runs_in_flight=Gauge("blacktop_runs_in_flight", "OpenTofu processes running now.", registry=registry),
+        runs_in_flight=Gauge(
+            "blacktop_runs_in_flight", "OpenTofu runs holding a slot now (in pod mode: runner pods).", registry=registry
+        ),
         runs_queued=Gauge(
             "blacktop_runs_queued",
-            "OpenTofu runs waiting for a slot (BLACKTOP_MAX_CONCURRENT_RUNS).",
+            "OpenTofu runs waiting for a slot (BLACKTOP_MAX_CONCURRENT_RUNS, _PER_TEAM).",
             registry=registry,
         ),
         event_loop_lag=Gauge(

@@ -11,17 +11,26 @@ classification (:mod:`blacktop.terraform.errors`) and a user-facing :attr:`RunRe
 
 Where the tool runs is the implementation's business: workspaces, file names, the tool cache, the
 kubeconfig the backend uses. :class:`blacktop.terraform.subprocess_runner.SubprocessRunners` runs
-the tool as a child process of the operator; a runner that runs it in a pod implements the same
-protocols, and nothing above this module changes.
+the tool as a child process of the operator; :class:`blacktop.runners.pod_runner.PodRunners` runs
+each run in a pod of its own; nothing above this module knows which.
+
+A run's life around its operations: :meth:`Runners.settle` first (wait for whatever an earlier
+operator process left running on the target: a runner pod outlives the process that started it),
+then :meth:`Runners.open`, the operations, and :meth:`Runner.close` with how the run ended. ``close``
+says whether work goes on without the operator (a pod the shutting-down operator leaves to its
+successor): then the caller keeps the state lock, so nobody else writes beside it.
+
+The plan that is applied is the plan that was shown: ``show_plan`` reports the saved plan's digest
+(:attr:`ShownPlan.digest`) and ``apply_plan`` refuses a saved plan whose digest is not the one shown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from blacktop.api.conditions import Reason
 from blacktop.api.servicerequest import PlanSummary
@@ -30,9 +39,32 @@ from blacktop.terraform.redact import tail
 from blacktop.terraform.state import StateRef
 
 JSON = dict[str, Any]
-# Waits for a run slot and holds it while one operation runs: ``slot("plan")``. The caller decides
-# how slots are shared (today one cluster-wide limit, timed as the ``queued`` stage).
+# Waits for the run's slot and times one operation: ``async with slot("plan"): ...``. The caller
+# decides how slots are shared (controllers/runs.py: a run keeps its slot from its first operation
+# to its end, so a runner pod never outnumbers the slots).
 Slot = Callable[[str], AbstractAsyncContextManager[None]]
+# How a run ended, as its runner is told when it is closed.
+Ending = Literal["succeeded", "failed", "cancelled"]
+# Says in status and an Event what a run waits for before it starts (see Runners.settle).
+Announce = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a runner serves: its ID (status.lastRun.id), the state lock ID it holds, the operation."""
+
+    id: str
+    lock_id: str
+    operation: str  # apply, destroy, drift
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """What the golden path says about its runner pods (pod mode; the local runner ignores it)."""
+
+    image: str | None = None  # None: the operator's default runner image
+    requests: Mapping[str, str] = field(default_factory=dict)  # cpu, memory (defaults fill the rest)
+    limits: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,9 @@ class RunTarget:
     credentials: Mapping[str, str]  # provider credentials: environment variables, never logged
     state: StateRef
     secrets: tuple[str, ...] = ()  # further values redacted from every output (inputs from other requests)
+    credentials_secret: tuple[str, str] | None = None  # (namespace, name) of the Secret they come from
+    runner: RunnerOptions = field(default_factory=RunnerOptions)
+    request: str = ""  # namespace/name of the request, for people reading what a runner is for
 
 
 @dataclass
@@ -98,6 +133,7 @@ class ShownPlan(RunResult):
 
     plan: JSON = field(default_factory=dict)
     summary: PlanSummary = field(default_factory=PlanSummary)
+    digest: str = ""  # sha256 of the saved plan file that was shown: apply_plan applies only that one
 
 
 @dataclass
@@ -105,6 +141,22 @@ class Outputs(RunResult):
     """``outputs``: name → (value, sensitive)."""
 
     values: dict[str, tuple[Any, bool]] = field(default_factory=dict)
+
+
+R = TypeVar("R", bound=RunResult)
+
+
+def retyped(kind: type[R], result: RunResult, **extra: Any) -> R:
+    """``result`` as the typed result ``kind`` (e.g. a failure as a ShownPlan), with ``extra`` fields."""
+    return kind(**{f.name: getattr(result, f.name) for f in fields(RunResult)}, **extra)
+
+
+class RunnerBusyError(Exception):
+    """A runner an earlier operator process started still works on the target and did not finish in time."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class Runner(Protocol):
@@ -123,7 +175,7 @@ class Runner(Protocol):
         ...
 
     async def apply_plan(self) -> RunResult:
-        """Apply exactly the saved plan."""
+        """Apply exactly the saved plan: the one ``show_plan`` showed, if it was shown (digest checked)."""
         ...
 
     async def outputs(self) -> Outputs:
@@ -134,14 +186,24 @@ class Runner(Protocol):
         """Destroy everything in the state."""
         ...
 
+    async def close(self, ending: Ending) -> bool:
+        """The run ended (``ending``): clean up. True when work goes on without the operator (the run was
+        cancelled by a shutdown while its runner works on): the caller must then keep the state lock."""
+        ...
+
 
 class Runners(Protocol):
     """Where runs happen: opens a runner on a target, and forgets a target that is gone."""
 
-    async def open(self, target: RunTarget, slot: Slot) -> Runner:
-        """A runner for ``target`` (fresh inputs), waiting on ``slot`` before each operation. Raises
-        :class:`blacktop.terraform.module.ModuleRefused` when the module it would run must not run (every
-        run, destroy included, checks exactly what the tool would read)."""
+    async def settle(self, target: RunTarget, announce: Announce) -> None:
+        """Before a run of ``target`` takes its state lock: wait until nothing an earlier operator process
+        started still works on it (calling ``announce`` with what it waits for, if it waits)."""
+        ...
+
+    async def open(self, target: RunTarget, slot: Slot, run: RunIdentity) -> Runner:
+        """A runner for ``run`` on ``target`` (fresh inputs), waiting on ``slot`` before each operation.
+        Raises :class:`blacktop.terraform.module.ModuleRefused` when the module it would run must not run
+        (every run, destroy included, checks exactly what the tool would read)."""
         ...
 
     async def discard(self, name: str) -> None:

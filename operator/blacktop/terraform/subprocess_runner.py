@@ -4,7 +4,8 @@ Command lines come from python-terraform (the wrapper the platform team chose) t
 :func:`command`, which also fixes what it gets wrong on modern binaries: its ``destroy`` adds
 ``-force`` (rejected since Terraform 0.15 and by OpenTofu) and its ``output()`` cannot read the
 current JSON. Each request's workspace (:mod:`blacktop.terraform.workspace`) is refreshed from the
-module when a runner is opened. The processes run as ``asyncio`` subprocesses in their own process
+module when a runner is opened. ``show_plan`` records the saved plan's sha256 and ``apply_plan``
+refuses a plan file that is no longer that one (the plan the guardrails judged is the plan applied). The processes run as ``asyncio`` subprocesses in their own process
 group, so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM
 first, letting the tool release what it holds, SIGKILL after a grace period. Bounded, cancellable,
 never blocking the event loop.
@@ -15,29 +16,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from python_terraform import IsFlagged, Terraform
 
+from blacktop.api.conditions import Reason
 from blacktop.config import Settings
 from blacktop.terraform import module, workspace
-from blacktop.terraform.errors import classify
+from blacktop.terraform.errors import Classification, classify
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.redact import redact
-from blacktop.terraform.runner import Outputs, PlanResult, RunResult, RunTarget, ShownPlan, Slot
+from blacktop.terraform.runner import (
+    Announce,
+    Ending,
+    Outputs,
+    PlanResult,
+    RunIdentity,
+    RunResult,
+    RunTarget,
+    ShownPlan,
+    Slot,
+    retyped,
+)
 from blacktop.toolbox import cache_dir, find_tool
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 # Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-R = TypeVar("R", bound=RunResult)
 
 
 def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
@@ -61,12 +74,13 @@ def parse_outputs(stdout: str) -> dict[str, tuple[Any, bool]]:
     return {name: (item.get("value"), bool(item.get("sensitive"))) for name, item in data.items()}
 
 
-def _as(kind: type[R], result: RunResult, **extra: Any) -> R:
-    """``result`` as the typed result ``kind`` with ``extra`` fields."""
-    return kind(**{f.name: getattr(result, f.name) for f in fields(RunResult)}, **extra)
+def plan_digest(workdir: Path) -> str:
+    """sha256 of the saved plan in ``workdir`` ("" when there is none)."""
+    path = workdir / workspace.PLAN_FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
-@dataclass(frozen=True)
+@dataclass
 class SubprocessRunner:
     """Runs the operations of one workspace; every one passes ``-lock=false`` (the caller holds the lock)."""
 
@@ -77,11 +91,13 @@ class SubprocessRunner:
     grace: float  # SIGTERM to SIGKILL
     slot: Slot
     secrets: tuple[str, ...] = ()  # values redacted from the output
+    shown: str | None = field(default=None, init=False)  # digest of the saved plan show_plan showed
 
     async def init(self) -> RunResult:
         return await self.run("init", lock=False)
 
     async def plan(self) -> PlanResult:
+        self.shown = None  # a new plan replaces the file: nothing is shown (judged) until show_plan
         # -detailed-exitcode: exit 2 (changes) is a success too, and tells changes from none.
         result = await self.run(
             "plan",
@@ -91,21 +107,40 @@ class SubprocessRunner:
             detailed_exitcode=IsFlagged,
             ok_codes=(0, 2),
         )
-        return _as(PlanResult, result)
+        return retyped(PlanResult, result)
 
     async def show_plan(self) -> ShownPlan:
+        before = await asyncio.to_thread(plan_digest, self.workdir)
         result = await self.run("show", workspace.PLAN_FILE, json=IsFlagged)
-        if not result.ok:
-            return _as(ShownPlan, result)
+        after = await asyncio.to_thread(plan_digest, self.workdir)
+        if not result.ok or before != after:  # nothing may swap the file while it is shown
+            return retyped(ShownPlan, result)
         plan = json.loads(result.stdout)
-        return _as(ShownPlan, result, plan=plan, summary=summarise(plan))
+        self.shown = after
+        return retyped(ShownPlan, result, plan=plan, summary=summarise(plan), digest=after)
 
-    async def apply_plan(self) -> RunResult:
+    async def apply_plan(self, digest: str | None = None) -> RunResult:
+        """Apply the saved plan if it is the one shown (``digest``: the one the caller was shown)."""
+        expected = digest or self.shown
+        found = await asyncio.to_thread(plan_digest, self.workdir)
+        if expected is not None and found != expected:
+            return RunResult(
+                operation="apply",
+                exit_code=1,
+                stdout="",
+                stderr=f"the saved plan is not the plan that was shown and judged (sha256 {found[:12] or 'none'}, "
+                f"shown {expected[:12]}); it is not applied",
+                seconds=0.0,
+                classification=Classification(Reason.APPLY_FAILED),
+            )
         return await self.run("apply", workspace.PLAN_FILE, lock=False)
+
+    async def close(self, ending: Ending) -> bool:
+        return False  # the tool is a child process: it never outlives its run (see _die_with_parent)
 
     async def outputs(self) -> Outputs:
         result = await self.run("output", json=IsFlagged)
-        return _as(Outputs, result, values=parse_outputs(result.stdout) if result.ok else {})
+        return retyped(Outputs, result, values=parse_outputs(result.stdout) if result.ok else {})
 
     async def destroy(self) -> RunResult:
         return await self.run("destroy", var_file=workspace.VAR_FILE, lock=False)
@@ -181,7 +216,10 @@ class SubprocessRunners:
             allowed_providers=settings.allowed_providers,
         )
 
-    async def open(self, target: RunTarget, slot: Slot) -> SubprocessRunner:
+    async def settle(self, target: RunTarget, announce: Announce) -> None:
+        return None  # runs of an earlier process died with it (PR_SET_PDEATHSIG): nothing to wait for
+
+    async def open(self, target: RunTarget, slot: Slot, run: RunIdentity) -> SubprocessRunner:
         """A runner on a fresh workspace copy of the module; raises ModuleRefused when the module (as
         shipped, or as copied) must not run: nothing of it runs then, not even ``init``."""
         backend = workspace.Backend(target.state, self.kubeconfig)

@@ -29,6 +29,7 @@ _PASSED_THROUGH = frozenset(
 )
 VAR_FILE = "terraform.tfvars.json"
 PLAN_FILE = "tfplan"
+STATE_FILE = "terraform.tfstate"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,16 @@ def _private(path: Path) -> None:
             entry.chmod(0o700 if executable else 0o600)
 
 
-def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend) -> Path:
+@dataclass(frozen=True)
+class LocalBackend:
+    """State in a file of the workspace: a runner pod keeps it in step with the state Secret itself
+    (its ServiceAccount may touch that one Secret, not list Secrets as the kubernetes backend's init does)."""
+
+    def config(self) -> dict[str, Any]:
+        return {"terraform": {"backend": {"local": {"path": STATE_FILE}}}}
+
+
+def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend | LocalBackend) -> Path:
     """(Re)create the workspace ``root/key`` from ``module``; returns its path (blocking I/O)."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     root.chmod(0o700)  # it may predate this rule

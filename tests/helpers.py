@@ -312,13 +312,23 @@ def wait_reason(
 def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180) -> dict[str, Any]:
     """Wait until ServiceRequest ``namespace/name`` is Ready for its current generation; returns it."""
 
+    seen: dict[str, Any] = {}
+
     def ready() -> dict[str, Any] | None:
         sr = get(kubectl, "servicerequest", name, "-n", namespace)
-        status = (sr or {}).get("status") or {}
-        current = sr is not None and status.get("observedGeneration") == sr["metadata"]["generation"]
+        seen["status"] = (sr or {}).get("status") or {}
+        current = sr is not None and seen["status"].get("observedGeneration") == sr["metadata"]["generation"]
         return sr if current and (condition(sr) or {}).get("status") == "True" else None
 
-    return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
+    try:
+        return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
+    except AssertionError as exc:
+        # Say where it stopped: its stage, its Ready condition and its last run.
+        status = seen.get("status") or {}
+        ready_condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        raise AssertionError(
+            f"{exc}; stage {status.get('stage')!r}, Ready {ready_condition!r}, lastRun {status.get('lastRun')!r}"
+        ) from None
 
 
 # The real prometheus-operator CRDs (install.sh prometheus-operator-crds puts them in the tool cache).

@@ -75,7 +75,9 @@ class LocalBackend:
 def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend | LocalBackend) -> Path:
     """(Re)create the workspace ``root/key`` from ``module``; returns its path (blocking I/O)."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    root.chmod(0o700)  # it may predate this rule
+    if root.stat().st_uid == os.getuid():
+        root.chmod(0o700)  # it may predate this rule
+    # else a mount someone else owns (a runner pod's emptyDir): the workspace below is ours, 0700.
     workdir = root / key
     workdir.mkdir(mode=0o700, exist_ok=True)
     for entry in workdir.iterdir():

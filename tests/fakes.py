@@ -6,7 +6,9 @@
   subresource, Events as objects, and refusals a test injects.
 - :class:`FakeRunners`: the :class:`blacktop.terraform.runner.Runners` protocol: every operation
   succeeds unless a test scripts a failure; records each operation with the state lock's holder at
-  that moment, so a test sees that runs happen under the lock.
+  that moment, so a test sees that runs happen under the lock. Opening a runner can be made to raise
+  (what the real one raises when the disk is full), and operations can be held at a gate (a test
+  sees who waits for a run slot meanwhile).
 - :class:`Clock`: the time, moved by the test.
 
 They replace Blacktop's adapters, never the integration tests: those run the real apiserver,
@@ -15,6 +17,7 @@ OpenTofu and the operator process.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import random
 import uuid
@@ -239,6 +242,9 @@ class FakeRunner:
 
     async def _result(self, operation: str, ok_codes: tuple[int, ...] = (0,), code: int = 0) -> RunResult:
         async with self.slot(operation):
+            gate = self._runners.gates.get(self.target.name)
+            if gate is not None:
+                await gate.wait()
             lease = self._runners.client.stored(LEASE, self.target.state.lock_lease, self.target.state.namespace)
             holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
             self._runners.calls.append((operation, holder))
@@ -289,6 +295,9 @@ class FakeRunners:
         self.opened: list[RunTarget] = []
         self.discarded: list[str] = []
         self.calls: list[tuple[str, str | None]] = []  # (operation, the state lock's holder meanwhile)
+        self.open_errors: list[BaseException] = []  # raised by the next opens, in order
+        self.gates: dict[str, asyncio.Event] = {}  # target name -> operations wait until it is set
+        self.stopped: list[float] = []  # grace of each stop()
 
     def fail(self, operation: str, stderr: str = "Error: something odd", *, timed_out: bool = False) -> None:
         """Make the next ``operation`` (init, plan, show, apply, output, destroy) fail with ``stderr``."""
@@ -299,8 +308,13 @@ class FakeRunners:
         return [operation for operation, _ in self.calls]
 
     async def open(self, target: RunTarget, slot: Slot) -> FakeRunner:
+        if self.open_errors:
+            raise self.open_errors.pop(0)
         self.opened.append(target)
         return FakeRunner(self, target, slot)
+
+    async def stop(self, grace: float) -> None:
+        self.stopped.append(grace)
 
     async def discard(self, name: str) -> None:
         self.discarded.append(name)

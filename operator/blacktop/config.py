@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _REPO_MODULES = Path(__file__).resolve().parents[2] / "terraform-modules"
 
@@ -26,7 +26,13 @@ class Settings(BaseModel):
     metrics_port: int = Field(8080, description="Port of the Prometheus /metrics endpoint (0 disables it).")
     health_port: int = Field(8081, description="Port of Kopf's liveness endpoint (0 disables it).")
     modules_root: Path = Field(_REPO_MODULES, description="Folder holding the golden paths' modules.")
-    max_concurrent_runs: int = Field(os.cpu_count() or 2, description="Terraform runs at once, cluster-wide.")
+    max_concurrent_runs: int = Field(os.cpu_count() or 2, ge=1, description="Terraform runs at once, cluster-wide.")
+    max_runs_per_team: int = Field(
+        0,
+        ge=0,
+        description="Run slots one team may hold at once (0: no cap beyond max_concurrent_runs). Slots are "
+        "shared fairly between the teams that wait either way: a burst of one team never starves another.",
+    )
     run_timeout_seconds: int = Field(1800, description="A Terraform run taking longer is terminated.")
     resync_seconds: float = Field(60.0, description="How often every object is reconciled without a change.")
     ttl_check_seconds: float = Field(5.0, description="How often environments are checked for expiry.")
@@ -67,6 +73,19 @@ class Settings(BaseModel):
         gt=0,
         description="After SIGTERM (timeout, shutdown) a run has this long to release its lock, then SIGKILL.",
     )
+    infrastructure_backoff_base_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Retry delay after a failure of the operator's own infrastructure (ApiUnavailable, "
+        "WorkspaceError: its API server, its disk), doubling; such failures never make a request Stalled, so "
+        "requests recover within seconds of the fix.",
+    )
+    infrastructure_backoff_cap_seconds: float = Field(
+        10.0, gt=0, description="Longest retry delay after failures of the operator's own infrastructure."
+    )
+    api_timeout_seconds: float = Field(
+        20.0, gt=0, description="How long one of the operator's API calls may wait for the answer."
+    )
     state_lock_attempts: int = Field(
         3, ge=1, description="Times taking a state lock is retried when someone moves the Lease meanwhile."
     )
@@ -83,6 +102,38 @@ class Settings(BaseModel):
         True, description="Apply the ValidatingWebhookConfiguration `blacktop` (local mode); the chart sets false."
     )
     webhook_host: str = Field("127.0.0.1", description="Host in the webhook URL the apiserver calls (local mode).")
+    # High availability: replicas elect a leader with a coordination Lease; only the leader reconciles,
+    # every replica answers admission reviews. A leader that cannot renew within the renew deadline
+    # stops its runs and exits before the lease can pass to another replica.
+    leader_election: bool = Field(True, description="Elect a leader among replicas (the Lease below).")
+    leader_lease_name: str = Field("blacktop-leader", description="The coordination Lease, in `namespace`.")
+    leader_lease_seconds: float = Field(
+        12.0, gt=0, description="How long a leader's lease lasts without renewal: a standby takes over after it."
+    )
+    leader_renew_deadline_seconds: float = Field(
+        8.0, gt=0, description="A leader that could not renew for this long stops its runs and exits."
+    )
+    leader_retry_seconds: float = Field(
+        2.0, gt=0, description="How often the lease is renewed, or looked at by a standby."
+    )
+
+    @model_validator(mode="after")
+    def _leases_make_sense(self) -> Settings:
+        if not self.leader_retry_seconds < self.leader_renew_deadline_seconds < self.leader_lease_seconds:
+            raise ValueError(
+                "leader election needs leader_retry_seconds < leader_renew_deadline_seconds < leader_lease_seconds "
+                "(a leader must give up before its lease can pass to another replica)"
+            )
+        return self
+
+    @property
+    def leader_stop_grace_seconds(self) -> float:
+        """SIGTERM to SIGKILL of the runs of a leader that lost its lease: all gone before it can pass."""
+        return max(0.5, self.leader_lease_seconds - self.leader_renew_deadline_seconds - 1.0)
+
+    def run_slots_per_team(self) -> int:
+        """The per-team cap in effect."""
+        return min(self.max_runs_per_team or self.max_concurrent_runs, self.max_concurrent_runs)
 
     def team_group(self, team: str) -> str:
         """The group whose members belong to ``team``."""

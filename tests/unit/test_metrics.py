@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from blacktop.controllers.slots import FairSlots
 from blacktop.metrics.collector import InventoryCollector
 from blacktop.metrics.inventory import Inventory
 from blacktop.metrics.registry import LEAD_TIME_BUCKETS, Metrics, create_metrics
@@ -230,16 +231,21 @@ def test_gauges_at_scrape_time() -> None:
     assert sample("blacktop_environments_past_ttl", tier="dev") == 0
 
 
-def test_run_slot_counts_queued_and_in_flight() -> None:
+def test_runs_waiting_for_and_holding_slots_are_counted() -> None:
     metrics = create_metrics()
 
     async def scenario() -> tuple[float | None, float | None]:
-        semaphore = asyncio.Semaphore(1)
+        slots = FairSlots(1, 1)
         release = asyncio.Event()
 
         async def hold() -> None:
-            async with metrics.run_slot(semaphore, "apply"):
-                await release.wait()
+            async with metrics.queued():
+                await slots.acquire("payments", slots.new_run())
+            try:
+                async with metrics.running("apply"):
+                    await release.wait()
+            finally:
+                slots.release("payments")
 
         first = asyncio.create_task(hold())
         second = asyncio.create_task(hold())

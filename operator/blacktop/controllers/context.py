@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from blacktop.config import Settings
+from blacktop.controllers.slots import FairSlots
 from blacktop.kube.client import Client
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.terraform.module import ModuleCache
@@ -51,8 +52,8 @@ class Context:
         self.clock = clock
         self.rng = rng or random.Random()  # backoff jitter  # noqa: S311 (not cryptography)
         self.modules = ModuleCache(settings.modules_root)
-        # Bounds OpenTofu processes cluster-wide (settings.max_concurrent_runs).
-        self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
+        # Bounds OpenTofu processes (settings.max_concurrent_runs), shared fairly between teams.
+        self.runs = FairSlots(settings.max_concurrent_runs, settings.run_slots_per_team())
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
         self.held_locks: set[str] = set()
         # The last monthlyCost seen per request uid: most request events (progress in status) change no price.

@@ -4,14 +4,21 @@ Provisioning, destroy and drift checks all run the golden path's module with the
 standard variables (where the request runs) and its parameters, limited to those the module
 declares; the golden path's provider credentials; the request's state. :func:`resolve` gathers them
 into one :class:`Inputs` before any run starts, so a missing dependency is reported before a lock
-is taken, and everything after it reads typed fields. (A check that skips a run whose inputs did not
-change would compare them here.)
+is taken, and everything after it reads typed fields.
+
+:attr:`Inputs.digest` names all of it in one sha256: the request's spec generation, the golden
+path's generation and the digest of the module that runs, the parameters after defaults, the
+module's variables, the credentials Secret's resourceVersion (never its values) and the state. A
+successful apply records it in status (``appliedDigest``); while it still matches, a Ready request
+needs no run at all, however often it is resumed or resynced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +43,25 @@ class Inputs:
     golden_path: GoldenPathView
     parameters: dict[str, Any]  # validated against the golden path's schema, defaults applied
     target: RunTarget
+    module_digest: str  # of the module files the runs use
+    credentials_version: str | None = None  # resourceVersion of the credentials Secret
+
+    @property
+    def digest(self) -> str:
+        """sha256 of everything a run of these inputs depends on (see the module docstring)."""
+        document = {
+            "generation": int(self.request.body["metadata"].get("generation", 1)),
+            "goldenPath": {
+                "name": self.golden_path.name,
+                "generation": int(self.golden_path.body["metadata"].get("generation", 1)),
+                "module": self.module_digest,
+            },
+            "parameters": self.parameters,
+            "variables": dict(self.target.variables),
+            "credentials": self.credentials_version,
+            "state": self.target.state.state_secret,
+        }
+        return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def standard_variables(request: RequestView, env: EnvironmentRef) -> dict[str, Any]:
@@ -49,11 +75,12 @@ def standard_variables(request: RequestView, env: EnvironmentRef) -> dict[str, A
     }
 
 
-async def _credentials(ctx: Context, golden: GoldenPathView) -> dict[str, str]:
-    """The golden path's provider credentials as environment variables (never logged)."""
+async def _credentials(ctx: Context, golden: GoldenPathView) -> tuple[dict[str, str], str | None]:
+    """The golden path's provider credentials as environment variables (never logged), and the
+    resourceVersion of the Secret they came from."""
     ref = golden.spec.credentials_secret_ref
     if ref is None:
-        return {}
+        return {}, None
     secret = await ctx.client.get(SECRET, ref.name, ref.namespace)
     if secret is None:
         raise Failure(
@@ -62,20 +89,19 @@ async def _credentials(ctx: Context, golden: GoldenPathView) -> dict[str, str]:
             "the platform team creates it (see the golden path's credentialsSecretRef)",
             delay=ctx.settings.dependency_retry_seconds,
         )
-    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    return values, secret["metadata"].get("resourceVersion")
 
 
 async def resolve(
     ctx: Context, request: RequestView, env: EnvironmentRef, golden: GoldenPathView, parameters: dict[str, Any]
 ) -> Inputs:
-    """The inputs of a run; raises Failure when the module or the credentials are missing."""
-    try:
-        # Parsed once per module digest (the golden path's status names it): no file I/O when known.
-        info = await asyncio.to_thread(ctx.modules.known, golden.spec.module, golden.module_digest)
-    except modules.ModuleError as exc:
-        raise Failure(Reason.MODULE_NOT_FOUND, str(exc), delay=ctx.settings.dependency_retry_seconds) from None
+    """The inputs of a run; raises Failure when the credentials Secret is missing (it may come), and
+    ModuleError when the module cannot be read here (a failed attempt: see failures.classify)."""
+    # Parsed once per module digest (the golden path's status names it): no file I/O when known.
+    info: modules.ModuleInfo = await asyncio.to_thread(ctx.modules.known, golden.spec.module, golden.module_digest)
     candidates = {**standard_variables(request, env), **parameters}
-    credentials = await _credentials(ctx, golden)
+    credentials, version = await _credentials(ctx, golden)
     target = RunTarget(
         name=request.key,
         module=info.path,
@@ -83,4 +109,12 @@ async def resolve(
         credentials=credentials,
         state=state_of(ctx.settings.namespace, request.uid),
     )
-    return Inputs(request=request, environment=env, golden_path=golden, parameters=parameters, target=target)
+    return Inputs(
+        request=request,
+        environment=env,
+        golden_path=golden,
+        parameters=parameters,
+        target=target,
+        module_digest=info.digest,
+        credentials_version=version,
+    )

@@ -1,6 +1,6 @@
 """One run of OpenTofu on a request: the protocol provisioning, destroy and drift checks share.
 
-    async with runs.attempt(ctx, inputs, tracker, "apply", progress="planning tiny") as run:
+    async with runs.attempt(ctx, inputs, tracker, "apply", progress=Progress(Stage.PLANNING, "planning tiny")) as run:
         await run.step(run.runner.init())
         plan = await run.step(run.runner.plan())
 
@@ -9,40 +9,55 @@ anything else, so a crash leaves a lock this request recognises as its own; then
 taken (:mod:`blacktop.controllers.statelock`; a lock held by anyone else ends the run as
 StateLocked), and a runner is opened on the request's inputs, each operation waiting for a run
 slot. Inside, :meth:`Run.step` checks an operation's result: a failed one ends the run with its
-classified reason (:class:`RunFailed`). However the block ends, the lock is released and
+classified reason (:class:`RunFailed`). Anything else that goes wrong inside (the API server
+timing out, a full disk under the workspace, a bug) ends the run the same way, classified by
+:func:`blacktop.controllers.failures.classify`. However the block ends, the lock is released and
 ``lastRun`` says how the run ended.
 
 What a failed run means is the caller's decision. :func:`attempt` (apply, destroy) counts it as a
-failed attempt: ``failures`` and ``nextRetryTime`` in status, Ready=False with the reason (Stalled
-once retries are exhausted), and a :class:`~blacktop.controllers.failures.Failure` with the backoff
-delay. A drift check catches :class:`RunFailed` and reports it in its own condition. How runs share
-the slots is decided here as well (:func:`_slot`), so a fairer queue is a change of this module.
+failed attempt (:func:`failed_attempt`): ``failures`` and ``nextRetryTime`` in status, the reason
+in Ready (or, for the re-verification of a Ready request, in Reconciling: re-verifying never turns
+Ready False), a Warning Event, and a :class:`~blacktop.controllers.failures.Failure` with the
+backoff delay: capped exponential backoff, Stalled once retries are exhausted; failures of the
+operator's own infrastructure (ApiUnavailable, WorkspaceError) back off briefly and never stall, so
+requests recover within seconds of the fix. A drift check catches :class:`RunFailed` and reports it
+in its own condition.
+
+Run slots are shared fairly between teams (:mod:`blacktop.controllers.slots`); a provisioning run
+that must wait says so in status (stage Queued, ``queue``, Reconciling with reason Queued) and says
+"planning ..." once its first operation starts.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from blacktop.api.common import format_time
-from blacktop.api.conditions import ConditionType, Reason
-from blacktop.api.servicerequest import RunInfo, ServiceRequestStatus, Stage
+from blacktop.api.conditions import INFRASTRUCTURE, ConditionType, Reason, get_condition
+from blacktop.api.servicerequest import QueueInfo, RunInfo, ServiceRequestStatus, Stage
 from blacktop.builders.retry import next_retry
 from blacktop.controllers import statelock
 from blacktop.controllers.context import Context
-from blacktop.controllers.failures import Failure
+from blacktop.controllers.failures import Failure, classify
 from blacktop.controllers.inputs import Inputs
 from blacktop.controllers.tracker import StatusTracker
+from blacktop.kube import events
+from blacktop.kube.errors import KubeApiError
 from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.terraform.runner import Runner, RunResult, Slot
 from blacktop.terraform.state import new_lock_id
 
+logger = logging.getLogger(__name__)
+
 R = TypeVar("R", bound=RunResult)
 SUCCEEDED, FAILED = "Succeeded", "Failed"
+Tracker = StatusTracker[ServiceRequestStatus]
 
 
 class RunFailed(Exception):  # noqa: N818 (reads as what happened: the run failed)
@@ -59,17 +74,34 @@ class RunFailed(Exception):  # noqa: N818 (reads as what happened: the run faile
         """The failure of one operation's result."""
         return cls(result.operation, result.reason, result.detail)
 
+    @classmethod
+    def of_exception(cls, exc: BaseException) -> RunFailed:
+        """An error that is not a tool's result, classified (see failures.classify)."""
+        found = classify(exc)
+        return cls(found.step, found.reason, found.detail)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What status says while a run works: its stage and words. ``keep_ready``: the request is Ready
+    and stays so (a re-verification): progress shows in Reconciling only."""
+
+    stage: Stage
+    what: str
+    keep_ready: bool = False
+
 
 class Run:
     """A run in progress: its ``lastRun`` record and its runner."""
 
     def __init__(
-        self, ctx: Context, tracker: StatusTracker[ServiceRequestStatus], info: RunInfo, runner: Runner
+        self, ctx: Context, tracker: Tracker, info: RunInfo, runner: Runner, progress: Progress | None
     ) -> None:
         self.info = info
         self.runner = runner
         self._ctx = ctx
         self._tracker = tracker
+        self._progress = progress
 
     async def step(self, operation: Awaitable[R]) -> R:
         """The result of ``operation``; raises RunFailed when it failed."""
@@ -84,20 +116,62 @@ class Run:
         self.info.result = FAILED
 
     async def progress(self, stage: Stage, what: str) -> None:
-        """Say in status what the run does now (Ready=False, Reconciling), e.g. ``applying tiny``."""
-        _progress(self._tracker, stage, what, self.info)
+        """Say in status what the run does now (Reconciling; Ready=False unless the request stays
+        Ready), e.g. ``applying tiny``."""
+        keep = self._progress.keep_ready if self._progress else False
+        _show(self._tracker, Progress(stage, what, keep), self.info)
         await self._tracker.write(self._ctx.client, SERVICEREQUESTS)
 
 
-def _progress(tracker: StatusTracker[ServiceRequestStatus], stage: Stage, what: str, info: RunInfo) -> None:
-    tracker.status.stage = stage
-    tracker.not_ready(Reason.PROGRESSING, f"{what} (run {info.id})", stalled=False)
+def _show(tracker: Tracker, progress: Progress, info: RunInfo) -> None:
+    message = f"{progress.what} (run {info.id})"
+    tracker.status.queue = None
+    if progress.keep_ready:
+        tracker.set(ConditionType.RECONCILING, True, Reason.PROGRESSING, message)
+        return
+    tracker.status.stage = progress.stage
+    tracker.not_ready(Reason.PROGRESSING, message, stalled=False)
 
 
-def _slot(ctx: Context) -> Slot:
-    """How runs share the tool: one cluster-wide limit (settings.max_concurrent_runs), first come
-    first served, the wait timed as the ``queued`` stage."""
-    return functools.partial(ctx.metrics.run_slot, ctx.runs)
+def _show_queued(ctx: Context, tracker: Tracker, progress: Progress, info: RunInfo, team: str) -> bool:
+    """If the run must wait for a slot, say where it stands; whether it must."""
+    standing = ctx.runs.standing(team)
+    if not standing.waits:
+        return False
+    tracker.status.queue = QueueInfo(
+        position=standing.position, ahead=standing.ahead, team=team or "(none)", since=format_time(ctx.now())
+    )
+    message = (
+        f"waiting for a run slot: {standing.ahead} run(s) ahead, position {standing.position} "
+        f"in team {team or '(none)'}'s queue (run {info.id})"
+    )
+    if progress.keep_ready:
+        tracker.set(ConditionType.RECONCILING, True, Reason.QUEUED, message)
+    else:
+        tracker.status.stage = Stage.QUEUED
+        tracker.not_ready(Reason.QUEUED, message, stalled=False)
+    return True
+
+
+def _slot(ctx: Context, team: str, *, on_first: Coroutine[Any, Any, None] | None) -> Slot:
+    """How this run's operations get a slot: fairly between teams (ctx.runs), the wait timed as the
+    ``queued`` stage; ``on_first`` runs once the first operation holds its slot."""
+    number = ctx.runs.new_run()
+    pending = [on_first] if on_first is not None else []
+
+    @asynccontextmanager
+    async def slot(stage: str) -> AsyncIterator[None]:
+        async with ctx.metrics.queued():
+            await ctx.runs.acquire(team, number)
+        try:
+            if pending:
+                await pending.pop()
+            async with ctx.metrics.running(stage):
+                yield
+        finally:
+            ctx.runs.release(team)
+
+    return slot
 
 
 def _finish(ctx: Context, info: RunInfo, *, failed: bool) -> None:
@@ -107,75 +181,106 @@ def _finish(ctx: Context, info: RunInfo, *, failed: bool) -> None:
 
 @asynccontextmanager
 async def run(
-    ctx: Context,
-    inputs: Inputs,
-    tracker: StatusTracker[ServiceRequestStatus],
-    operation: str,
-    *,
-    progress: tuple[Stage, str] | None = None,
+    ctx: Context, inputs: Inputs, tracker: Tracker, operation: str, *, progress: Progress | None = None
 ) -> AsyncIterator[Run]:
     """A run of ``operation`` (apply, destroy, drift) under the request's state lock; raises RunFailed.
-    ``progress``: the stage and words to show in status while it runs (none: status is left alone)."""
+    ``progress``: what to show in status while it runs (none: status is left alone)."""
     status = tracker.status
     recorded = statelock.recorded_lock_ids(status.last_run)
     info = RunInfo(
         id=secrets.token_hex(6), operation=operation, started_at=format_time(ctx.now()), lock_id=new_lock_id()
     )
     status.last_run = info
+    team = inputs.environment.team or ""
+    started: Coroutine[Any, Any, None] | None = None
     if progress is not None:
-        _progress(tracker, *progress, info)
+        _show(tracker, progress, info)
+        if _show_queued(ctx, tracker, progress, info, team):
+            started = _started(ctx, tracker, progress, info)
     await tracker.write(ctx.client, SERVICEREQUESTS)  # the lock ID is on record before the lock is taken
     try:
         async with statelock.held(ctx, inputs.request, inputs.target.state, info, recorded):
-            runner = await ctx.runners.open(inputs.target, _slot(ctx))
-            yield Run(ctx, tracker, info, runner)
+            runner = await ctx.runners.open(inputs.target, _slot(ctx, team, on_first=started))
+            yield Run(ctx, tracker, info, runner, progress)
     except statelock.StateLockedError as locked:
         _finish(ctx, info, failed=True)
         raise RunFailed("locking the state", Reason.STATE_LOCKED, locked.detail) from None
     except RunFailed:
         _finish(ctx, info, failed=True)
         raise
+    except Failure:
+        _finish(ctx, info, failed=True)
+        raise
+    except Exception as exc:  # the API server, the disk, a bug: the same failure path as a tool's
+        _finish(ctx, info, failed=True)
+        raise RunFailed.of_exception(exc) from None
+    finally:
+        if started is not None:
+            started.close()  # a run that never reached its first operation
     _finish(ctx, info, failed=False)
+
+
+async def _started(ctx: Context, tracker: Tracker, progress: Progress, info: RunInfo) -> None:
+    """The first operation of a queued run holds its slot: say it is working now."""
+    _show(tracker, progress, info)
+    await tracker.write(ctx.client, SERVICEREQUESTS)
 
 
 @asynccontextmanager
 async def attempt(
-    ctx: Context,
-    inputs: Inputs,
-    tracker: StatusTracker[ServiceRequestStatus],
-    operation: str,
-    *,
-    progress: tuple[Stage, str] | None = None,
+    ctx: Context, inputs: Inputs, tracker: Tracker, operation: str, *, progress: Progress | None = None
 ) -> AsyncIterator[Run]:
     """A run whose failure is a failed attempt: recorded in status, then raised as a Failure that says
-    when to retry (capped exponential backoff; Stalled after settings.max_failures_before_stalled)."""
+    when to retry (see :func:`failed_attempt`)."""
     try:
         async with run(ctx, inputs, tracker, operation, progress=progress) as handle:
             yield handle
     except RunFailed as failed:
-        raise await _failed_attempt(ctx, tracker, failed) from None
+        keep = progress.keep_ready if progress else False
+        raise await failed_attempt(ctx, tracker, failed, keep_ready=keep) from None
 
 
-async def _failed_attempt(ctx: Context, tracker: StatusTracker[ServiceRequestStatus], failed: RunFailed) -> Failure:
-    """Record a failed attempt in status (reason, redacted detail, when it is retried)."""
+async def failed_attempt(ctx: Context, tracker: Tracker, failed: RunFailed, *, keep_ready: bool = False) -> Failure:
+    """Record a failed attempt in status (reason, redacted detail, when it is retried) with a Warning
+    Event, and return the Failure to raise. ``keep_ready``: a Ready request's re-verification failed:
+    the reason goes into Reconciling (or Stalled), Ready stays as it is."""
     status, settings = tracker.status, ctx.settings
     status.failures += 1
+    infrastructure = failed.reason in INFRASTRUCTURE
     retry = next_retry(
         status.failures,
-        base=settings.backoff_base_seconds,
-        cap=settings.backoff_cap_seconds,
-        stalled_after=settings.max_failures_before_stalled,
+        base=settings.infrastructure_backoff_base_seconds if infrastructure else settings.backoff_base_seconds,
+        cap=settings.infrastructure_backoff_cap_seconds if infrastructure else settings.backoff_cap_seconds,
+        # The operator's own outage or disk is not the request's fault: retried soon, never Stalled.
+        stalled_after=None if infrastructure else settings.max_failures_before_stalled,
         stalled_delay=settings.stalled_retry_seconds,
         rng=ctx.rng,
     )
     status.next_retry_time = format_time(tracker.now + timedelta(seconds=retry.delay))
-    status.stage = Stage.FAILED
+    status.queue = None
     message = (
         f"{failed.step} failed ({failed.reason}, attempt {status.failures}, "
         f"next retry in {retry.delay:.0f}s): {failed.detail}"
     )
-    tracker.not_ready(failed.reason, message, stalled=retry.stalled)
+    said = get_condition(
+        tracker.status.conditions, ConditionType.STALLED if retry.stalled else ConditionType.RECONCILING
+    )
+    if not keep_ready:
+        status.stage = Stage.FAILED
+        tracker.not_ready(failed.reason, message, stalled=retry.stalled)
+    elif retry.stalled:
+        tracker.clear(ConditionType.RECONCILING)
+    else:
+        tracker.set(ConditionType.RECONCILING, True, failed.reason, message)
     if retry.stalled:
         tracker.set(ConditionType.STALLED, True, Reason.RETRIES_EXHAUSTED, message)
-    await tracker.write(ctx.client, SERVICEREQUESTS)
+    try:
+        await tracker.write(ctx.client, SERVICEREQUESTS)
+        if keep_ready and (said is None or said.reason != failed.reason):  # Ready did not change: say it here
+            await events.post_event(ctx.client, tracker.body, events.WARNING, failed.reason, message)
+    except KubeApiError as exc:
+        # The API server is down too (an outage): nothing can be recorded now; the retry will be.
+        logger.warning("could not record the failed attempt (%s): %s", failed.reason, exc)
+        cause = classify(exc).reason
+        return Failure(cause, message, delay=min(retry.delay, settings.infrastructure_backoff_cap_seconds))
     return Failure(failed.reason, message, delay=retry.delay)

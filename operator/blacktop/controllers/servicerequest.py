@@ -1,12 +1,20 @@
 """The ServiceRequest reconciler: validate, plan, apply, deliver the connection Secret; destroy on delete.
 
-Level-based and idempotent: every call re-plans from the current spec, so a spec change, a resumed
-operator or a retry after a failure all converge the same way. Each reconcile reads in four steps:
-decode (the request, its Environment and GoldenPath into typed views, once), decide (a pure
-:func:`check` of what they allow), act (one run through :mod:`blacktop.controllers.runs`: init,
-plan, show, the Plan-stage guardrails, apply, outputs), write status (the tracker). Progress is
-visible in status as it happens (stage, Reconciling, the plan summary); failures carry a classified
-reason and the redacted tail of the tool's message, and are retried with capped exponential backoff.
+Level-triggered without waste: every call compares what the request needs now with what its last
+successful apply was made of (``status.appliedDigest``, see :mod:`blacktop.controllers.inputs`). A
+Ready request whose inputs are unchanged starts no run and writes nothing, however often it is
+resumed (an operator restart or upgrade) or resynced. A spec change plans again (Ready=False while
+it works, then Ready); a Ready request whose golden path, credentials or environment changed is
+re-verified: planned again while Ready stays True and Reconciling says what happens. A plan without
+changes is never applied.
+
+Each reconcile reads in four steps: decode (the request, its Environment and GoldenPath into typed
+views, once), decide (a pure :func:`check` of what they allow, and :func:`up_to_date`), act (one run
+through :mod:`blacktop.controllers.runs`: init, plan, then if anything changes show, the Plan-stage
+guardrails and apply; outputs), write status (the tracker). Progress is visible in status as it
+happens (stage, queue position, Reconciling, the plan summary). Every failure, a tool's or not (the
+API server, the disk, the module, a bug), carries a classified reason and words, a Warning Event,
+and is retried with backoff.
 """
 
 from __future__ import annotations
@@ -17,13 +25,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from blacktop.api.common import cents_to_money, format_time
-from blacktop.api.conditions import ConditionType, Reason
-from blacktop.api.servicerequest import ServiceRequestStatus, Stage
+from blacktop.api.conditions import ConditionType, Reason, get_condition
+from blacktop.api.servicerequest import PlanSummary, ServiceRequestStatus, Stage
 from blacktop.builders import cost, parameters
 from blacktop.controllers import delivery, guardrails, lookup, monitoring, runs, statelock, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
+from blacktop.controllers.runs import Progress
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube import events
@@ -87,6 +96,22 @@ def check(
     return Decision(parameters=params)
 
 
+def settled(status: ServiceRequestStatus, generation: int) -> bool:
+    """Whether the request is Ready for its current spec (a later run re-verifies it). Pure."""
+    ready = get_condition(status.conditions, ConditionType.READY)
+    return (
+        ready is not None
+        and ready.status == "True"
+        and status.stage == Stage.READY
+        and status.observed_generation == generation
+    )
+
+
+def up_to_date(status: ServiceRequestStatus, generation: int, digest: str) -> bool:
+    """Whether nothing is to be done: Ready for this spec, and made of exactly these inputs. Pure."""
+    return settled(status, generation) and status.applied_digest == digest and status.failures == 0
+
+
 async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestStatus:
     """Converge one ServiceRequest; raises Failure when it must be tried again."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
@@ -98,6 +123,17 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
     except ValidationError as exc:
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, SERVICEREQUESTS)
+    was_settled = settled(tracker.status, tracker.generation)
+    try:
+        return await _reconcile(ctx, tracker, request, was_settled)
+    except Failure:
+        raise
+    except Exception as exc:  # the API server, the disk, the module, a bug: one failure path
+        failed = runs.RunFailed.of_exception(exc)
+        raise await runs.failed_attempt(ctx, tracker, failed, keep_ready=was_settled) from None
+
+
+async def _reconcile(ctx: Context, tracker: Tracker, request: RequestView, was_settled: bool) -> ServiceRequestStatus:
     env = await lookup.environment_ref(ctx, request.namespace)
     exists, golden = await lookup.golden_path(ctx, request.spec.golden_path)
     # Decide.
@@ -108,18 +144,23 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         return await _refuse(ctx, tracker, decision.refusal)
     assert env is not None
     assert golden is not None
-    tracker.status.stage = Stage.VALIDATING
+    waiting = Stage.READY if was_settled else Stage.PENDING
+    inputs = await _resolve(
+        ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=waiting
+    )
+    if up_to_date(tracker.status, tracker.generation, inputs.digest):
+        return tracker.status  # resumed or resynced with nothing changed: no run, no write
+    if not was_settled:
+        tracker.status.stage = Stage.VALIDATING
     tracker.set(ConditionType.PARAMETERS_VALID, True, Reason.RECONCILED, "parameters match the golden path's schema")
     tracker.status.monthly_cost = cents_to_money(cost.monthly_cost_cents(golden.spec.cost, decision.parameters))
     # Act.
-    inputs = await _resolve(
-        ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=Stage.PENDING
-    )
-    progress = (Stage.PLANNING, f"planning {golden.name}")
+    what = f"re-verifying {golden.name}: its inputs changed" if was_settled else f"planning {golden.name}"
+    progress = Progress(Stage.PLANNING, what, keep_ready=was_settled)
     async with runs.attempt(ctx, inputs, tracker, "apply", progress=progress) as run:
-        applied = await _plan_and_apply(ctx, inputs, tracker, run)
-    if applied is not None:
-        await _deliver(ctx, inputs, tracker, *applied)
+        converged = await _plan_and_apply(ctx, inputs, tracker, run, keep_ready=was_settled)
+    if converged is not None:
+        await _deliver(ctx, inputs, tracker, converged)
     # Write status.
     return await tracker.write(ctx.client, SERVICEREQUESTS)
 
@@ -146,63 +187,101 @@ async def _resolve(
     params: dict[str, Any],
     waiting: Stage,
 ) -> Inputs:
-    """The run's inputs; a missing module or credentials Secret is reported (Reconciling) and retried."""
+    """The run's inputs; a missing credentials Secret is reported (Reconciling) and retried. A request
+    that is Ready (``waiting`` Ready) stays Ready: only Reconciling says what it waits for."""
     try:
         return await resolve(ctx, request, env, golden, params)
     except Failure as missing:
-        tracker.status.stage = waiting
-        tracker.not_ready(missing.reason, missing.message, stalled=False)
+        if waiting == Stage.READY:
+            tracker.set(ConditionType.RECONCILING, True, missing.reason, missing.message)
+        else:
+            tracker.status.stage = waiting
+            tracker.not_ready(missing.reason, missing.message, stalled=False)
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise
 
 
+@dataclass(frozen=True)
+class Converged:
+    """What a successful run left: what it applied (None: the plan had no changes) and the outputs."""
+
+    applied: RunResult | None
+    outputs: Outputs
+    digest: str
+
+
 async def _plan_and_apply(
-    ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run
-) -> tuple[RunResult, Outputs] | None:
-    """init, plan, show, guardrails, apply, outputs; None when a guardrail denied the plan."""
+    ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run, *, keep_ready: bool
+) -> Converged | None:
+    """init, plan, and if it changes anything: show, guardrails, apply; then outputs. None when a
+    guardrail denied the plan."""
     runner, status, name = run.runner, tracker.status, inputs.golden_path.name
     await run.step(runner.init())
-    await run.step(runner.plan())
+    plan = await run.step(runner.plan())
+    if not plan.changes:  # nothing to apply, nothing to judge: the infrastructure is as the module says
+        status.plan = PlanSummary()
+        tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {PlanSummary().counts()}")
+        return Converged(None, await run.step(runner.outputs()), inputs.digest)
     shown = await run.step(runner.show_plan())
     status.plan = shown.summary
     tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {shown.summary.counts()}")
     denial = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
     if denial is not None:  # nothing is applied; a human changes the request or the policy
         run.failed()
-        status.stage = Stage.FAILED
-        tracker.not_ready(*denial, stalled=True)
+        if keep_ready:  # what exists stays as it is, and Ready with it; Stalled says why it cannot change
+            tracker.clear(ConditionType.RECONCILING)
+            tracker.set(ConditionType.STALLED, True, *denial)
+            await events.post_event(ctx.client, inputs.request.body, events.WARNING, denial[0], denial[1])
+        else:
+            status.stage = Stage.FAILED
+            tracker.not_ready(*denial, stalled=True)
         return None
     await run.progress(Stage.APPLYING, f"applying {name}")
     applied = await run.step(runner.apply_plan())
     outputs = await run.step(runner.outputs())
-    return applied, outputs
+    return Converged(applied, outputs, inputs.digest)
 
 
-async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunResult, outputs: Outputs) -> None:
-    """After a successful apply: the connection Secret, monitoring, lead time, Ready."""
+async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, converged: Converged) -> None:
+    """After a successful run: the connection Secret, monitoring, lead time, the digest, Ready."""
     request, golden, status = inputs.request, inputs.golden_path, tracker.status
-    secret = await delivery.deliver(ctx, inputs, outputs.values)
+    secret = await delivery.deliver(ctx, inputs, converged.outputs.values)
     now = ctx.now()
     status.connection_secret = secret["metadata"]["name"]
     status.outputs = sorted(secret["data"])
     status.failures = 0
     status.next_retry_time = None
     status.stage = Stage.READY
+    status.applied_digest = converged.digest
     if status.first_ready_time is None:
         status.first_ready_time = format_time(now)
         # Never negative, even if the API server's clock is ahead of ours.
         status.lead_time_seconds = max(0, round((now - request.created).total_seconds()))
-    tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {applied.seconds:.1f}s")
+    applied = converged.applied
+    if applied is not None:
+        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {applied.seconds:.1f}s")
+    elif get_condition(status.conditions, ConditionType.APPLIED) is None:
+        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, "nothing to apply: no changes were needed")
     await monitoring.configure_request(ctx, request.body, golden.name, golden.spec, tracker)
     tracker.ready(
         f"{golden.name} is ready; connection details in Secret {status.connection_secret}", Reason.PROVISIONED
     )
-    tracker.announce()  # every successful apply says so
+    if applied is not None:
+        tracker.announce()  # every successful apply says so; a plan without changes has nothing to say
 
 
 async def finalize_service_request(ctx: Context, body: JSON) -> None:
     """Destroy what the request made, then its state; raises Failure while that fails."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
+    try:
+        await _finalize(ctx, tracker, body)
+    except Failure:
+        raise
+    except Exception as exc:  # the API server, the disk, the module, a bug: one failure path
+        raise await runs.failed_attempt(ctx, tracker, runs.RunFailed.of_exception(exc)) from None
+
+
+async def _finalize(ctx: Context, tracker: Tracker, body: JSON) -> None:
     # Decode.
     request = views.request_view(body)
     state = state_of(ctx.settings.namespace, request.uid)

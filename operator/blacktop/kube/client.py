@@ -4,7 +4,9 @@ It wraps the official ``kubernetes`` client's authenticated connection pool (kub
 certificates, bearer tokens, in-cluster config) but speaks plain REST paths from
 :mod:`blacktop.kube.resources`, so one code path serves built-in kinds and our custom resources.
 The blocking HTTP calls run in worker threads (``asyncio.to_thread``): Kopf's event loop is never
-blocked by the network.
+blocked by the network. Every call is bounded in time (connect, read), and a server that cannot be
+reached, does not answer in time, or says it cannot serve now raises
+:class:`~blacktop.kube.errors.UnavailableError`, whatever the transport's own exception was.
 """
 
 from __future__ import annotations
@@ -15,18 +17,24 @@ import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from kubernetes.client import rest as k8s_rest
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from blacktop.kube.errors import NotFoundError, error_for
+from blacktop.kube.errors import NotFoundError, UnavailableError, error_for
 from blacktop.kube.resources import Resource, resource_for
 
 JSON = dict[str, Any]
 
 FIELD_MANAGER = "blacktop"
-# (connect, read) seconds: long enough for a loaded apiserver, short enough that a dead one is noticed.
-_TIMEOUT = (5.0, 60.0)
+# (connect, read) seconds: long enough for a loaded apiserver, short enough that a stalled one is
+# noticed and the work retried soon (settings.api_timeout_seconds overrides the read timeout).
+CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 20.0
+# Connecting is retried (nothing was sent); a request that was sent is never repeated blindly.
+_RETRIES = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=False, raise_on_status=False)
 
 
 class Client(Protocol):
@@ -62,21 +70,27 @@ class Client(Protocol):
 class KubeClient:
     """Async facade over one authenticated ``ApiClient``."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, *, timeout: float = READ_TIMEOUT) -> None:
+        api_client.configuration.retries = _RETRIES
+        api_client.rest_client = k8s_rest.RESTClientObject(api_client.configuration)  # with those retries
         self._api = api_client
+        self._timeout = (CONNECT_TIMEOUT, timeout)
 
     @classmethod
-    def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None) -> KubeClient:
-        """Connect with a kubeconfig (``path``, else ``$KUBECONFIG``/~/.kube/config), else in-cluster."""
+    def from_kubeconfig(
+        cls, path: str | os.PathLike[str] | None = None, *, timeout: float = READ_TIMEOUT
+    ) -> KubeClient:
+        """Connect with a kubeconfig (``path``, else ``$KUBECONFIG``/~/.kube/config), else in-cluster;
+        ``timeout``: how long one call may wait for the answer."""
         try:
             config_file = str(path) if path is not None else None
-            return cls(k8s_config.new_client_from_config(config_file=config_file))
+            return cls(k8s_config.new_client_from_config(config_file=config_file), timeout=timeout)
         except (ConfigException, FileNotFoundError, TypeError):
             if path is not None:
                 raise
         configuration = k8s_client.Configuration()
         k8s_config.load_incluster_config(client_configuration=configuration)
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(k8s_client.ApiClient(configuration), timeout=timeout)
 
     @classmethod
     def from_token(cls, server: str, token: str, ca_file: str) -> KubeClient:
@@ -116,8 +130,14 @@ class KubeClient:
             header_params=headers,
             auth_settings=["BearerToken"],
         )
-        response = self._api.rest_client.request(method, url, headers=headers, body=body, _request_timeout=_TIMEOUT)
-        raw = response.read()
+        try:
+            response = self._api.rest_client.request(
+                method, url, headers=headers, body=body, _request_timeout=self._timeout
+            )
+            raw = response.read()
+        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+            # Connection refused or reset, a timeout, a TLS failure: the server is not there for us.
+            raise UnavailableError(0, "Unavailable", f"{type(exc).__name__}: {exc}", method, path) from None
         try:
             data: JSON = json.loads(raw) if raw else {}
         except ValueError:

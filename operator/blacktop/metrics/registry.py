@@ -6,13 +6,12 @@ series. Label values are bounded sets (golden path, tier, team, reason, operatio
 object's name or uid, which would grow cardinality without limit.
 
 Other parts of the operator record through the small typed methods of :class:`Metrics`
-(``observe_guardrail_decision``, ``observe_admission_review``, ``observe_stage``, ``run_slot``)
+(``observe_guardrail_decision``, ``observe_admission_review``, ``observe_stage``, ``queued``, ``running``)
 rather than touching the prometheus-client objects, so label names cannot drift between callers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -131,15 +130,19 @@ class Metrics:
         self.drift_detected.labels(golden_path=golden_path)
 
     @asynccontextmanager
-    async def run_slot(self, semaphore: asyncio.Semaphore, stage: str) -> AsyncIterator[None]:
-        """Wait for a run slot (time spent is the ``queued`` stage), then time ``stage`` while it runs."""
+    async def queued(self) -> AsyncIterator[None]:
+        """A run waiting for a slot for the block: counted in ``runs_queued``, timed as ``queued``."""
         self.runs_queued.inc()
         waiting = time.monotonic()
         try:
-            await semaphore.acquire()
+            yield
         finally:
             self.runs_queued.dec()
-        self.observe_stage("queued", time.monotonic() - waiting)
+            self.observe_stage("queued", time.monotonic() - waiting)
+
+    @asynccontextmanager
+    async def running(self, stage: str) -> AsyncIterator[None]:
+        """A tool running ``stage`` for the block: counted in ``runs_in_flight``, timed as ``stage``."""
         self.runs_in_flight.inc()
         started = time.monotonic()
         try:
@@ -147,7 +150,6 @@ class Metrics:
         finally:
             self.runs_in_flight.dec()
             self.observe_stage(stage, time.monotonic() - started)
-            semaphore.release()
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:

@@ -143,3 +143,8 @@ class Runners(Protocol):
     async def discard(self, name: str) -> None:
         """Remove what runs of the target ``name`` left behind (after a destroy)."""
         ...
+
+    async def stop(self, grace: float) -> None:
+        """Stop every operation in flight now: ask them to stop, and force them after ``grace``
+        seconds (a leader that lost its lease must have nothing running before it can pass)."""
+        ...

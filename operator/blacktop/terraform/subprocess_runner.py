@@ -8,6 +8,14 @@ module when a runner is opened. The processes run as ``asyncio`` subprocesses in
 group, so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM
 first, letting the tool release what it holds, SIGKILL after a grace period. Bounded, cancellable,
 never blocking the event loop.
+
+The tool outlives the operator well. Its output goes to files in the workspace, read after it
+exits: a pipe would lead to a dead reader once the operator is killed, and the tool would die of
+SIGPIPE mid-stop, leaving its provider plugins behind. The kernel sends it SIGTERM when the
+operator dies (``PR_SET_PDEATHSIG``), so it stops as on shutdown: finishes what is in flight,
+persists the state, stops its plugins. Its pid stays recorded in the workspace while it runs; the
+next runner opened on that workspace (a restarted operator) waits for such a leftover to finish
+its stop (up to the grace period), then kills what is left of its process group.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +38,7 @@ from blacktop.config import Settings
 from blacktop.terraform import workspace
 from blacktop.terraform.errors import classify
 from blacktop.terraform.plan import summarise
-from blacktop.terraform.redact import redact
+from blacktop.terraform.redact import Redactor
 from blacktop.terraform.runner import Outputs, PlanResult, RunResult, RunTarget, ShownPlan, Slot
 from blacktop.toolbox import cache_dir, find_tool
 
@@ -38,6 +46,9 @@ _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 # Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 R = TypeVar("R", bound=RunResult)
+# What is read back of the tool's output files: a plan's JSON can be large, messages are not.
+_STDOUT_LIMIT = 64 * 1024 * 1024
+_STDERR_LIMIT = 1024 * 1024
 
 
 def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
@@ -76,7 +87,8 @@ class SubprocessRunner:
     timeout: float
     grace: float  # SIGTERM to SIGKILL
     slot: Slot
-    secrets: tuple[str, ...] = ()  # values redacted from the output
+    redact: Redactor = field(default_factory=Redactor)  # masks the run's credentials in what the tool says
+    live: set[asyncio.subprocess.Process] = field(default_factory=set)  # tools running now (of all runners)
 
     async def init(self) -> RunResult:
         return await self.run("init", lock=False)
@@ -111,46 +123,68 @@ class SubprocessRunner:
         return await self.run("destroy", var_file=workspace.VAR_FILE, lock=False)
 
     async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
-        """Run one operation; output is redacted before it leaves this method."""
+        """Run one operation; output is redacted before it leaves this method. Raises WorkspaceError
+        when the tool cannot be started or its output not read (the operator's disk)."""
         argv = command(self.binary, self.workdir, operation, *args, **options)
+        out_file, err_file = workspace.output_files(self.workdir, operation)
         async with self.slot(operation):
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            proc = await self._start(argv, out_file, err_file, operation)
+            self.live.add(proc)
             timed_out = False
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+                await asyncio.wait_for(proc.wait(), timeout=self.timeout)
             except TimeoutError:
                 timed_out = True
                 await _terminate(proc, self.grace)
-                out, err = b"", b""
             except asyncio.CancelledError:
                 # Operator shutdown: let the tool stop cleanly, then go.
                 await asyncio.shield(_terminate(proc, self.grace))
                 raise
+            finally:
+                self.live.discard(proc)
+                if proc.returncode is not None:
+                    _forget_pid(self.workdir)
             seconds = time.monotonic() - started
+        out, err = await asyncio.gather(
+            asyncio.to_thread(workspace.read_output, out_file, _STDOUT_LIMIT),
+            asyncio.to_thread(workspace.read_output, err_file, _STDERR_LIMIT),
+        )
         code = proc.returncode if proc.returncode is not None else -1
         result = RunResult(
             operation=operation,
             exit_code=code,
-            stdout=out.decode(errors="replace"),
-            stderr=redact(err.decode(errors="replace"), self.secrets),
+            stdout="" if timed_out else out,
+            stderr=self.redact(err),
             seconds=seconds,
             timed_out=timed_out,
             ok_codes=ok_codes,
         )
         if not result.ok:
-            combined = result.stderr + "\n" + redact(result.stdout, self.secrets)
+            combined = result.stderr + "\n" + self.redact(result.stdout)
             result.classification = classify(operation, combined, timed_out=timed_out)
         return result
+
+    async def _start(
+        self, argv: list[str], out_file: Path, err_file: Path, operation: str
+    ) -> asyncio.subprocess.Process:
+        """Start the tool writing into the output files, and record its pid in the workspace."""
+        try:
+            with out_file.open("wb") as out, err_file.open("wb") as err:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=self.workdir,
+                    env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            workspace.pid_file(self.workdir).write_text(str(proc.pid))
+        except OSError as exc:
+            raise workspace.WorkspaceError(f"cannot start {operation}: {exc.strerror or exc}") from exc
+        return proc
 
 
 @dataclass(frozen=True)
@@ -163,6 +197,7 @@ class SubprocessRunners:
     grace: float
     kubeconfig: str | None  # how the state backend reaches the cluster (None: in-cluster config)
     cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
+    live: set[asyncio.subprocess.Process] = field(default_factory=set)  # tools running now
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubprocessRunners:
@@ -178,6 +213,7 @@ class SubprocessRunners:
         )
 
     async def open(self, target: RunTarget, slot: Slot) -> SubprocessRunner:
+        await _await_leftover(self.workspace_root / target.name, self.grace)
         backend = workspace.Backend(target.state, self.kubeconfig)
         workdir = await asyncio.to_thread(
             workspace.prepare, self.workspace_root, target.name, target.module, dict(target.variables), backend
@@ -189,11 +225,15 @@ class SubprocessRunners:
             timeout=self.timeout,
             grace=self.grace,
             slot=slot,
-            secrets=tuple(target.credentials.values()),
+            redact=Redactor.of(target.credentials),
+            live=self.live,
         )
 
     async def discard(self, name: str) -> None:
         await asyncio.to_thread(workspace.remove, self.workspace_root, name)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(_terminate(proc, grace) for proc in list(self.live)))
 
 
 def _die_with_parent() -> None:
@@ -215,3 +255,43 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+def _forget_pid(workdir: Path) -> None:
+    with contextlib.suppress(OSError):
+        workspace.pid_file(workdir).unlink()
+
+
+def _group_in(pgid: int, workdir: Path) -> list[int]:
+    """The live processes of process group ``pgid`` working in ``workdir`` (the tool and its
+    plugins; the working directory tells them from an unrelated group that reused the number)."""
+    members = []
+    workdir = workdir.resolve()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields_after_name = stat[stat.rindex(")") + 2 :].split()
+            state, group = fields_after_name[0], int(fields_after_name[2])
+            if group == pgid and state != "Z" and Path(os.readlink(entry / "cwd")) == workdir:
+                members.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
+
+
+async def _await_leftover(workdir: Path, grace: float) -> None:
+    """A tool an earlier operator started here and did not see end (it was killed): wait for it to
+    finish its graceful stop, up to ``grace`` seconds, then kill what is left of its group."""
+    pid = await asyncio.to_thread(workspace.recorded_pid, workdir)
+    if pid is None or sys.platform != "linux":
+        return
+    deadline = time.monotonic() + grace
+    while await asyncio.to_thread(_group_in, pid, workdir):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            break
+        await asyncio.sleep(0.2)
+    _forget_pid(workdir)

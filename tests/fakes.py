@@ -82,6 +82,9 @@ class FakeClient:
 
     # -- what tests use -------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Nothing to release (the real client's connection pool)."""
+
     def refuse(self, verb: str, kind: str, error: KubeApiError) -> None:
         """Make every ``verb`` (get, list, create, apply, replace, merge_patch, delete) of ``kind`` fail."""
         self.refusals[(verb, kind)] = error

@@ -108,13 +108,13 @@ class Settings(BaseModel):
     leader_election: bool = Field(True, description="Elect a leader among replicas (the Lease below).")
     leader_lease_name: str = Field("blacktop-leader", description="The coordination Lease, in `namespace`.")
     leader_lease_seconds: float = Field(
-        12.0, gt=0, description="How long a leader's lease lasts without renewal: a standby takes over after it."
+        10.0, gt=0, description="How long a leader's lease lasts without renewal: a standby takes over after it."
     )
     leader_renew_deadline_seconds: float = Field(
-        8.0, gt=0, description="A leader that could not renew for this long stops its runs and exits."
+        6.0, gt=0, description="A leader that could not renew for this long stops its runs and exits."
     )
     leader_retry_seconds: float = Field(
-        2.0, gt=0, description="How often the lease is renewed, or looked at by a standby."
+        1.5, gt=0, description="How often the lease is renewed, or looked at by a standby."
     )
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ def passes(message: str, level: int, logger_level: int = logging.INFO) -> tuple[
         "Handler 'metrics-servicerequests' succeeded.",
         "Handler 'environment-child-namespaces' succeeded.",
         "Timer 'environment_resync' succeeded.",
-        "Timer 'service_request_drift' succeeded.",
+        "Handler 'drift-schedule' succeeded.",
         "Webhook 'validate-environment' succeeded.",
     ],
 )

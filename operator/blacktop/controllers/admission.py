@@ -82,10 +82,10 @@ async def review_service_request(
     if spec_unchanged(body, old):
         return Review()
     namespace = str(body.get("metadata", {}).get("namespace") or "")
-    env, golden_paths, siblings, policies = await asyncio.gather(
+    cached_paths = lookup.cached_list(ctx, "golden_paths")
+    env, golden_paths, policies = await asyncio.gather(
         lookup.environment_of(ctx, namespace),
-        ctx.client.list(GOLDENPATHS),
-        ctx.client.list(SERVICEREQUESTS, namespace),
+        _known(cached_paths) if cached_paths is not None else ctx.client.list(GOLDENPATHS),
         active_policies(ctx),
     )
     if env is not None:
@@ -94,6 +94,14 @@ async def review_service_request(
         denial = boundaries.request_denial(userinfo, env, settings.team_group(team), settings.platform_admin_groups)
         if denial:
             return Review(denial=denial)
+    subject = context.request_subject(body, env)
+    rules = engine.rules_for(policies, subject, RuleStage.ADMISSION)
+    if not rules:
+        return Review()  # no rule to evaluate: no variables to build
+    siblings: list[JSON] = []
+    if engine.mentions(rules, "environmentMonthly"):  # only a budget rule needs the namespace's requests
+        cached = lookup.cached_list(ctx, "requests", namespace)
+        siblings = cached if cached is not None else await ctx.client.list(SERVICEREQUESTS, namespace)
     by_name = {gp["metadata"]["name"]: gp for gp in golden_paths}
     golden = by_name.get(str((body.get("spec") or {}).get("goldenPath")))
     variables = context.request_variables(
@@ -104,8 +112,12 @@ async def review_service_request(
         userinfo,
         siblings=[(s, by_name.get(str((s.get("spec") or {}).get("goldenPath")))) for s in siblings],
     )
-    decision = engine.evaluate(policies, context.request_subject(body, env), variables, RuleStage.ADMISSION)
+    decision = engine.evaluate(policies, subject, variables, RuleStage.ADMISSION)
     return _answer(decision, ctx, body, dryrun)
+
+
+async def _known(objects: list[JSON]) -> list[JSON]:
+    return objects
 
 
 def review_policy(body: JSON, old: JSON | None) -> Review:

@@ -17,8 +17,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from blacktop.config import Settings
+from blacktop.controllers.schedule import DriftSchedule
 from blacktop.controllers.slots import FairSlots
 from blacktop.kube.client import Client
+from blacktop.kube.informer import ClusterCache
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.runner import Runners
@@ -47,6 +49,8 @@ class Context:
             runners = SubprocessRunners.from_settings(settings)
         self.client = client
         self.settings = settings
+        # Watch-fed copies of what reviews and reconciles read (None: read everything from the API).
+        self.cache: ClusterCache | None = None
         self.runners = runners
         self.metrics = metrics or create_metrics()  # the process's explicit registry
         self.clock = clock
@@ -56,6 +60,8 @@ class Context:
         self.runs = FairSlots(settings.max_concurrent_runs, settings.run_slots_per_team())
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
         self.held_locks: set[str] = set()
+        # When each Ready request's next drift check is due (fed by watch events, run by one task).
+        self.drift = DriftSchedule(self.now)
         # The last monthlyCost seen per request uid: most request events (progress in status) change no price.
         self.prices: dict[str, str | None] = {}
         # Work started beside a response (guardrail recordings); referenced so it is not garbage-collected.

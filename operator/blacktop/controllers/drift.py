@@ -111,6 +111,20 @@ async def check_drift(ctx: Context, namespace: str, name: str) -> ServiceRequest
     return status
 
 
+async def scheduled_check(ctx: Context, namespace: str, name: str) -> float | None:
+    """A check the schedule found due (:mod:`blacktop.controllers.schedule`), under the request's lock;
+    when to look again if the request's next watch event does not say (None: it will)."""
+    lock = ctx.lock(f"ServiceRequest/{namespace}/{name}")
+    if lock.locked():
+        return ctx.settings.drift_check_seconds  # provisioning or deletion is running: check later
+    async with lock:
+        try:
+            checked = await check_drift(ctx, namespace, name)
+        except Failure as failure:  # handed to provisioning, which must be retried
+            return failure.delay
+    return None if checked is not None else ctx.settings.drift_check_seconds
+
+
 def _could_not_run(tracker: Tracker, reason: str, detail: str) -> None:
     tracker.clear(ConditionType.RECONCILING)
     tracker.set(ConditionType.DRIFTED, None, reason, f"the drift check could not run: {detail}")

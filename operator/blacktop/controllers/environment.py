@@ -20,7 +20,7 @@ from blacktop.api.environment import EnvironmentSpec, EnvironmentStatus, parse_d
 from blacktop.builders import cost as cost_model
 from blacktop.builders import environment as builders
 from blacktop.builders import naming
-from blacktop.controllers import monitoring
+from blacktop.controllers import lookup, monitoring
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.tracker import StatusTracker
@@ -110,7 +110,9 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     await monitoring.configure_environment(ctx, env, tracker)
 
     try:
-        requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
+        requests = lookup.cached_list(ctx, "requests", tracker.status.namespace)
+        if requests is None:
+            requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
     except KubeApiError:
         requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
     tracker.status.cost = cost_model.environment_cost(spec, requests)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from blacktop.api.conditions import ConditionType, Reason
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
+from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
@@ -58,7 +59,9 @@ def spec_problems(spec: GoldenPathSpec, outputs: set[str]) -> list[str]:
 
 
 async def _request_count(ctx: Context, name: str) -> int:
-    requests = await ctx.client.list(SERVICEREQUESTS)
+    requests = lookup.cached_list(ctx, "requests")
+    if requests is None:
+        requests = await ctx.client.list(SERVICEREQUESTS)
     return sum(1 for r in requests if (r.get("spec") or {}).get("goldenPath") == name)
 
 

@@ -19,6 +19,7 @@ from blacktop.api.conditions import Reason
 from blacktop.api.guardrailpolicy import GuardrailPolicyStatus
 from blacktop.api.guardrailpolicy import Violation as StatusViolation
 from blacktop.controllers.context import Context
+from blacktop.controllers.lookup import cached_list
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.guardrails.engine import CompiledPolicy, PolicyCompileError, Violation, compile_body
 from blacktop.kube.resources import GUARDRAILPOLICIES
@@ -34,9 +35,11 @@ def _lock_key(name: str) -> str:
 
 
 async def active_policies(ctx: Context) -> list[CompiledPolicy]:
-    """Every policy that compiles (compiled programs are cached, so this is one list call)."""
+    """Every policy that compiles (compiled programs are cached; the policies come from the informer
+    cache, or from one list call until it has synced)."""
     policies = []
-    for body in await ctx.client.list(GUARDRAILPOLICIES):
+    bodies = cached_list(ctx, "policies")
+    for body in bodies if bodies is not None else await ctx.client.list(GUARDRAILPOLICIES):
         if body["metadata"].get("deletionTimestamp"):
             continue
         try:

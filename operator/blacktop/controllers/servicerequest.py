@@ -19,6 +19,7 @@ and is retried with backoff.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ from blacktop.kube import events
 from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.terraform.runner import Outputs, RunResult
 from blacktop.terraform.state import state_of
+
+logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 Tracker = StatusTracker[ServiceRequestStatus]
@@ -149,6 +152,7 @@ async def _reconcile(ctx: Context, tracker: Tracker, request: RequestView, was_s
         ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=waiting
     )
     if up_to_date(tracker.status, tracker.generation, inputs.digest):
+        logger.debug("%s/%s is up to date: nothing to do", request.namespace, request.name)
         return tracker.status  # resumed or resynced with nothing changed: no run, no write
     if not was_settled:
         tracker.status.stage = Stage.VALIDATING

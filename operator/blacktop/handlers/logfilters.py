@@ -21,7 +21,7 @@ ROUTINE_IDS = (
     "environment_resync",
     "environment_ttl",
     "golden_path_resync",
-    "service_request_drift",
+    "drift-schedule",
     "validate-",
 )
 # How Kopf names a handler in its lines, by kind of handler.
@@ -59,7 +59,9 @@ class KopfLines(logging.Filter):
 
 
 def install() -> None:
-    """Attach the filter to Kopf's per-object logger (idempotent)."""
+    """Attach the filter to Kopf's per-object logger (idempotent); the webhook server's access log
+    (a line per admission review) says nothing the review metrics do not."""
     logger = logging.getLogger("kopf.objects")
     if not any(isinstance(f, KopfLines) for f in logger.filters):
         logger.addFilter(KopfLines())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,26 +1,143 @@
-"""Running the operator: Kopf's main loop with all Blacktop handlers registered."""
+"""Running the operator: every replica serves admission, metrics and health; the leader runs Kopf.
+
+    start     the Context (settings, API client, runners), the thread pool, /metrics, /healthz,
+              /readyz and the admission webhook: on every replica, leader or not
+    elect     wait for the leader Lease (controllers/leadership); a standby only answers admission
+    lead      Kopf's operator with every handler, while the Lease is renewed
+    stop      (SIGTERM/SIGINT, or Kopf ending) Kopf first, its handlers finishing or their tools
+              stopped within the run grace; then the Lease released (a standby takes over at once);
+              then the webhook configuration removed (local mode) while the server still answers;
+              then the servers; the API client last
+    lost      (the Lease could not be renewed in time) every tool in flight is stopped within
+              settings.leader_stop_grace_seconds, before the lease can pass, then Kopf, and the
+              process exits with status 1 so its pod restarts as a standby
+
+Kopf has no leader election; running it only on the leader is what keeps two replicas from
+reconciling the same object twice.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import sys
 
 import kopf
 
 from blacktop import handlers
+from blacktop.builders import naming
 from blacktop.config import Settings
+from blacktop.controllers.context import Context
+from blacktop.controllers.leadership import Elector
+from blacktop.handlers import logfilters
+from blacktop.handlers.admission import AdmissionServer
+from blacktop.kube.client import KubeClient
+from blacktop.kube.informer import ClusterCache
+from blacktop.metrics import server
+
+logger = logging.getLogger(__name__)
 
 
 def run_operator(settings: Settings, *, verbose: bool = False) -> None:
-    """Run until SIGINT/SIGTERM; Kopf then finishes handlers in flight and returns.
+    """Run until SIGINT/SIGTERM (exit 0) or until leadership is lost (exit 1).
 
     ``settings`` (the CLI read them once) are the only ones: the handlers register with them, and
-    start-up finds them in Kopf's memo to build the Context.
+    they travel in the Context that Kopf finds in its memo.
     """
     handlers.register(settings)
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.configure(verbose=verbose)
-    kopf.run(
-        clusterwide=True,
-        # One replica by default; peering (leader election between replicas) is opt-in via the chart.
-        standalone=True,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(settings=settings),
+    code = asyncio.run(operate(settings))
+    if code:
+        sys.exit(code)
+
+
+async def operate(settings: Settings) -> int:
+    """The whole life of one replica (see the module docstring); its exit status."""
+    logfilters.install()
+    loop = asyncio.get_running_loop()
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=settings.worker_threads, thread_name_prefix="blacktop-io"
     )
+    loop.set_default_executor(executor)
+    # $KUBECONFIG as it is now (the CLI may have just set it for a local cluster), else in-cluster.
+    kubeconfig = os.environ.get("KUBECONFIG") or None
+    client = await asyncio.to_thread(KubeClient.from_kubeconfig, kubeconfig, timeout=settings.api_timeout_seconds)
+    ctx = Context(client=client, settings=settings)
+    stopping = asyncio.Event()
+    _on_signals(stopping)
+    elector = Elector(client, settings)
+    # Admission has a Context of its own (its own loop, its own locks), sharing what is thread-safe.
+    admission = AdmissionServer(Context(client=client, settings=settings, runners=ctx.runners, metrics=ctx.metrics))
+    admission.ctx.modules = ctx.modules
+    ctx.cache = admission.ctx.cache = ClusterCache(client, naming.LABEL_ENVIRONMENT)
+    ctx.cache.start()
+    role = ["starting"]
+    metrics = server.start(ctx.metrics, settings.metrics_port)
+    health = await server.serve_health(settings.health_port, admission.listening.is_set, lambda: role[0])
+    code = 0
+    try:
+        await admission.start()
+        role[0] = "standing by"
+        if not settings.leader_election or await elector.acquire(stopping):
+            role[0] = "leading"
+            code = await _lead(ctx, elector, stopping, executor)
+    finally:
+        role[0] = "stopping"
+        await ctx.runners.stop(settings.run_grace_seconds)  # nothing may run once the lease is gone
+        await elector.release()
+        await admission.stop()  # the configuration goes before the server, never after
+        logger.debug("admission webhook server stopped")
+        await health.stop()
+        await metrics.stop()
+        ctx.cache.stop()
+        client.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("stopped")
+    return code
+
+
+async def _lead(ctx: Context, elector: Elector, stopping: asyncio.Event, executor: concurrent.futures.Executor) -> int:
+    """Kopf's operator while this replica leads; 1 when leadership was lost."""
+    settings = ctx.settings
+    kopf_stop = asyncio.Event()
+    # Kopf takes SIGTERM/SIGINT over when it starts; its start-up hands them back (take_signals), so a
+    # signal stops Kopf through kopf_stop like any other stop, in the order of the module docstring.
+    memo = kopf.Memo(settings=settings, ctx=ctx, executor=executor, take_signals=lambda: _take_signals(stopping))
+    operator = asyncio.create_task(
+        kopf.operator(clusterwide=True, standalone=True, memo=memo, stop_flag=kopf_stop), name="kopf"
+    )
+    waits = {operator, asyncio.create_task(stopping.wait(), name="stop signal")}
+    keeper = asyncio.create_task(elector.keep(), name="leader lease") if settings.leader_election else None
+    if keeper is not None:
+        waits.add(keeper)
+    code = 0
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if keeper is not None and keeper in done:
+            # Partitioned or replaced: no tool may still run when another replica takes the lease.
+            logger.error("stopping every run within %.0fs and exiting", settings.leader_stop_grace_seconds)
+            await ctx.runners.stop(settings.leader_stop_grace_seconds)
+            code = 1
+    finally:
+        kopf_stop.set()
+        for task in waits - {operator}:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await operator
+        _on_signals(stopping)  # in case Kopf ended before its start-up handed them back
+    return code
+
+
+def _take_signals(stopping: asyncio.Event) -> None:
+    # Kopf installs its handlers right after its start-up handlers' first step: take them back after.
+    asyncio.get_running_loop().call_later(0.1, _on_signals, stopping)
+
+
+def _on_signals(stopping: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import urllib3
@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from blacktop.kube.errors import NotFoundError, UnavailableError, error_for
+from blacktop.kube.informer import parse_lines
 from blacktop.kube.resources import Resource, resource_for
 
 JSON = dict[str, Any]
@@ -153,6 +154,33 @@ class KubeClient:
                 path,
             )
         return data
+
+    def stream_sync(self, path: str, *, query: Mapping[str, str] | None = None, timeout: float) -> Iterator[JSON]:
+        """A watch: the JSON events of a streaming GET, one per line, until the server ends it
+        (blocking: for the informers' own threads). ``timeout``: the longest quiet time."""
+        method, url, headers, _, _ = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query.items()) if query else None,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.rest_client.request(
+                method, url, headers=headers, _request_timeout=(CONNECT_TIMEOUT, timeout)
+            )
+            raw = response.response
+            if not 200 <= raw.status < 300:
+                data = json.loads(raw.data or b"{}")
+                raise error_for(
+                    raw.status, str(data.get("reason") or raw.reason), str(data.get("message")), method, path
+                )
+            try:
+                yield from parse_lines(raw.stream(65536))
+            finally:
+                raw.release_conn()
+        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+            raise UnavailableError(0, "Unavailable", f"{type(exc).__name__}: {exc}", method, path) from None
 
     async def request(
         self,

@@ -217,10 +217,12 @@ def test_an_api_server_stall_is_reported_and_requests_recover_within_seconds(
             assert recovered < 45
             seen = {(condition(o) or {}).get("reason") for o in watch.objects()}
             print(f"Ready reasons seen: {sorted(r for r in seen if r)}")
-            # The stall was said in status with a classified reason (not "planning ..." and
-            # failures 0), and the operator's log names it.
-            assert seen & {"ApiUnavailable", "ProviderError", "PlanFailed", "ApplyFailed", "StateLocked"}
-            assert "ApiUnavailable" in stalled.log_text()
+            # The runs the stall stopped said so in status (not "planning ..." and failures 0)...
+            assert "ApiUnavailable" in seen
+            assert any((o.get("status") or {}).get("failures", 0) >= 1 for o in watch.objects())
+            # ... and the operator, unable to renew its lease, stopped them and led again once it could.
+            assert "leadership lost" in stalled.log_text()
+            assert stalled.log_text().count("leading: holding Lease") >= 2
         finally:
             stalled.stop()
 
@@ -245,9 +247,10 @@ def test_kill_9_mid_apply_leaves_no_provider_plugin_and_the_next_operator_finish
 
             def applying() -> list[tuple[int, str]] | None:
                 found = processes_in(workspaces)
-                return found if any("terraform-provider-random" in c for _, c in found) else None
+                tool_applies = any(" apply " in f" {c} " for _, c in found)
+                return found if tool_applies and any("terraform-provider-random" in c for _, c in found) else None
 
-            running = wait_for(applying, timeout=180, interval=0.2, what="a run with its provider plugin")
+            running = wait_for(applying, timeout=240, interval=0.1, what="an apply with its provider plugin")
             own.kill()  # the operator's process group only: tofu runs in a session of its own
             # The tool got SIGTERM from the kernel (its parent died), stops gracefully, and its
             # plugin goes with it: nothing of this run is left.

@@ -1277,3 +1277,20 @@ def test_every_reason_a_controller_sets_is_reached_by_a_test() -> None:
     assert set(NOT_SET_BY_CONTROLLERS) <= every
     assert every - set(NOT_SET_BY_CONTROLLERS) - reached == set()
     assert reached & set(NOT_SET_BY_CONTROLLERS) == set()
+
+
+def test_a_waiter_cancelled_just_before_its_turn_never_leaks_a_slot() -> None:
+    async def scenario() -> tuple[int, int, bool]:
+        slots = FairSlots(total=1, per_team=1)
+        await slots.acquire("a", slots.new_run())
+        waiter = asyncio.create_task(slots.acquire("b", slots.new_run()))
+        await asyncio.sleep(0)
+        waiter.cancel()  # cancelled, and before it wakes up ...
+        slots.release("a")  # ... the slot frees: it must not go to the cancelled waiter
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        later = asyncio.create_task(slots.acquire("c", slots.new_run()))
+        await asyncio.sleep(0)
+        return slots.in_use, slots.waiting, later.done()
+
+    assert asyncio.run(scenario()) == (1, 0, True)  # the next one got it

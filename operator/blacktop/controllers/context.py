@@ -15,6 +15,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from blacktop.config import Settings
 from blacktop.controllers.schedule import DriftSchedule
@@ -60,6 +61,10 @@ class Context:
         self.runs = FairSlots(settings.max_concurrent_runs, settings.run_slots_per_team())
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
         self.held_locks: set[str] = set()
+        # Set while this replica stops its runs because it lost its leader lease: how such a run failed.
+        self.interruption: Any = None  # runs.RunFailed | None (runs imports this module)
+        # Runs stopped that way, by request (namespace/name): their next reconcile records the failure.
+        self.interrupted: dict[str, Any] = {}
         # When each Ready request's next drift check is due (fed by watch events, run by one task).
         self.drift = DriftSchedule(self.now)
         # The last monthlyCost seen per request uid: most request events (progress in status) change no price.

@@ -100,6 +100,8 @@ class Elector:
         self.settings = settings
         self.me = me or identity()
         self.leading = False
+        # Whether the lease stayed ours since we last led (nobody else took it meanwhile).
+        self.kept = False
         self._monotonic = monotonic
         self._wall = wall
         self._sleep = sleep
@@ -173,7 +175,10 @@ class Elector:
             self._observe(lease, now)
             if verdict == Verdict.HELD:
                 self.leading = False
+                self.kept = False
                 return False
+            if not self.leading:
+                self.kept = verdict == Verdict.OURS  # leading again on a lease nobody took meanwhile
             await self._take(lease, renew=verdict == Verdict.OURS)
         except ConflictError:
             self.leading = False  # someone else wrote it first: look again next time

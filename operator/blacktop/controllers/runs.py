@@ -30,6 +30,7 @@ that must wait says so in status (stage Queued, ``queue``, Reconciling with reas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Coroutine
@@ -211,6 +212,10 @@ async def run(
     except Failure:
         _finish(ctx, info, failed=True)
         raise
+    except asyncio.CancelledError:
+        if ctx.interruption is not None:  # leadership lost: the next reconcile says so before retrying
+            ctx.interrupted[f"{inputs.request.namespace}/{inputs.request.name}"] = ctx.interruption
+        raise
     except Exception as exc:  # the API server, the disk, a bug: the same failure path as a tool's
         _finish(ctx, info, failed=True)
         raise RunFailed.of_exception(exc) from None
@@ -238,6 +243,14 @@ async def attempt(
     except RunFailed as failed:
         keep = progress.keep_ready if progress else False
         raise await failed_attempt(ctx, tracker, failed, keep_ready=keep) from None
+
+
+async def record_interruption(ctx: Context, tracker: Tracker, key: str, *, keep_ready: bool) -> None:
+    """A run of this request was stopped when this replica lost its lease (an API server outage):
+    say so now, as a failed attempt retried soon (raises its Failure)."""
+    interrupted = ctx.interrupted.pop(key, None)
+    if isinstance(interrupted, RunFailed):
+        raise await failed_attempt(ctx, tracker, interrupted, keep_ready=keep_ready)
 
 
 async def failed_attempt(ctx: Context, tracker: Tracker, failed: RunFailed, *, keep_ready: bool = False) -> Failure:

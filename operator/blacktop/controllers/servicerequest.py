@@ -127,6 +127,7 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, SERVICEREQUESTS)
     was_settled = settled(tracker.status, tracker.generation)
+    await runs.record_interruption(ctx, tracker, f"{request.namespace}/{request.name}", keep_ready=was_settled)
     try:
         return await _reconcile(ctx, tracker, request, was_settled)
     except Failure:

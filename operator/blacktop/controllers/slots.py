@@ -14,6 +14,7 @@ starts at the next free slot, and the big team still uses every slot nobody else
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class Standing:
 class _Waiter:
     run: int
     future: asyncio.Future[None] = field(compare=False)
+    granted: bool = field(default=False, compare=False)
 
 
 class FairSlots:
@@ -86,10 +88,11 @@ class FairSlots:
         try:
             await waiter.future
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.granted:
                 self.release(team)  # granted just as we were cancelled: give it back
             else:
-                queue.remove(waiter)
+                with contextlib.suppress(ValueError):  # already dropped by _dispatch
+                    queue.remove(waiter)
                 self._dispatch()
             raise
 
@@ -120,7 +123,10 @@ class FairSlots:
             waiter = self._waiting[team].popleft()
             if not self._waiting[team]:
                 del self._waiting[team]
+            if waiter.future.done():  # its task was cancelled while it waited: nothing to grant
+                continue
             self._grant(team)
+            waiter.granted = True
             waiter.future.set_result(None)
         for team in [t for t, q in self._waiting.items() if not q]:
             del self._waiting[team]

@@ -8,9 +8,11 @@
               stopped within the run grace; then the Lease released (a standby takes over at once);
               then the webhook configuration removed (local mode) while the server still answers;
               then the servers; the API client last
-    lost      (the Lease could not be renewed in time) every tool in flight is stopped within
-              settings.leader_stop_grace_seconds, before the lease can pass, then Kopf, and the
-              process exits with status 1 so its pod restarts as a standby
+    lost      (the Lease could not be renewed in time: a partition, or the API server down) every
+              tool in flight is stopped within settings.leader_stop_grace_seconds, before the lease
+              can pass, then Kopf; the replica stands by again. If nobody took the lease meanwhile
+              (the API server was down for everyone), it leads again as soon as the API server
+              answers, and the runs it stopped report ApiUnavailable before they are retried
 
 Kopf has no leader election; running it only on the leader is what keeps two replicas from
 reconciling the same object twice.
@@ -29,10 +31,12 @@ import sys
 import kopf
 
 from blacktop import handlers
+from blacktop.api.conditions import Reason
 from blacktop.builders import naming
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.controllers.leadership import Elector
+from blacktop.controllers.runs import RunFailed
 from blacktop.handlers import logfilters
 from blacktop.handlers.admission import AdmissionServer
 from blacktop.kube.client import KubeClient
@@ -43,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_operator(settings: Settings, *, verbose: bool = False) -> None:
-    """Run until SIGINT/SIGTERM (exit 0) or until leadership is lost (exit 1).
+    """Run until SIGINT/SIGTERM.
 
     ``settings`` (the CLI read them once) are the only ones: the handlers register with them, and
     they travel in the Context that Kopf finds in its memo.
@@ -52,7 +56,7 @@ def run_operator(settings: Settings, *, verbose: bool = False) -> None:
     kopf.configure(verbose=verbose)
     code = asyncio.run(operate(settings))
     if code:
-        sys.exit(code)
+        sys.exit(code)  # reserved: operate() ends cleanly on every path today
 
 
 async def operate(settings: Settings) -> int:
@@ -78,13 +82,17 @@ async def operate(settings: Settings) -> int:
     role = ["starting"]
     metrics = server.start(ctx.metrics, settings.metrics_port)
     health = await server.serve_health(settings.health_port, admission.listening.is_set, lambda: role[0])
-    code = 0
     try:
         await admission.start()
-        role[0] = "standing by"
-        if not settings.leader_election or await elector.acquire(stopping):
+        while not stopping.is_set():
+            role[0] = "standing by"
+            if settings.leader_election and not await elector.acquire(stopping):
+                break
+            if not elector.kept:  # another replica led meanwhile: what we stopped is its business now
+                ctx.interrupted.clear()
             role[0] = "leading"
-            code = await _lead(ctx, elector, stopping, executor)
+            if not await _lead(ctx, elector, stopping, executor):
+                break
     finally:
         role[0] = "stopping"
         await ctx.runners.stop(settings.run_grace_seconds)  # nothing may run once the lease is gone
@@ -97,11 +105,11 @@ async def operate(settings: Settings) -> int:
         client.close()
         executor.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped")
-    return code
+    return 0
 
 
-async def _lead(ctx: Context, elector: Elector, stopping: asyncio.Event, executor: concurrent.futures.Executor) -> int:
-    """Kopf's operator while this replica leads; 1 when leadership was lost."""
+async def _lead(ctx: Context, elector: Elector, stopping: asyncio.Event, executor: concurrent.futures.Executor) -> bool:
+    """Kopf's operator while this replica leads; True when leadership was lost (not a stop)."""
     settings = ctx.settings
     kopf_stop = asyncio.Event()
     # Kopf takes SIGTERM/SIGINT over when it starts; its start-up hands them back (take_signals), so a
@@ -114,14 +122,20 @@ async def _lead(ctx: Context, elector: Elector, stopping: asyncio.Event, executo
     keeper = asyncio.create_task(elector.keep(), name="leader lease") if settings.leader_election else None
     if keeper is not None:
         waits.add(keeper)
-    code = 0
+    lost = False
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if keeper is not None and keeper in done:
             # Partitioned or replaced: no tool may still run when another replica takes the lease.
-            logger.error("stopping every run within %.0fs and exiting", settings.leader_stop_grace_seconds)
+            lost = True
+            logger.error("stopping every run within %.0fs, then standing by", settings.leader_stop_grace_seconds)
+            ctx.interruption = RunFailed(
+                "talking to the API server",
+                Reason.API_UNAVAILABLE,
+                f"the operator could not reach the API server for {settings.leader_renew_deadline_seconds:.0f}s "
+                "and stopped this run (another replica could have taken over); retrying",
+            )
             await ctx.runners.stop(settings.leader_stop_grace_seconds)
-            code = 1
     finally:
         kopf_stop.set()
         for task in waits - {operator}:
@@ -129,7 +143,8 @@ async def _lead(ctx: Context, elector: Elector, stopping: asyncio.Event, executo
         with contextlib.suppress(asyncio.CancelledError):
             await operator
         _on_signals(stopping)  # in case Kopf ended before its start-up handed them back
-    return code
+        ctx.interruption = None
+    return lost
 
 
 def _take_signals(stopping: asyncio.Event) -> None:

@@ -81,6 +81,7 @@ def test_every_metric_follows_the_naming_rules() -> None:
         "blacktop_event_loop_lag_seconds",
         "blacktop_runs_in_flight",
         "blacktop_runs_queued",
+        "blacktop_reconciles",
     ):
         assert expected in names
     for family in metrics.registry.collect():

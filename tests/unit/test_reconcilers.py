@@ -197,6 +197,10 @@ async def test_a_ready_request_with_unchanged_inputs_starts_no_run_and_writes_no
     assert h.runners.opened[1:] == []
     assert writes(h, "db") == before
     assert h.status("db", namespace) == first
+    unchanged = h.ctx.metrics.registry.get_sample_value(
+        "blacktop_reconciles_total", {"kind": "ServiceRequest", "outcome": "unchanged"}
+    )
+    assert unchanged == 3
 
 
 @reaches(Reason.PROGRESSING, Reason.PROVISIONED)

@@ -127,14 +127,18 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, SERVICEREQUESTS)
     was_settled = settled(tracker.status, tracker.generation)
-    await runs.record_interruption(ctx, tracker, f"{request.namespace}/{request.name}", keep_ready=was_settled)
     try:
-        return await _reconcile(ctx, tracker, request, was_settled)
+        await runs.record_interruption(ctx, tracker, f"{request.namespace}/{request.name}", keep_ready=was_settled)
+        status = await _reconcile(ctx, tracker, request, was_settled)
     except Failure:
+        ctx.metrics.observe_reconcile("ServiceRequest", "failed")
         raise
     except Exception as exc:  # the API server, the disk, the module, a bug: one failure path
+        ctx.metrics.observe_reconcile("ServiceRequest", "failed")
         failed = runs.RunFailed.of_exception(exc)
         raise await runs.failed_attempt(ctx, tracker, failed, keep_ready=was_settled) from None
+    ctx.metrics.observe_reconcile("ServiceRequest", "unchanged" if status is tracker.unchanged else "converged")
+    return status
 
 
 async def _reconcile(ctx: Context, tracker: Tracker, request: RequestView, was_settled: bool) -> ServiceRequestStatus:
@@ -154,7 +158,7 @@ async def _reconcile(ctx: Context, tracker: Tracker, request: RequestView, was_s
     )
     if up_to_date(tracker.status, tracker.generation, inputs.digest):
         logger.debug("%s/%s is up to date: nothing to do", request.namespace, request.name)
-        return tracker.status  # resumed or resynced with nothing changed: no run, no write
+        return tracker.unchanged  # resumed or resynced with nothing changed: no run, no write
     if not was_settled:
         tracker.status.stage = Stage.VALIDATING
     tracker.set(ConditionType.PARAMETERS_VALID, True, Reason.RECONCILED, "parameters match the golden path's schema")

@@ -83,6 +83,11 @@ class StatusTracker(Generic[S]):
             self.clear(ConditionType.STALLED)
             self.set(ConditionType.RECONCILING, True, reason, message)
 
+    @property
+    def unchanged(self) -> S:
+        """The status as it was read, for a reconcile that found nothing to do (and wrote nothing)."""
+        return self._written
+
     def announce(self) -> None:
         """Post the Ready Event on the next write, even if Ready did not change."""
         self._announce = True

@@ -47,6 +47,9 @@ FAILURE_CLASSES = (
 )
 # Guardrail decision outcomes (label values of blacktop_guardrail_decisions_total).
 OUTCOMES = ("allowed", "denied", "warned", "audited")
+# What a ServiceRequest reconcile found (label values of blacktop_reconciles_total): nothing to do
+# (its inputs did not change: no run, no write), a run that converged it, or a failure to retry.
+RECONCILE_OUTCOMES = ("unchanged", "converged", "failed")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Metrics:
     guardrail_decisions: Counter
     admission_duration: Histogram
     drift_detected: Counter
+    reconciles: Counter
     runs_in_flight: Gauge
     runs_queued: Gauge
     event_loop_lag: Gauge
@@ -88,6 +92,12 @@ class Metrics:
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record time spent in one stage (e.g. ``policy`` for the plan-stage guardrail evaluation)."""
         self.stage_duration.labels(stage=stage).observe(seconds)
+
+    def observe_reconcile(self, kind: str, outcome: str) -> None:
+        """Count one reconcile of ``kind`` by its outcome (one of :data:`RECONCILE_OUTCOMES`)."""
+        if outcome not in RECONCILE_OUTCOMES:
+            raise ValueError(f"reconcile outcome {outcome!r} is not one of {RECONCILE_OUTCOMES}")
+        self.reconciles.labels(kind=kind, outcome=outcome).inc()
 
     def observe_object(self, kind: str, body: dict[str, Any], *, deleted: bool = False) -> None:
         """Take in one watch event of an Environment, GoldenPath or ServiceRequest and record what changed."""
@@ -198,6 +208,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             ["golden_path"],
             registry=registry,
         ),
+        reconciles=_reconciles(registry),
         runs_in_flight=Gauge("blacktop_runs_in_flight", "OpenTofu processes running now.", registry=registry),
         runs_queued=Gauge(
             "blacktop_runs_queued",
@@ -211,3 +222,15 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         inventory=inventory,
     )
+
+
+def _reconciles(registry: CollectorRegistry) -> Counter:
+    counter = Counter(
+        "blacktop_reconciles",
+        "ServiceRequest reconciles by outcome: unchanged (nothing to do: no run, no write), converged, failed.",
+        ["kind", "outcome"],
+        registry=registry,
+    )
+    for outcome in RECONCILE_OUTCOMES:  # at zero from the start, so rate() sees the first one
+        counter.labels(kind="ServiceRequest", outcome=outcome)
+    return counter

@@ -270,8 +270,10 @@ class FakeRunner:
         return await self._result("init")
 
     async def plan(self) -> PlanResult:
-        result = await self._result("plan", (0, 2), 2 if self._runners.script.changes else 0)
-        return PlanResult(**vars(result))
+        changes = self._runners.script.changes
+        result = await self._result("plan", (0, 2), 2 if changes else 0)
+        summary = summarise(self._runners.script.plan) if changes and result.ok else summarise({})
+        return PlanResult(**vars(result), summary=summary)
 
     async def show_plan(self) -> ShownPlan:
         result = await self._result("show")

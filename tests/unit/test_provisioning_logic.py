@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -9,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blacktop.api.conditions import Reason
 from blacktop.api.goldenpath import CostModel, GoldenPathSpec
 from blacktop.builders import cost, parameters
 from blacktop.builders.retry import backoff
 from blacktop.builders.servicerequest import build_connection_secret, connection_secret_name
 from blacktop.config import Settings
 from blacktop.terraform.errors import classify
-from blacktop.terraform.plan import summarise
+from blacktop.terraform.plan import summarise, summarise_stream
 from blacktop.terraform.redact import MASK, Redactor, looks_random, redact, tail
 from blacktop.terraform.subprocess_runner import command, parse_outputs
 
@@ -210,3 +212,35 @@ def test_connection_secret_has_only_the_delivered_outputs() -> None:
     assert sorted(secret["data"]) == ["PGPASSWORD", "host"]
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u"
     assert connection_secret_name({"metadata": {"name": "x"}, "spec": {"connectionSecretName": "custom"}}) == "custom"
+
+
+PLAN_STREAM = "\n".join(
+    json.dumps(m)
+    for m in (
+        {"type": "version", "@level": "info", "@message": "OpenTofu 1.10.6"},
+        {"type": "planned_change", "change": {"resource": {"addr": "a.x"}, "action": "create"}},
+        {"type": "planned_change", "change": {"resource": {"addr": "b.y"}, "action": "replace"}},
+        {"type": "planned_change", "change": {"resource": {"addr": "c.z"}, "action": "update"}},
+        {"type": "change_summary", "changes": {"add": 2, "change": 1, "remove": 1}},
+    )
+)
+
+
+def test_the_plan_stream_gives_the_same_summary_as_the_shown_plan() -> None:
+    summary, words = summarise_stream(PLAN_STREAM)
+    assert (summary.add, summary.change, summary.destroy) == (2, 1, 1)
+    assert summary.resources == ["a.x", "b.y", "c.z"]
+    assert words == ""
+
+
+def test_the_plan_streams_diagnostics_read_as_the_tool_would_print_them() -> None:
+    failed = json.dumps(
+        {
+            "@level": "error",
+            "type": "diagnostic",
+            "diagnostic": {"severity": "error", "summary": "Resource postcondition failed", "detail": "boom"},
+        }
+    )
+    _, words = summarise_stream(failed)
+    assert words == "Error: Resource postcondition failed\nboom"
+    assert classify("plan", words).reason == Reason.PLAN_FAILED

@@ -157,8 +157,9 @@ async def test_a_request_is_planned_applied_and_delivered_under_its_own_lock(h: 
     assert status["observedGeneration"] == 1
     run = status["lastRun"]
     assert (run["operation"], run["result"]) == ("apply", "Succeeded")
-    # Every operation ran under the lock the status recorded, and the lock is released afterwards.
-    assert h.runners.operations == ["init", "plan", "show", "apply", "output"]
+    # Every operation ran under the lock the status recorded, and the lock is released afterwards. No
+    # `show`: no Plan-stage rule reads the plan, and tiny calls no module (its own files were checked).
+    assert h.runners.operations == ["init", "plan", "apply", "output"]
     assert {holder for _, holder in h.runners.calls} == {run["lockId"]}
     assert lease_holder(h, "db", namespace) is None
     assert h.ctx.held_locks == set()  # no longer busy: a leftover of this ID would be an orphan
@@ -799,16 +800,45 @@ async def test_a_plan_warning_is_recorded_and_the_apply_goes_on(h: Harness) -> N
     ],
 )
 @reaches(Reason.PROVIDER_NOT_ALLOWED, Reason.FORBIDDEN_PROVISIONER, each="reason")
-async def test_the_built_in_protections_judge_every_plan(h: Harness, plan: dict[str, Any], reason: str) -> None:
-    namespace = await ready_world(h)
-    h.runners.script.plan = plan
-    h.request("db", namespace)
-    assert await h.reconcile("db", namespace) is None
-    compliant = h.condition("db", namespace, "PolicyCompliant")
+async def test_the_built_in_protections_judge_every_plan(
+    h: Harness, tmp_path: Path, plan: dict[str, Any], reason: str
+) -> None:
+    """A module that calls modules runs code its golden path never saw: its every plan is shown and
+    judged, whatever the module's own files say."""
+    root = tmp_path / "modules"
+    for source in (REPO / "terraform-modules" / "tiny", REPO / "tests" / "fixtures" / "modules" / "calls-a-module"):
+        shutil.copytree(source, root / source.name)
+    world = harness(tmp_path, modules_root=root)
+    world.runners.script.plan = plan
+    namespace = await world.environment()
+    golden = tiny_golden_path("nested")
+    golden["spec"]["module"] = "calls-a-module"
+    await world.golden_path(golden)
+    world.request("db", namespace, "nested")
+    assert await world.reconcile("db", namespace) is None
+    compliant = world.condition("db", namespace, "PolicyCompliant")
     assert compliant is not None
     assert (compliant["status"], compliant["reason"]) == ("False", reason)
     assert compliant["message"].startswith("denied by built-in protection: ")
-    assert "apply" not in h.runners.operations
+    assert "show" in world.runners.operations
+    assert "apply" not in world.runners.operations
+    h.client.reached.update(world.client.reached)
+
+
+@reaches(Reason.RECONCILED)
+async def test_without_a_plan_rule_the_plan_of_a_checked_module_is_not_shown(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    assert "show" not in h.runners.operations  # a tool run saved: nothing would read the document
+    compliant = h.condition("db", namespace, "PolicyCompliant")
+    assert compliant is not None
+    assert compliant["message"] == "the module passes the built-in protections; no Plan-stage rule applies"
+    assert h.status("db", namespace)["plan"]["resources"] == ["terraform_data.service"]  # from the plan itself
+    h.client.put(plan_policy("watching", mode="Audit"))  # a Plan-stage rule now applies: shown and judged
+    h.request("db2", namespace)
+    assert await h.reconcile("db2", namespace) is None
+    assert h.runners.operations.count("show") == 1
 
 
 # -- destroy --------------------------------------------------------------------------------------

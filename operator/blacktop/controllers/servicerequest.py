@@ -222,8 +222,8 @@ class Converged:
 async def _plan_and_apply(
     ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run, *, keep_ready: bool
 ) -> Converged | None:
-    """init, plan, and if it changes anything: show, guardrails, apply; then outputs. None when a
-    guardrail denied the plan."""
+    """init, plan, and if it changes anything: guardrails (on the shown plan when something reads
+    it), apply; then outputs. None when a guardrail denied the plan."""
     runner, status, name = run.runner, tracker.status, inputs.golden_path.name
     await run.step(runner.init())
     plan = await run.step(runner.plan())
@@ -231,10 +231,14 @@ async def _plan_and_apply(
         status.plan = PlanSummary()
         tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {PlanSummary().counts()}")
         return Converged(None, await run.step(runner.outputs()), inputs.digest)
-    shown = await run.step(runner.show_plan())
-    status.plan = shown.summary
-    tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {shown.summary.counts()}")
-    denial = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
+    if await guardrails.needs_plan_document(ctx, inputs):
+        shown = await run.step(runner.show_plan())
+        status.plan = shown.summary
+        denial = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
+    else:  # nothing reads the plan's document: its summary came with the plan
+        status.plan = plan.summary
+        denial = await guardrails.judge_module(ctx, inputs, tracker=tracker)
+    tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {status.plan.counts()}")
     if denial is not None:  # nothing is applied; a human changes the request or the policy
         run.failed()
         if keep_ready:  # what exists stays as it is, and Ready with it; Stalled says why it cannot change

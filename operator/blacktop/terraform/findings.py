@@ -32,6 +32,9 @@ class Findings:
     violations: list[str] = field(default_factory=list)
     variables: set[str] = field(default_factory=set)
     outputs: set[str] = field(default_factory=set)
+    # Names of the module calls: their code is only known once `init` fetched it, so only the plan
+    # of such a module can tell what it runs.
+    module_calls: set[str] = field(default_factory=set)
 
 
 def _blocks(doc: Mapping[str, Any], kind: str) -> Iterable[Mapping[str, Any]]:
@@ -111,6 +114,8 @@ def analyse(files: Mapping[str, Mapping[str, Any]]) -> Findings:
             found.variables.update(name for name, _ in _named(block))
         for block in _blocks(doc, "output"):
             found.outputs.update(name for name, _ in _named(block))
+        for block in _blocks(doc, "module"):
+            found.module_calls.update(name for name, _ in _named(block))
     # A resource whose prefix matches no required provider still needs one: hashicorp/<prefix>.
     found.providers = {normalize_source(local, required.get(local)) for local in set(required) | used}
     return found

@@ -82,7 +82,10 @@ class RunResult:
 
 @dataclass
 class PlanResult(RunResult):
-    """``plan``: succeeds with or without changes."""
+    """``plan``: succeeds with or without changes; ``summary`` counts them (from the tool's own
+    machine-readable account, without showing the saved plan)."""
+
+    summary: PlanSummary = field(default_factory=PlanSummary)
 
     @property
     def changes(self) -> bool:

@@ -37,7 +37,7 @@ from python_terraform import IsFlagged, Terraform
 from blacktop.config import Settings
 from blacktop.terraform import workspace
 from blacktop.terraform.errors import classify
-from blacktop.terraform.plan import summarise
+from blacktop.terraform.plan import summarise, summarise_stream
 from blacktop.terraform.redact import Redactor
 from blacktop.terraform.runner import Outputs, PlanResult, RunResult, RunTarget, ShownPlan, Slot
 from blacktop.toolbox import cache_dir, find_tool
@@ -95,15 +95,20 @@ class SubprocessRunner:
 
     async def plan(self) -> PlanResult:
         # -detailed-exitcode: exit 2 (changes) is a success too, and tells changes from none.
+        # -json: the summary comes with the plan (no `show` needed for it); diagnostics are read back
+        # into words, so failures are classified and reported as without it.
         result = await self.run(
             "plan",
             out=workspace.PLAN_FILE,
             var_file=workspace.VAR_FILE,
             lock=False,
             detailed_exitcode=IsFlagged,
+            json=IsFlagged,
             ok_codes=(0, 2),
+            stdout_is_stream=True,
         )
-        return _as(PlanResult, result)
+        summary, _ = summarise_stream(result.stdout) if result.ok else (None, "")
+        return _as(PlanResult, result, **({"summary": summary} if summary is not None else {}))
 
     async def show_plan(self) -> ShownPlan:
         result = await self.run("show", workspace.PLAN_FILE, json=IsFlagged)
@@ -122,7 +127,14 @@ class SubprocessRunner:
     async def destroy(self) -> RunResult:
         return await self.run("destroy", var_file=workspace.VAR_FILE, lock=False)
 
-    async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
+    async def run(
+        self,
+        operation: str,
+        *args: str,
+        ok_codes: tuple[int, ...] = (0,),
+        stdout_is_stream: bool = False,
+        **options: Any,
+    ) -> RunResult:
         """Run one operation; output is redacted before it leaves this method. Raises WorkspaceError
         when the tool cannot be started or its output not read (the operator's disk)."""
         argv = command(self.binary, self.workdir, operation, *args, **options)
@@ -151,6 +163,9 @@ class SubprocessRunner:
             asyncio.to_thread(workspace.read_output, err_file, _STDERR_LIMIT),
         )
         code = proc.returncode if proc.returncode is not None else -1
+        if stdout_is_stream and code not in ok_codes:  # the machine-readable messages, in words
+            _, said = summarise_stream(out)
+            err = f"{err}\n{said}".strip()
         result = RunResult(
             operation=operation,
             exit_code=code,
@@ -161,7 +176,7 @@ class SubprocessRunner:
             ok_codes=ok_codes,
         )
         if not result.ok:
-            combined = result.stderr + "\n" + self.redact(result.stdout)
+            combined = result.stderr if stdout_is_stream else result.stderr + "\n" + self.redact(result.stdout)
             result.classification = classify(operation, combined, timed_out=timed_out)
         return result
 

@@ -33,7 +33,6 @@ from harness import Bench, is_ready, load, median, quantile, report, request, wa
 
 from blacktop.config import Settings
 
-
 STAGES = ("queued", "init", "plan", "show", "policy", "apply", "output")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hcl2
+from hcl2 import parser as hcl2_parser
 
 from blacktop.terraform.findings import Findings, analyse
 
@@ -59,15 +60,20 @@ def inspect(root: Path, module: str) -> ModuleInfo:
 
 def _parse(module: str, path: Path, sha: str) -> ModuleInfo:
     parsed = {}
-    for file in sorted(path.iterdir()):
-        if file.suffix not in (".tf", ".tofu"):
-            continue
-        try:
-            with file.open(encoding="utf-8") as fh:
-                parsed[file.name] = hcl2.load(fh)
-        except Exception as exc:  # the parser raises several lark error types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModuleError(f"module {module!r}: cannot parse {file.name}: {first_line}") from exc
+    try:
+        for file in sorted(path.iterdir()):
+            if file.suffix not in (".tf", ".tofu"):
+                continue
+            try:
+                with file.open(encoding="utf-8") as fh:
+                    parsed[file.name] = hcl2.load(fh)
+            except Exception as exc:  # the parser raises several lark error types
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModuleError(f"module {module!r}: cannot parse {file.name}: {first_line}") from exc
+    finally:
+        # The HCL parser (lark's tables, ~12 MiB) is needed once per module digest: let it go, it
+        # is rebuilt from its on-disk cache when a module changes.
+        hcl2_parser.parser.cache_clear()
     if not parsed:
         raise ModuleError(f"module {module!r} has no .tf files")
     return ModuleInfo(path=path, digest=sha, findings=analyse(parsed))

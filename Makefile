@@ -58,6 +58,21 @@ crds: venv ## Regenerate crds/ (and the Helm chart's copies) from the pydantic m
 crds-check: venv ## Fail if crds/ or the chart's copies are stale
 	@$(PY) -m blacktop.crdgen check
 
+.PHONY: image
+image: setup ## Build the operator image and the node's pause image (OCI archives for `ctr images import`; cached)
+	@$(VENV)/bin/blacktop image build
+	@$(VENV)/bin/blacktop image pause
+
+# uv resolves for any platform (--universal) so the Dockerfile can build other architectures from the
+# same lock; UPGRADE=1 moves every pin to the newest allowed version, otherwise pins stay where valid.
+IMAGE_LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes $(if $(UPGRADE),--upgrade)
+
+.PHONY: image-lock
+image-lock: venv ## Re-resolve the image's hashed lock files (hack/image/*.lock) from PyPI; UPGRADE=1 to bump all
+	@$(IMAGE_LOCK) pyproject.toml -o hack/image/requirements.lock
+	@$(IMAGE_LOCK) hack/image/build-requirements.in -o hack/image/build-requirements.lock
+	@echo "==> hack/image/requirements.lock and build-requirements.lock written; make image rebuilds what changed"
+
 .PHONY: cluster-up
 cluster-up: setup ## Start a detached local control plane (prints the KUBECONFIG export line)
 	@$(VENV)/bin/blacktop cluster up

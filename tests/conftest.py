@@ -37,7 +37,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The control plane for the whole session (started once; ~10 s)."""
+    """The cluster for the whole session: control plane and a node (started once; ~10 s)."""
     external = os.environ.get("BLACKTOP_TEST_KUBECONFIG")
     if external:
 
@@ -49,9 +49,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
         yield _External()
         return
-    from blacktop.localcluster import LocalCluster
+    from blacktop.localcluster import LocalCluster, images
 
-    with LocalCluster(tmp_path_factory.mktemp("cluster")) as local:
+    # With a node: Pods run (the demo-app image is there for them), Services route, webhooks are
+    # called through their Service.
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), node=True, images=[images.demo_app_image()]) as local:
         _LOG_SOURCES["control plane"] = local.logs_tail
         yield local
         _LOG_SOURCES.pop("control plane", None)

@@ -403,6 +403,7 @@ def harness(tmp_path: Path | None = None, **settings: Any) -> Harness:
     values: dict[str, Any] = {"modules_root": REPO / "terraform-modules", "max_concurrent_runs": 2, **settings}
     if tmp_path is not None:
         values.setdefault("workspace_root", tmp_path / "workspaces")
+        values.setdefault("module_cache_root", tmp_path / "module-cache")
     ctx = Context(
         client, Settings(**values), runners=runners, metrics=create_metrics(), clock=clock, rng=random.Random(1)
     )

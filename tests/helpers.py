@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from blacktop.toolbox import find_tool
+from blacktop.toolbox import cache_dir, find_tool
 
 T = TypeVar("T")
 
@@ -95,6 +95,9 @@ class OperatorProcess:
             "BLACKTOP_WEBHOOK_PORT": str(self.webhook_port),
             "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "false",
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
+            "BLACKTOP_ROLLOUT_CHECK_SECONDS": "2",
+            # Git commits and folder copies stay with the test's temporary files, not in the host's /tmp.
+            "BLACKTOP_MODULE_CACHE_ROOT": str(self.log_file.parent / "module-cache"),
             **self.extra_env,
         }
         log = self.log_file.open("ab")
@@ -373,6 +376,24 @@ def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180
         return sr if current and (condition(sr) or {}).get("status") == "True" else None
 
     return wait_for(ready, timeout=timeout, interval=0.5, what=f"ServiceRequest {name} to be Ready")
+
+
+# The real prometheus-operator CRDs (install.sh prometheus-operator-crds puts them in the tool cache).
+MONITORING_CRDS = ("prometheusrules", "podmonitors", "servicemonitors")
+
+
+def install_monitoring_crds(kubectl: Kubectl) -> None:
+    """Install the prometheus-operator CRDs (idempotent) and wait until they serve."""
+    folder = cache_dir() / "crds" / "monitoring.coreos.com"
+    files = [folder / f"monitoring.coreos.com_{name}.yaml" for name in MONITORING_CRDS]
+    missing = [str(f) for f in files if not f.exists()]
+    assert not missing, (
+        f"prometheus-operator CRDs missing: {missing}; run: bash hack/tools/install.sh prometheus-operator-crds"
+    )
+    for path in files:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    for name in MONITORING_CRDS:
+        kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=60s")
 
 
 # -- the operator's endpoints ---------------------------------------------------------------------------

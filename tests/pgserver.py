@@ -27,12 +27,15 @@ OS_USER = "postgres"
 class PostgresServer:
     """One throw-away cluster (data directory + postmaster)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """``host``: where it listens (besides loopback) and what its admin credentials name; a Pod on
+        the local node reaches the host at the node link's host address."""
         # Not under pytest's tmp dir: that is private to root, and the server runs as `postgres`.
         self.base = Path(tempfile.mkdtemp(prefix="blacktop-pg-"))
         self.base.chmod(0o755)
         self.data = self.base / "data"
         self.log_file = self.base / "postgres.log"
+        self.host = host
         self.port = free_port()
         self.user = "postgres"
         self.password = "canary-" + secrets.token_hex(12)  # also the canary the leak tests grep for
@@ -72,6 +75,10 @@ class PostgresServer:
             capture_output=True,
         )
         pwfile.unlink()
+        if self.host != "127.0.0.1":
+            # Pods come from the node's side of the link (masqueraded): a network directly attached.
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the postmaster (initdb first if needed) and wait until it accepts queries."""
@@ -86,7 +93,7 @@ class PostgresServer:
                 "-p",
                 str(self.port),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={','.join(dict.fromkeys(('127.0.0.1', self.host)))}",
                 "-c",
                 f"unix_socket_directories={self.base}",
                 "-c",
@@ -140,7 +147,7 @@ class PostgresServer:
     def env(self) -> dict[str, str]:
         """libpq variables for the admin role (the golden path's provider credentials)."""
         return {
-            "PGHOST": "127.0.0.1",
+            "PGHOST": self.host,
             "PGPORT": str(self.port),
             "PGUSER": self.user,
             "PGPASSWORD": self.password,

@@ -2,7 +2,7 @@
 # Build or install every external tool Blacktop needs, at the versions pinned in versions.env, into
 # ${BLACKTOP_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/blacktop}. Idempotent: a tool whose stamp matches
 # its pin is skipped, so the second run takes a second.
-# Usage: install.sh [kubernetes|tofu|providers|provider-postgresql|helm|packages|prometheus-operator-crds]...
+# Usage: install.sh [kubernetes|tofu|providers|provider-kubernetes|provider-postgresql|helm|demo-app|packages|prometheus-operator-crds]...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,21 +41,32 @@ timed() {
 
 build_kubernetes() {
   local stamp; stamp="$(stamp_of "$KUBERNETES_VERSION/$ETCD_VERSION" kubernetes)"
-  if up_to_date kubernetes "$stamp" && [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]]; then
-    note "kubernetes $KUBERNETES_VERSION + etcd $ETCD_VERSION: cached"; return
+  local binary
+  if up_to_date kubernetes "$stamp"; then
+    local missing=0
+    for binary in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd pause; do
+      [[ -x "$BIN/$binary" ]] || missing=1
+    done
+    ((missing)) || { note "kubernetes $KUBERNETES_VERSION + etcd $ETCD_VERSION: cached"; return; }
   fi
   check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
   local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-  say "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION and etcd $ETCD_VERSION (cold: ~10-25 min on 2 cores)"
+  say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl $KUBERNETES_VERSION and etcd $ETCD_VERSION (cold: ~12-25 min on 2 cores)"
   local out; out="$(mktemp -d)"
   (cd "$HERE/kubernetes" && go build -trimpath -o "$out/" -ldflags "-s -w \
       -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
       -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
       -X k8s.io/component-base/version.gitTreeState=clean" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
       k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3)
-  mv "$out/kube-apiserver" "$out/kube-controller-manager" "$out/kubectl" "$BIN/"
+  mv "$out/kube-apiserver" "$out/kube-controller-manager" "$out/kube-scheduler" "$out/kubelet" "$out/kube-proxy" \
+     "$out/kubectl" "$BIN/"
   mv "$out/v3" "$BIN/etcd" 2>/dev/null || mv "$out/server" "$BIN/etcd"
+  # The node's sandbox (pause) image: Kubernetes' own pause.c from the same module, static.
+  local moddir; moddir="$(cd "$HERE/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  gcc -Os -Wall -static -DVERSION="v3.10.1-blacktop" -o "$out/pause" "$moddir/build/pause/linux/pause.c"
+  mv "$out/pause" "$BIN/pause"
   rm -rf "$out"
   echo "$stamp" > "$STAMPS/kubernetes"
 }
@@ -71,6 +82,16 @@ build_tofu() {
   echo "$stamp" > "$STAMPS/tofu"
 }
 
+# Put a provider binary into the mirror under both registry hosts: `tofu` asks for
+# registry.opentofu.org, `terraform` for registry.terraform.io, and neither is reachable here.
+# $1: the built binary, $2: <namespace>/<type>/<version>/linux_amd64/<binary name>.
+to_mirror() {
+  local built=$1 rel=$2
+  for host in registry.opentofu.org registry.terraform.io; do
+    mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$built" "$MIRROR/$host/$rel"
+  done
+}
+
 build_providers() {
   local stamp; stamp="$(stamp_of "$RANDOM_PROVIDER_VERSION" providers)"
   local name="terraform-provider-random_v$RANDOM_PROVIDER_VERSION"
@@ -81,12 +102,7 @@ build_providers() {
     say "building provider hashicorp/random $RANDOM_PROVIDER_VERSION (cold: ~1-3 min)"
     local out; out="$(mktemp -d)"
     (cd "$HERE/providers" && go build -trimpath -ldflags "-s -w" -o "$out/$name" github.com/terraform-providers/terraform-provider-random)
-    # The same binary under both registry hosts: `tofu` asks for registry.opentofu.org, `terraform`
-    # for registry.terraform.io, and neither is reachable here.
-    for host in registry.opentofu.org registry.terraform.io; do
-      local dir="$MIRROR/$host/hashicorp/random/$RANDOM_PROVIDER_VERSION/linux_amd64"
-      mkdir -p "$dir" && cp "$out/$name" "$dir/$name"
-    done
+    to_mirror "$out/$name" "hashicorp/random/$RANDOM_PROVIDER_VERSION/linux_amd64/$name"
     rm -rf "$out"
     echo "$stamp" > "$STAMPS/providers"
   fi
@@ -106,6 +122,27 @@ provider_installation {
 TFRC
 }
 
+# hashicorp/kubernetes (the service golden path): its own Go module, so its Kubernetes client
+# libraries never meet the random provider's dependencies. Its releases are tagged v2.x/v3.x on a v1
+# module path, so the module proxy has them only as pseudo-versions (see the module's go.mod).
+build_provider_kubernetes() {
+  local stamp; stamp="$(stamp_of "$KUBERNETES_PROVIDER_VERSION" provider-kubernetes)"
+  local name="terraform-provider-kubernetes_v$KUBERNETES_PROVIDER_VERSION"
+  local rel="hashicorp/kubernetes/$KUBERNETES_PROVIDER_VERSION/linux_amd64/$name"
+  if up_to_date provider-kubernetes "$stamp" && [[ -x "$MIRROR/registry.opentofu.org/$rel" && -x "$MIRROR/registry.terraform.io/$rel" ]]; then
+    note "provider hashicorp/kubernetes $KUBERNETES_PROVIDER_VERSION: cached"
+  else
+    check_pin provider-kubernetes github.com/hashicorp/terraform-provider-kubernetes "$KUBERNETES_PROVIDER_MODULE"
+    say "building provider hashicorp/kubernetes $KUBERNETES_PROVIDER_VERSION (cold: ~3-6 min on 2 cores)"
+    local out; out="$(mktemp -d)"
+    (cd "$HERE/provider-kubernetes" && go build -trimpath -ldflags "-s -w" -o "$out/$name" github.com/hashicorp/terraform-provider-kubernetes)
+    to_mirror "$out/$name" "$rel"
+    rm -rf "$out"
+    echo "$stamp" > "$STAMPS/provider-kubernetes"
+  fi
+  write_cli_config
+}
+
 # Blacktop's own PostgreSQL provider (blacktop/postgresql): its source is the Go module in
 # hack/tools/provider-postgresql, so the stamp covers the sources as well as go.sum.
 build_provider_postgresql() {
@@ -119,13 +156,22 @@ build_provider_postgresql() {
     say "building provider blacktop/postgresql $POSTGRESQL_PROVIDER_VERSION (cold: ~1-2 min)"
     local out; out="$(mktemp -d)"
     (cd "$dir" && go build -trimpath -ldflags "-s -w -X main.version=$POSTGRESQL_PROVIDER_VERSION" -o "$out/$name" .)
-    for host in registry.opentofu.org registry.terraform.io; do
-      mkdir -p "$(dirname "$MIRROR/$host/$rel")" && cp "$out/$name" "$MIRROR/$host/$rel"
-    done
+    to_mirror "$out/$name" "$rel"
     rm -rf "$out"
     echo "$stamp" > "$STAMPS/provider-postgresql"
   fi
   write_cli_config
+}
+
+# The node's test and example workload (hack/tools/demo-app: an HTTP service and client, standard library
+# only, static), so an image for it needs nothing but the binary.
+build_demo_app() {
+  local dir="$HERE/demo-app"
+  local stamp; stamp="$(cat "$dir"/go.mod "$dir"/*.go | sha256sum | cut -c1-16)"
+  if up_to_date demo-app "$stamp" && [[ -x "$BIN/demo-app" ]]; then note "demo-app: cached"; return; fi
+  say "building demo-app (seconds)"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$BIN/demo-app" .)
+  echo "$stamp" > "$STAMPS/demo-app"
 }
 
 build_helm() {
@@ -188,18 +234,20 @@ install_packages() {
 main() {
   local start=$SECONDS
   local wanted=("$@")
-  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers provider-postgresql helm prometheus-operator-crds)
+  ((${#wanted[@]})) || wanted=(packages kubernetes tofu providers provider-kubernetes provider-postgresql helm demo-app prometheus-operator-crds)
   say "tools for blacktop in $CACHE"
   for tool in "${wanted[@]}"; do
     case $tool in
       kubernetes) timed "kubernetes" build_kubernetes ;;
       tofu) timed "tofu" build_tofu ;;
       providers) timed "providers" build_providers ;;
+      provider-kubernetes) timed "provider-kubernetes" build_provider_kubernetes ;;
       provider-postgresql) timed "provider-postgresql" build_provider_postgresql ;;
       helm) timed "helm" build_helm ;;
+      demo-app) timed "demo-app" build_demo_app ;;
       packages) timed "packages" install_packages ;;
       prometheus-operator-crds) timed "prometheus-operator-crds" install_prometheus_operator_crds ;;
-      *) die "unknown tool $tool (kubernetes, tofu, providers, provider-postgresql, helm, packages, prometheus-operator-crds)" ;;
+      *) die "unknown tool $tool (kubernetes, tofu, providers, provider-kubernetes, provider-postgresql, helm, demo-app, packages, prometheus-operator-crds)" ;;
     esac
   done
   say "all tools ready in $((SECONDS - start))s; binaries in $BIN"

@@ -3,6 +3,7 @@
 blacktop run [--local] [--install]      the operator in the foreground (Ctrl-C stops everything)
 blacktop install [--catalog]            CRDs, cluster RBAC, operator namespace, example catalog
 blacktop cluster up|down|status|kubeconfig
+blacktop image build|pause [--out PATH]  the operator image / the node's pause image, as OCI archives
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     with contextlib.ExitStack() as stack:
         if args.local and not args.kubeconfig:
-            print("==> starting a local control plane (etcd, kube-apiserver, kube-controller-manager)", flush=True)
+            with_node = _want_node(args)
+            parts = "etcd, kube-apiserver, kube-controller-manager" + (
+                ", kube-scheduler and a node (containerd, kubelet, kube-proxy)" if with_node else ""
+            )
+            print(f"==> starting a local cluster ({parts})", flush=True)
             started = time.monotonic()
-            cluster = stack.enter_context(LocalCluster())
+            cluster = stack.enter_context(LocalCluster(node=with_node))
             os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
             print(f"    ready in {time.monotonic() - started:.1f}s at {cluster.server}", flush=True)
         elif args.kubeconfig:
@@ -60,6 +65,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _want_node(args: argparse.Namespace) -> bool:
+    """A node unless --no-node; it needs root, so without root say so and go on without one."""
+    if args.no_node:
+        return False
+    if os.geteuid() != 0:
+        print("    (no node: it needs root; Pods will stay Pending. --no-node silences this)", flush=True)
+        return False
+    return True
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     _install(args.kubeconfig, Settings.from_env(), with_catalog=args.catalog)
     print("installed")
@@ -71,7 +86,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     state_dir = Path(args.state_dir) if args.state_dir else localcluster.default_state_dir()
     if args.action == "up":
-        info = localcluster.up(state_dir)
+        info = localcluster.up(state_dir, node=_want_node(args))
         print(f"local control plane up at {info.server}")
         print(f"export KUBECONFIG={info.kubeconfig}")
     elif args.action == "down":
@@ -90,6 +105,25 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from blacktop.localcluster import images
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    out = Path(args.out) if args.out else None
+    try:
+        if args.action == "build":
+            archive = images.build_operator_image(out=out, refresh_base=args.refresh_base, progress=say)
+        else:
+            archive = images.pause_image(out=out, progress=say)
+    except images.ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{archive.name} {archive.manifest_digest}\n    import with: ctr -n k8s.io images import {archive.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blacktop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="start a local control plane unless --kubeconfig")
     run.add_argument("--install", action="store_true", help="install CRDs, RBAC and the example catalog first")
     run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.add_argument("--no-node", action="store_true", help="with --local: the control plane only (no kubelet)")
     run.set_defaults(func=cmd_run)
 
     inst = sub.add_parser("install", help="install CRDs, cluster RBAC and the operator namespace")
@@ -109,7 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="a detached local control plane for development")
     cluster.add_argument("action", choices=["up", "down", "status", "kubeconfig"])
     cluster.add_argument("--state-dir", help="where its data and state live (default: the tool cache)")
+    cluster.add_argument("--no-node", action="store_true", help="up: the control plane only, no node (no root needed)")
     cluster.set_defaults(func=cmd_cluster)
+
+    image = sub.add_parser("image", help="build the operator image or the node's pause image (no Docker needed)")
+    image.add_argument("action", choices=["build", "pause"], help="build: the operator image; pause: the pause image")
+    image.add_argument("--out", help="where to write the OCI archive (default: the tool cache's images/)")
+    image.add_argument(
+        "--refresh-base", action="store_true", help="rebuild the Debian base to pick up Debian's updates"
+    )
+    image.set_defaults(func=cmd_image)
     return parser
 
 

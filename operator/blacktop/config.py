@@ -90,8 +90,18 @@ class Settings(BaseModel):
         3, ge=1, description="Times taking a state lock is retried when someone moves the Lease meanwhile."
     )
     allowed_providers: tuple[str, ...] = Field(
-        ("hashicorp/random", "cyrilgdn/postgresql", "blacktop/postgresql"),
+        ("hashicorp/random", "cyrilgdn/postgresql", "blacktop/postgresql", "hashicorp/kubernetes"),
         description="Providers golden-path modules may use (namespace/type).",
+    )
+    module_cache_root: Path = Field(
+        Path(tempfile.gettempdir()) / "blacktop-module-cache",
+        description="Where git commits and copies of folder modules that revisions name are kept.",
+    )
+    module_cache_entries: int = Field(32, ge=1, description="Commits (and folder copies) kept in the module cache.")
+    module_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest module tree fetched from git (bytes).")
+    git_timeout_seconds: float = Field(120.0, gt=0, description="A git command taking longer is stopped.")
+    rollout_check_seconds: float = Field(
+        10.0, gt=0, description="How often each golden path's rollout is advanced (a batch per look at most)."
     )
     worker_threads: int = Field(16, description="Threads for blocking calls (Kubernetes API, file I/O).")
     webhook_port: int = Field(9443, description="Port of the HTTPS admission webhook (0: any free port).")

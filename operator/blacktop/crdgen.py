@@ -115,6 +115,16 @@ def build_crd(info: KindInfo) -> JSON:
     }
     if info.root_validations:
         root["x-kubernetes-validations"] = info.root_validations
+    version: JSON = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": info.columns,
+        "schema": {"openAPIV3Schema": root},
+    }
+    if info.selectable_fields:  # kubectl get ... --field-selector spec.goldenPath=tiny
+        version["selectableFields"] = [{"jsonPath": path} for path in info.selectable_fields]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -133,16 +143,7 @@ def build_crd(info: KindInfo) -> JSON:
                 "shortNames": info.short_names,
                 "categories": [CATEGORY],
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": info.columns,
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
+            "versions": [version],
         },
     }
 

@@ -134,7 +134,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
         # The dashboard ConfigMap appears once the metrics work ships files/dashboard.json.
         | ({"ConfigMap"} if (CHART / "files" / "dashboard.json").exists() else set())
     )
-    assert len(find(objects, "CustomResourceDefinition")) == 4
+    assert len(find(objects, "CustomResourceDefinition")) == 5
     # Nothing but the cluster-scoped kinds escapes the release namespace.
     for obj in objects:
         if obj["kind"] not in {
@@ -278,7 +278,11 @@ def test_non_default_values_reach_the_deployment(values_files: dict[str, Path]) 
     assert {"/opt/blacktop/modules/hello", "/opt/blacktop/modules/shared"} <= mounts
     (module,) = [o for o in find(objects, "ConfigMap") if "hello" in o["metadata"]["name"]]
     assert "greeting" in module["data"]["main.tf"]
-    assert sorted(g["metadata"]["name"] for g in find(objects, "GoldenPath")) == ["postgres-database", "tiny"]
+    assert sorted(g["metadata"]["name"] for g in find(objects, "GoldenPath")) == [
+        "postgres-database",
+        "tiny",
+        "web-service",
+    ]
 
 
 def test_webhook_configuration_and_generated_certificate(values_files: dict[str, Path]) -> None:

@@ -107,21 +107,27 @@ def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
 
 
 def test_cli_cluster_up_and_down(tmp_path: Path) -> None:
+    """`blacktop cluster up` outlives the command (a node by default), `down` stops it all."""
     import sys
+
+    from blacktop.localcluster import node
 
     state = tmp_path / "state"
     up = subprocess.run(
         [sys.executable, "-m", "blacktop", "cluster", "up", "--state-dir", str(state)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     assert up.returncode == 0, up.stderr
     try:
         export = next(line for line in up.stdout.splitlines() if line.startswith("export KUBECONFIG="))
         kubeconfig = Path(export.split("=", 1)[1])
-        assert Kubectl(kubeconfig)("get", "--raw", "/readyz").stdout.strip() == "ok"
+        kubectl = Kubectl(kubeconfig)
+        assert kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+        ready = kubectl("get", "node", node.NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+        assert ready.stdout == "True"
         status = subprocess.run(
             [sys.executable, "-m", "blacktop", "cluster", "status", "--state-dir", str(state)],
             capture_output=True,
@@ -129,8 +135,11 @@ def test_cli_cluster_up_and_down(tmp_path: Path) -> None:
             timeout=30,
             check=False,
         )
-        assert status.stdout.startswith("up at https://127.0.0.1:")
+        # With a node the apiserver listens on the host end of the node's link (100.64.<slot>.1).
+        assert status.stdout.startswith("up at https://100.64."), status.stdout
+        slot = int(status.stdout.split("100.64.", 1)[1].split(".", 1)[0])
         pids = json.loads((state / "state.json").read_text())["pids"]
+        assert any(name.startswith("node/") for name in pids), pids
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "blacktop", "cluster", "down", "--state-dir", str(state)],
@@ -141,3 +150,6 @@ def test_cli_cluster_up_and_down(tmp_path: Path) -> None:
         )
     assert down.returncode == 0, down.stderr
     assert [pid for pid in pids.values() if processes.alive(pid)] == []
+    net = node.NodeNetwork(slot)
+    assert not Path(f"/sys/class/net/{net.host_iface}").exists()
+    assert sorted(Path("/sys/fs/cgroup").glob(f"*/{net.cgroup_root}")) == []

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_crds_are_established_and_structural(kubectl: Kubectl, installed: Path) -> None:
     crds = json.loads(kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=blacktop", "-o", "json").stdout)["items"]
-    assert len(crds) == 4
+    assert len(crds) == 5
     for crd in crds:
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions.get("Established") == "True", crd["metadata"]["name"]
@@ -28,7 +28,7 @@ def test_api_resources_and_category(kubectl: Kubectl, installed: Path) -> None:
     resources = kubectl("api-resources", "--api-group=platform.blacktop.dev", "-o", "name").stdout.split()
     assert sorted(resources) == sorted(
         f"{plural}.platform.blacktop.dev"
-        for plural in ("environments", "goldenpaths", "servicerequests", "guardrailpolicies")
+        for plural in ("environments", "goldenpaths", "goldenpathrevisions", "servicerequests", "guardrailpolicies")
     )
     assert kubectl("get", "blacktop", "--all-namespaces").returncode == 0
 

@@ -14,14 +14,15 @@ import pytest
 
 from blacktop.api.goldenpath import Monitoring
 from blacktop.builders import monitoring
-from blacktop.toolbox import cache_dir
 from helpers import (
+    MONITORING_CRDS,
     Kubectl,
     OperatorProcess,
     apply_json,
     apply_ready,
     condition,
     get,
+    install_monitoring_crds,
     make_environment,
     service_request,
     tiny_golden_path,
@@ -31,8 +32,6 @@ from helpers import (
 
 pytestmark = pytest.mark.integration
 
-CRD_DIR = cache_dir() / "crds" / "monitoring.coreos.com"
-CRDS = ("prometheusrules", "podmonitors", "servicemonitors")
 MONITORING = {
     "rules": [
         {
@@ -46,30 +45,13 @@ MONITORING = {
     "dashboard": json.dumps({"title": "tiny {{namespace}}/{{name}}", "panels": []}),
 }
 
-
-def crd_files() -> list[Path]:
-    files = [CRD_DIR / f"monitoring.coreos.com_{name}.yaml" for name in CRDS]
-    missing = [str(f) for f in files if not f.exists()]
-    assert not missing, (
-        f"prometheus-operator CRDs missing: {missing}; run: bash hack/tools/install.sh prometheus-operator-crds"
-    )
-    return files
-
-
 # What `kubectl get` says about a kind whose CRD is not installed (the "CRDs absent" test removes them).
 NO_CRD = "the server doesn't have a resource type"
 
 
 def remove_crds(kubectl: Kubectl) -> None:
-    names = [f"{name}.monitoring.coreos.com" for name in CRDS]
+    names = [f"{name}.monitoring.coreos.com" for name in MONITORING_CRDS]
     kubectl("delete", "crd", *names, "--ignore-not-found", "--wait=true", "--timeout=60s")
-
-
-def install_crds(kubectl: Kubectl) -> None:
-    for path in crd_files():
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    for name in CRDS:
-        kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=60s")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +104,7 @@ def test_without_the_crds_monitoring_is_unavailable_and_nothing_fails(kubectl: K
 
 
 def test_monitoring_objects_follow_their_request(kubectl: Kubectl, golden_path: str, tmp_path: Path) -> None:
-    install_crds(kubectl)
+    install_monitoring_crds(kubectl)
     env = make_environment(kubectl, unique("mon-env"), "observers")
     try:
         # The environment converges on its next reconcile (the tests' resync is 10 s).

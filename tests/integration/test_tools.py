@@ -82,14 +82,22 @@ def test_versions_are_the_pinned_ones() -> None:
         assert find_tool(tool).exists()
 
 
-def test_postgres_module_initialises_offline_with_the_built_provider(tmp_path: Path) -> None:
-    pins = pinned_versions()
-    version = pins["POSTGRESQL_PROVIDER_VERSION"]
+@pytest.mark.parametrize(
+    ("module", "provider", "pin"),
+    [
+        ("postgres-database", "blacktop/postgresql", "POSTGRESQL_PROVIDER_VERSION"),
+        ("web-service", "hashicorp/kubernetes", "KUBERNETES_PROVIDER_VERSION"),
+    ],
+)
+def test_shipped_modules_initialise_offline_with_the_built_providers(
+    tmp_path: Path, module: str, provider: str, pin: str
+) -> None:
+    version = pinned_versions()[pin]
+    kind = provider.split("/")[1]
     for host in ("registry.opentofu.org", "registry.terraform.io"):
-        binary = cache_dir() / "terraform-mirror" / host / "blacktop/postgresql" / version / "linux_amd64"
-        assert (binary / f"terraform-provider-postgresql_v{version}").is_file(), f"missing in the mirror: {binary}"
-    module = REPO / "terraform-modules" / "postgres-database"
-    for source in module.iterdir():
+        binary = cache_dir() / "terraform-mirror" / host / provider / version / "linux_amd64"
+        assert (binary / f"terraform-provider-{kind}_v{version}").is_file(), f"missing in the mirror: {binary}"
+    for source in (REPO / "terraform-modules" / module).iterdir():
         (tmp_path / source.name).write_text(source.read_text())
     env = offline_tofu_env()
     for args in (["init", "-no-color", "-backend=false"], ["validate", "-no-color"]):
@@ -103,4 +111,6 @@ def test_postgres_module_initialises_offline_with_the_built_provider(tmp_path: P
             check=False,
         )
         assert result.returncode == 0, f"tofu {args[0]}:\n{result.stdout}\n{result.stderr}"
-    assert 'provider "registry.opentofu.org/blacktop/postgresql"' in (tmp_path / ".terraform.lock.hcl").read_text()
+    lock = (tmp_path / ".terraform.lock.hcl").read_text()
+    assert f'provider "registry.opentofu.org/{provider}"' in lock
+    assert f'version     = "{version}"' in lock

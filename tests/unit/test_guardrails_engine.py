@@ -306,3 +306,27 @@ def test_outcomes_name_every_evaluated_rule_once() -> None:
         ("warn", "r", Mode.WARN, "warned"),
     ]
     assert decision.evaluated == 4
+
+
+def _kubernetes_change(namespace: str, actions: tuple[str, ...] = ("create",)) -> dict[str, Any]:
+    after = None if actions == ("delete",) else {"metadata": [{"name": "web", "namespace": namespace}]}
+    return {
+        "address": f"kubernetes_deployment_v1.{namespace}",
+        "type": "kubernetes_deployment_v1",
+        "change": {"actions": list(actions), "after": after},
+    }
+
+
+def test_kubernetes_objects_stay_in_the_requests_namespace() -> None:
+    rule = [example("kubernetes-own-namespace")]
+
+    def decide(*changes: dict[str, Any]) -> engine.Decision:
+        plan = {"resource_changes": list(changes)}
+        return decide_request(rule, request(), env(), stage=RuleStage.PLAN, plan=plan)
+
+    assert decide(_kubernetes_change("payments-dev"), _change("terraform_data.a", "terraform_data")).allowed
+    assert decide(_kubernetes_change("elsewhere", ("delete",))).allowed
+    [denial] = decide(_kubernetes_change("payments-dev"), _kubernetes_change("bank-dev")).denials
+    assert denial.resources == ("kubernetes_deployment_v1.bank-dev",)
+    assert "must stay in namespace payments-dev; the plan writes to" in denial.message
+    assert "bank-dev" in denial.message

@@ -40,7 +40,7 @@ def test_placeholders_are_replaced() -> None:
 
 def test_request_monitoring_objects() -> None:
     objects = monitoring.request_monitoring(REQUEST, "postgres-database", DECLARED)
-    assert objects.absent == []
+    assert objects.absent == [("PodMonitor", "orders-db-pods")]
     rule, dashboard = objects.present
     assert rule["kind"] == "PrometheusRule"
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -66,12 +66,27 @@ def test_request_monitoring_objects() -> None:
 def test_undeclared_monitoring_is_absent() -> None:
     objects = monitoring.request_monitoring(REQUEST, "tiny", None)
     assert objects.present == []
-    assert objects.absent == [("PrometheusRule", "orders-db-alerts"), ("ConfigMap", "orders-db-dashboard")]
+    assert objects.absent == [
+        ("PrometheusRule", "orders-db-alerts"),
+        ("ConfigMap", "orders-db-dashboard"),
+        ("PodMonitor", "orders-db-pods"),
+    ]
     only_rules = monitoring.request_monitoring(
         REQUEST, "tiny", Monitoring.model_validate({"rules": DECLARED.model_dump(by_alias=True)["rules"]})
     )
     assert [o["kind"] for o in only_rules.present] == ["PrometheusRule"]
-    assert only_rules.absent == [("ConfigMap", "orders-db-dashboard")]
+    assert only_rules.absent == [("ConfigMap", "orders-db-dashboard"), ("PodMonitor", "orders-db-pods")]
+
+
+def test_a_request_pod_monitor_scrapes_the_pods_its_module_labels() -> None:
+    declared = Monitoring.model_validate({"podMonitor": {"port": "http"}})
+    (monitor,) = monitoring.request_monitoring(REQUEST, "web-service", declared).present
+    assert monitor["kind"] == "PodMonitor"
+    assert monitor["metadata"]["name"] == "orders-db-pods"
+    assert monitor["metadata"]["namespace"] == "payments-dev"
+    assert monitor["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert monitor["spec"]["selector"] == {"matchLabels": {"platform.blacktop.dev/service-request": "orders-db"}}
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
 
 
 def test_environment_pod_monitor() -> None:

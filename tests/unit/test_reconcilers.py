@@ -23,10 +23,11 @@ import pytest
 from blacktop.api.common import format_time
 from blacktop.api.conditions import Reason
 from blacktop.api.servicerequest import ServiceRequestStatus
-from blacktop.controllers import budget, drift, environment, goldenpath, guardrailpolicy
+from blacktop.controllers import budget, drift, environment, goldenpath, guardrailpolicy, rollout
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.slots import FairSlots
 from blacktop.controllers.tracker import StatusTracker
+from blacktop.controllers.upgrades import ProvisioningUpgrader
 from blacktop.kube.errors import ForbiddenError, InvalidError, UnavailableError
 from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, GUARDRAILPOLICIES, SERVICEREQUESTS, resource_for
 from blacktop.terraform import state as states
@@ -1300,6 +1301,195 @@ async def test_only_a_tracker_that_judged_moves_observed_generation(h: Harness) 
     judge.not_ready(Reason.PROGRESSING, "planning", stalled=False)
     await judge.write(h.client, SERVICEREQUESTS)
     assert h.status("db", namespace)["observedGeneration"] == 3
+
+
+# -- revisions and rollouts ---------------------------------------------------------------------------
+
+
+def _fleet_golden_path(strategy: str = "Automatic") -> dict[str, Any]:
+    body = tiny_golden_path()
+    body["spec"]["tiers"] = ["dev", "staging", "prod"]
+    body["spec"]["rollout"] = {"strategy": strategy, "batchSize": 1}
+    return body
+
+
+async def _fleet(h: Harness, strategy: str = "Automatic") -> dict[str, str]:
+    """One request per tier (and a pinned one in prod) of `tiny` at revision 1; request -> namespace."""
+    namespaces = {tier: await h.environment(f"shop-{tier}", "shop", tier) for tier in ("dev", "staging", "prod")}
+    await h.golden_path(_fleet_golden_path(strategy))
+    fleet = {"api": namespaces["dev"], "cart": namespaces["staging"], "orders": namespaces["prod"]}
+    for name, namespace in fleet.items():
+        h.request(name, namespace, size="small")
+    pinned = h.request("ledger", namespaces["prod"], size="small")
+    h.client.put({**pinned, "spec": {**pinned["spec"], "revision": 1}})
+    fleet["ledger"] = namespaces["prod"]
+    for name, namespace in fleet.items():
+        assert await h.reconcile(name, namespace) is None
+        assert h.status(name, namespace)["revision"] == 1
+    return fleet
+
+
+async def _publish_revision_2(h: Harness) -> None:
+    """A schema change: the golden path's revision 2."""
+    golden = h.client.stored(GOLDENPATHS, "tiny")
+    assert golden is not None
+    golden["spec"]["parameters"]["properties"]["note"] = {"type": "string", "default": ""}
+    await h.client.apply(golden)
+    status = await goldenpath.reconcile_golden_path(h.ctx, h.client.stored(GOLDENPATHS, "tiny") or {})
+    assert status.latest_revision == 2
+
+
+async def _advance(h: Harness) -> Any:
+    async with h.ctx.lock("GoldenPath/tiny"):
+        return await rollout.advance(h.ctx, "tiny", ProvisioningUpgrader())
+
+
+def _upgrade(h: Harness, name: str, namespace: str) -> dict[str, Any]:
+    found = h.condition(name, namespace, "UpgradeAvailable")
+    assert found is not None, f"{name} has no UpgradeAvailable"
+    return found
+
+
+@reaches(
+    Reason.REVISION_CREATED,
+    Reason.ROLLOUT_COMPLETE,
+    Reason.ROLLOUT_PROGRESSING,
+    Reason.ROLLOUT_PENDING,
+    Reason.ROLLOUT_HALTED,
+    Reason.UP_TO_DATE,
+    Reason.PINNED,
+    Reason.UPGRADED,
+)
+async def test_an_automatic_rollout_goes_tier_by_tier_halts_on_a_failed_plan_and_resumes(h: Harness) -> None:
+    fleet = await _fleet(h)
+    assert (await _advance(h)).phase == "Complete"
+    assert h.client.event_reasons("tiny").count(Reason.REVISION_CREATED) == 1
+    await _publish_revision_2(h)
+    h.runners.calls.clear()
+
+    step = await _advance(h)  # dev first: planned, then applied
+    assert (step.phase, step.tier) == ("Progressing", "staging")
+    assert h.status("api", fleet["api"])["revision"] == 2
+    assert [op for op, _ in h.runners.calls[:3]] == ["init", "plan", "show"]  # the plan came first
+    assert all(holder is not None for _, holder in h.runners.calls)  # every run under the state lock
+    assert _upgrade(h, "orders", fleet["orders"])["reason"] == Reason.ROLLOUT_PENDING
+    assert _upgrade(h, "api", fleet["api"])["reason"] == Reason.UP_TO_DATE
+    assert Reason.UPGRADED in h.client.event_reasons("api")
+
+    h.runners.fail("plan", "Error: Resource precondition failed\n\nsize large is no longer offered")
+    step = await _advance(h)
+    assert step.phase == "Halted"
+    assert step.halted.request == f"{fleet['cart']}/cart"
+    assert (step.halted.tier, step.halted.reason) == ("staging", Reason.PLAN_FAILED)
+    assert "no longer offered" not in step.halted.message  # the team's error stays with its request
+    assert "no longer offered" in _upgrade(h, "cart", fleet["cart"])["message"]
+    assert h.status("cart", fleet["cart"])["revision"] == 1
+    assert h.condition("cart", fleet["cart"])["status"] == "True"  # still Ready on revision 1
+    assert _upgrade(h, "orders", fleet["orders"])["reason"] == Reason.ROLLOUT_HALTED
+    assert "no longer offered" not in _upgrade(h, "orders", fleet["orders"])["message"]
+    assert (await _advance(h)).phase == "Halted"  # it holds until something changes
+    assert h.status("orders", fleet["orders"])["revision"] == 1
+
+    # Its owner changes the request: reconciled on the revision it runs, then the rollout resumes.
+    body = h.body("cart", fleet["cart"])
+    await h.client.apply({**body, "spec": {**body["spec"], "parameters": {"size": "medium"}}})
+    assert await h.reconcile("cart", fleet["cart"]) is None
+    assert h.status("cart", fleet["cart"])["revision"] == 1
+    for _ in range(3):
+        step = await _advance(h)
+    assert step.phase == "Complete"
+    assert [h.status(n, ns)["revision"] for n, ns in fleet.items()] == [2, 2, 2, 1]
+    pinned = _upgrade(h, "ledger", fleet["ledger"])
+    assert pinned["reason"] == Reason.PINNED
+    assert '{"spec":{"revision":2}}' in pinned["message"]
+    assert Reason.ROLLOUT_HALTED in h.client.event_reasons("tiny")
+
+
+@reaches(Reason.APPLY_FAILED, Reason.ROLLOUT_HALTED)
+async def test_a_failed_upgrade_apply_halts_and_puts_the_request_back(h: Harness) -> None:
+    fleet = await _fleet(h)
+    await _publish_revision_2(h)
+    h.runners.fail("apply", "Error: Resource postcondition failed")
+    step = await _advance(h)
+    assert (step.phase, step.halted.reason) == ("Halted", Reason.APPLY_FAILED)
+    assert step.halted.request == f"{fleet['api']}/api"
+    assert "put back on revision 1" in _upgrade(h, "api", fleet["api"])["message"]
+    assert h.status("api", fleet["api"])["revision"] == 1
+    assert h.condition("api", fleet["api"])["status"] == "True"
+    assert h.status("cart", fleet["cart"])["revision"] == 1  # later tiers never moved
+
+    # Both the upgrade and the way back fail: status no longer claims a revision, so a move (here a
+    # rollback of the target to 1) takes it to the target like a request never applied.
+    other = await _fleet_second_request(h, fleet)
+    for _ in range(2):
+        h.runners.fail("apply", "Error: connection refused")
+    body = h.body(other, fleet["api"])
+    outcome = await ProvisioningUpgrader().apply(h.ctx, fleet["api"], other, 2)
+    assert not outcome.ok
+    assert "putting it back on revision 1 failed too" in outcome.message
+    assert h.status(other, fleet["api"]).get("revision") is None
+    assert body["metadata"]["generation"] == h.body(other, fleet["api"])["metadata"]["generation"]
+    golden = h.client.stored(GOLDENPATHS, "tiny") or {}
+    await h.client.apply({**golden, "spec": {**golden["spec"], "rollout": {"strategy": "Automatic", "revision": 1}}})
+    await goldenpath.reconcile_golden_path(h.ctx, h.client.stored(GOLDENPATHS, "tiny") or {})
+    for _ in range(3):
+        step = await _advance(h)
+    assert h.status(other, fleet["api"])["revision"] == 1
+
+
+async def _fleet_second_request(h: Harness, fleet: dict[str, str]) -> str:
+    h.request("web", fleet["api"], size="small")
+    assert await h.reconcile("web", fleet["api"]) is None
+    assert h.status("web", fleet["api"])["revision"] == 2  # new requests start on the target
+    body = h.body("web", fleet["api"])
+    h.client.put({**body, "status": {**body["status"], "revision": 1}})  # as if it had run revision 1
+    return "web"
+
+
+@reaches(Reason.ROLLOUT_WAITING, Reason.MANUAL_UPGRADE)
+async def test_a_manual_rollout_waits_for_owners_and_a_pin_moves_a_request(h: Harness) -> None:
+    fleet = await _fleet(h, strategy="Manual")
+    await _publish_revision_2(h)
+    step = await _advance(h)
+    assert step.phase == "WaitingForOwners"
+    assert [h.status(n, ns)["revision"] for n, ns in fleet.items()] == [1, 1, 1, 1]
+    hint = _upgrade(h, "api", fleet["api"])
+    assert hint["reason"] == Reason.MANUAL_UPGRADE
+    assert f"kubectl patch servicerequest api -n {fleet['api']}" in hint["message"]
+    body = h.body("api", fleet["api"])
+    await h.client.apply({**body, "spec": {**body["spec"], "revision": 2}})
+    assert await h.reconcile("api", fleet["api"]) is None
+    assert h.status("api", fleet["api"])["revision"] == 2
+    # A new request starts on the target; the UpgradeAvailable of the moved one turns False.
+    h.request("search", fleet["api"], size="small")
+    assert await h.reconcile("search", fleet["api"]) is None
+    assert h.status("search", fleet["api"])["revision"] == 2
+    await _advance(h)
+    assert _upgrade(h, "api", fleet["api"])["status"] == "False"
+
+
+@reaches(Reason.REVISION_NOT_FOUND, Reason.SOURCE_UNAVAILABLE)
+async def test_missing_revisions_and_unreachable_git_servers_are_reported(h: Harness) -> None:
+    namespace = await ready_world(h)
+    body = h.request("db", namespace, size="small")
+    h.client.put({**body, "spec": {**body["spec"], "revision": 9}})
+    assert await h.reconcile("db", namespace) is None
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert ready["reason"] == Reason.REVISION_NOT_FOUND
+    assert "no revision 9 (kept: 1)" in ready["message"]
+    target = tiny_golden_path("elsewhere")
+    target["spec"]["rollout"] = {"revision": 4}
+    await h.golden_path(target)
+    gp = h.client.stored(GOLDENPATHS, "elsewhere") or {}
+    assert gp["status"]["conditions"][0]["reason"] == Reason.REVISION_NOT_FOUND
+    remote = tiny_golden_path("remote")
+    remote["spec"].update({"module": "tiny", "git": {"url": "http://127.0.0.1:1/modules.git", "ref": "v1"}})
+    await h.golden_path(remote)
+    gp = h.client.stored(GOLDENPATHS, "remote") or {}
+    ready = next(c for c in gp["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == Reason.SOURCE_UNAVAILABLE
+    assert "listing the refs of http://127.0.0.1:1/modules.git failed" in ready["message"]
 
 
 # -- every Reason has a test ------------------------------------------------------------------------

@@ -25,6 +25,8 @@ class ConditionType:
     DRIFTED = "Drifted"
     MONITORING_CONFIGURED = "MonitoringConfigured"
     DELETING = "Deleting"
+    UPGRADE_AVAILABLE = "UpgradeAvailable"  # ServiceRequest: a different revision is due for it
+    ROLLED_OUT = "RolledOut"  # GoldenPath: every request that follows rollouts runs the target revision
 
 
 class Reason:
@@ -76,6 +78,18 @@ class Reason:
     RETRIES_EXHAUSTED = "RetriesExhausted"
     COMPILE_ERROR = "CompileError"
     ACTIVE = "Active"
+    REVISION_CREATED = "RevisionCreated"
+    REVISION_NOT_FOUND = "RevisionNotFound"
+    SOURCE_UNAVAILABLE = "SourceUnavailable"
+    UP_TO_DATE = "UpToDate"
+    PINNED = "Pinned"
+    MANUAL_UPGRADE = "ManualUpgrade"
+    ROLLOUT_PENDING = "RolloutPending"
+    ROLLOUT_PROGRESSING = "RolloutProgressing"
+    ROLLOUT_HALTED = "RolloutHalted"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    ROLLOUT_WAITING = "WaitingForOwners"
+    UPGRADED = "Upgraded"
 
 
 # Reasons of routine progress: their Events are Normal. Every other reason of a Ready=False (and of

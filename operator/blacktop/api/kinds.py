@@ -1,4 +1,4 @@
-"""The four kinds of the API and the CRD metadata that goes with each (names, scope, columns)."""
+"""The five kinds of the API and the CRD metadata that goes with each (names, scope, columns)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from blacktop.api.environment import NAME_RULES, EnvironmentSpec, EnvironmentStatus
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
+from blacktop.api.goldenpathrevision import REVISION_RULES, GoldenPathRevisionSpec, GoldenPathRevisionStatus
 from blacktop.api.guardrailpolicy import GuardrailPolicySpec, GuardrailPolicyStatus
 from blacktop.api.servicerequest import ServiceRequestSpec, ServiceRequestStatus
 
@@ -41,6 +42,7 @@ class KindInfo:
     short_names: list[str] = field(default_factory=list)
     columns: list[dict[str, Any]] = field(default_factory=list)
     root_validations: list[dict[str, Any]] = field(default_factory=list)
+    selectable_fields: list[str] = field(default_factory=list)  # for kubectl --field-selector
 
     @property
     def singular(self) -> str:
@@ -82,9 +84,33 @@ GOLDEN_PATH = KindInfo(
         {"name": "Description", "type": "string", "jsonPath": ".spec.description"},
         {"name": "Module", "type": "string", "jsonPath": ".spec.module", "priority": 1},
         *_ready(),
+        {"name": "Revision", "type": "integer", "jsonPath": ".status.latestRevision"},
+        {"name": "Target", "type": "integer", "jsonPath": ".status.rollout.revision"},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.rollout.progress", "priority": 1},
         {"name": "Requests", "type": "integer", "jsonPath": ".status.requests"},
         _AGE,
     ],
+)
+
+GOLDEN_PATH_REVISION = KindInfo(
+    kind="GoldenPathRevision",
+    plural="goldenpathrevisions",
+    namespaced=False,
+    spec=GoldenPathRevisionSpec,
+    status=GoldenPathRevisionStatus,
+    description="An immutable version of a golden path: its module source and commit, parameter schema and outputs.",
+    short_names=["gprev"],
+    columns=[
+        {"name": "GoldenPath", "type": "string", "jsonPath": ".spec.goldenPath"},
+        {"name": "Revision", "type": "integer", "jsonPath": ".spec.revision"},
+        {"name": "Module", "type": "string", "jsonPath": ".spec.module"},
+        {"name": "Ref", "type": "string", "jsonPath": ".spec.git.ref"},
+        {"name": "Commit", "type": "string", "jsonPath": ".spec.git.commit", "priority": 1},
+        _AGE,
+    ],
+    root_validations=REVISION_RULES,
+    selectable_fields=[".spec.goldenPath"],
 )
 
 SERVICE_REQUEST = KindInfo(
@@ -99,10 +125,12 @@ SERVICE_REQUEST = KindInfo(
         {"name": "GoldenPath", "type": "string", "jsonPath": ".spec.goldenPath"},
         {"name": "Environment", "type": "string", "jsonPath": ".status.environment"},
         *_ready(),
+        {"name": "Revision", "type": "integer", "jsonPath": ".status.revision"},
         {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "priority": 1},
         {"name": "LeadTime(s)", "type": "integer", "jsonPath": ".status.leadTimeSeconds"},
         _AGE,
     ],
+    selectable_fields=[".spec.goldenPath"],
 )
 
 GUARDRAIL_POLICY = KindInfo(
@@ -121,4 +149,4 @@ GUARDRAIL_POLICY = KindInfo(
     ],
 )
 
-ALL_KINDS = [ENVIRONMENT, GOLDEN_PATH, SERVICE_REQUEST, GUARDRAIL_POLICY]
+ALL_KINDS = [ENVIRONMENT, GOLDEN_PATH, GOLDEN_PATH_REVISION, SERVICE_REQUEST, GUARDRAIL_POLICY]

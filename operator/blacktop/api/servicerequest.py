@@ -51,6 +51,14 @@ class ServiceRequestSpec(SpecModel):
         description="Secret that receives the connection details (default: <name>-connection). Immutable once set.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "connectionSecretName is immutable")]},
     )
+    revision: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Pin the request to this revision of its golden path (kubectl get goldenpathrevisions): rollouts never "
+            "move it. Changing it moves the request (an upgrade or a rollback). Unset: follow the golden path's rollouts."
+        ),
+    )
 
 
 class PlanSummary(StatusModel):
@@ -115,3 +123,5 @@ class ServiceRequestStatus(ConditionedStatus):
         "Secret's resourceVersion): while it matches, a Ready request needs no run.",
     )
     queue: QueueInfo | None = Field(None, description="Set while the request's run waits for a run slot.")
+    revision: int | None = Field(None, description="The golden path revision the request was last applied with.")
+    commit: str | None = Field(None, description="The module commit of that revision (git sources).")

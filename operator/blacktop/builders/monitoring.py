@@ -4,7 +4,9 @@
   path's alert rules and a ConfigMap holding its Grafana dashboard (label ``grafana_dashboard: "1"``,
   what the Grafana sidecar looks for), both in the request's namespace and owned by the request, so
   they go away with it. ``{{namespace}}`` and ``{{name}}`` in expressions, annotations and the
-  dashboard are replaced by the request's namespace and name.
+  dashboard are replaced by the request's namespace and name. With ``monitoring.podMonitor``, also a
+  PodMonitor ``<request>-pods`` scraping the named port of the pods the request's module runs (the
+  module labels them ``platform.blacktop.dev/service-request: <request>``).
 - For an Environment: one PodMonitor, ``blacktop-workloads``, in its namespace. It scrapes every pod
   of the namespace that exposes a container port named ``metrics`` (path ``/metrics``): the team
   opts in by naming a port, without writing a Service just to be scraped, and the environment's
@@ -18,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from blacktop.api.goldenpath import AlertRule, Monitoring
+from blacktop.api.goldenpath import AlertRule, Monitoring, PodMetrics
 from blacktop.builders import naming
 
 JSON = dict[str, Any]
@@ -56,6 +58,24 @@ def rule_name(request: JSON) -> str:
 def dashboard_name(request: JSON) -> str:
     """Name of a request's dashboard ConfigMap."""
     return f"{request['metadata']['name']}-dashboard"
+
+
+def pod_monitor_name(request: JSON) -> str:
+    """Name of a request's PodMonitor."""
+    return f"{request['metadata']['name']}-pods"
+
+
+def build_request_pod_monitor(request: JSON, golden_path: str, pods: PodMetrics) -> JSON:
+    """The PodMonitor of the pods one request runs (selected by the request's label)."""
+    return {
+        "apiVersion": MONITORING_API,
+        "kind": "PodMonitor",
+        "metadata": naming.request_child_metadata(request, golden_path, pod_monitor_name(request)),
+        "spec": {
+            "selector": {"matchLabels": {naming.LABEL_SERVICE_REQUEST: request["metadata"]["name"]}},
+            "podMetricsEndpoints": [{"port": pods.port, "path": pods.path, "interval": pods.interval}],
+        },
+    }
 
 
 def _alert(rule: AlertRule, namespace: str, name: str, golden_path: str) -> JSON:
@@ -121,6 +141,10 @@ def request_monitoring(request: JSON, golden_path: str, monitoring: Monitoring |
         present.append(build_dashboard(request, golden_path, monitoring.dashboard))
     else:
         absent.append(("ConfigMap", dashboard_name(request)))
+    if monitoring is not None and monitoring.pod_monitor:
+        present.append(build_request_pod_monitor(request, golden_path, monitoring.pod_monitor))
+    else:
+        absent.append(("PodMonitor", pod_monitor_name(request)))
     return MonitoringObjects(present, absent)
 
 

@@ -70,7 +70,7 @@ def catalog_reader_cluster_role() -> JSON:
         "rules": [
             {
                 "apiGroups": [GROUP],
-                "resources": ["goldenpaths", "guardrailpolicies", "environments"],
+                "resources": ["goldenpaths", "goldenpathrevisions", "guardrailpolicies", "environments"],
                 "verbs": ["get", "list", "watch"],
             }
         ],

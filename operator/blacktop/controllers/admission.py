@@ -135,7 +135,9 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
     """Built-in protections: no local-exec/remote-exec/external, only allowed providers.
 
     A module that is missing or unreadable is not refused here: it may be shipped after its golden
-    path, and the GoldenPath's status says what is wrong with it.
+    path, and the GoldenPath's status says what is wrong with it. Nor is a module in git: fetching
+    it could outlast the webhook's timeout, so the reconciler applies the same checks to what it
+    fetched, and a module that fails them never becomes a revision (nothing runs it).
     """
     if spec_unchanged(body, old):
         return Review()
@@ -143,6 +145,8 @@ async def review_golden_path(ctx: Context, body: JSON, old: JSON | None) -> Revi
         spec = GoldenPathSpec.model_validate(body.get("spec") or {})
     except ValidationError:
         return Review()  # the CRD schema answers for the shape
+    if spec.git is not None:
+        return Review()
     try:
         info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
     except modules.ModuleError:

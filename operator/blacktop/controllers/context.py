@@ -25,6 +25,7 @@ from blacktop.kube.informer import ClusterCache
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.runner import Runners
+from blacktop.terraform.sources import ModuleSources
 
 
 def _utcnow() -> datetime:
@@ -57,6 +58,14 @@ class Context:
         self.clock = clock
         self.rng = rng or random.Random()  # backoff jitter  # noqa: S311 (not cryptography)
         self.modules = ModuleCache(settings.modules_root)
+        # Git commits and copies of folder modules that golden path revisions name (bounded).
+        self.sources = ModuleSources(
+            settings.module_cache_root,
+            settings.modules_root,
+            max_entries=settings.module_cache_entries,
+            max_bytes=settings.module_max_bytes,
+            timeout=settings.git_timeout_seconds,
+        )
         # Bounds OpenTofu processes (settings.max_concurrent_runs), shared fairly between teams.
         self.runs = FairSlots(settings.max_concurrent_runs, settings.run_slots_per_team())
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.

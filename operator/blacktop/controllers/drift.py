@@ -27,7 +27,7 @@ from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import DriftPolicy
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import parameters
-from blacktop.controllers import delivery, guardrails, lookup, runs, servicerequest, views
+from blacktop.controllers import delivery, guardrails, lookup, revisions, runs, servicerequest, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
@@ -72,6 +72,10 @@ async def _due(ctx: Context, namespace: str, name: str) -> _Due | None:
     _, golden = await lookup.golden_path(ctx, request.spec.golden_path)
     env = await lookup.environment_ref(ctx, namespace)
     if golden is None or env is None:
+        return None
+    try:  # the revision it runs: a newer one is a rollout's business, not drift
+        golden = await revisions.at_revision(ctx, body, golden)
+    except Failure:
         return None
     if not is_due(status, parse_duration(golden.spec.drift_check_interval), tracker.now):
         return None

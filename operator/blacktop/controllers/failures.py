@@ -13,11 +13,13 @@ any failed run (status, Event, backoff, ``failures``) instead of leaving status 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from blacktop.api.conditions import Reason
 from blacktop.kube.errors import KubeApiError, UnavailableError
 from blacktop.terraform.module import ModuleError
+from blacktop.terraform.sources import SourceError
 from blacktop.terraform.workspace import WorkspaceError
 
 logger = logging.getLogger(__name__)
@@ -46,34 +48,50 @@ class Classified:
     detail: str
 
 
+def _api_down(exc: BaseException) -> str:
+    message = exc.message if isinstance(exc, KubeApiError) else str(exc)
+    return f"the Kubernetes API server did not answer ({message}); retrying as soon as it is back"
+
+
+def _disk(exc: BaseException) -> str:
+    if isinstance(exc, WorkspaceError):
+        return f"{exc}; free space or fix the disk"
+    words = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return f"the operator's file system failed: {words}; free space or fix the disk"
+
+
+# The known errors that are not a tool's, in the order they are checked (subclasses before their
+# bases): the step they broke, their Reason, and their words.
+_KNOWN: tuple[tuple[type[BaseException], str, str, Callable[[BaseException], str]], ...] = (
+    (UnavailableError, "talking to the API server", Reason.API_UNAVAILABLE, _api_down),
+    (
+        KubeApiError,
+        "talking to the API server",
+        Reason.API_REJECTED,
+        lambda e: f"the API server refused {e}; the operator's permissions or the objects it writes need a look",
+    ),
+    (WorkspaceError, "preparing the workspace", Reason.WORKSPACE_ERROR, _disk),
+    (
+        SourceError,
+        "fetching the module",
+        Reason.SOURCE_UNAVAILABLE,
+        lambda e: f"{e}; retrying (check the golden path's git URL, ref and credentials)",
+    ),
+    (
+        ModuleError,
+        "reading the module",
+        Reason.MODULE_UNAVAILABLE,
+        lambda e: f"{e}; the golden path's module must be on every operator replica",
+    ),
+    (OSError, "preparing the workspace", Reason.WORKSPACE_ERROR, _disk),
+)
+
+
 def classify(exc: BaseException) -> Classified:
     """What ``exc`` (anything but a Failure) means for the request it stopped."""
-    if isinstance(exc, UnavailableError):
-        return Classified(
-            "talking to the API server",
-            Reason.API_UNAVAILABLE,
-            f"the Kubernetes API server did not answer ({exc.message}); retrying as soon as it is back",
-        )
-    if isinstance(exc, KubeApiError):
-        return Classified(
-            "talking to the API server",
-            Reason.API_REJECTED,
-            f"the API server refused {exc}; the operator's permissions or the objects it writes need a look",
-        )
-    if isinstance(exc, WorkspaceError):
-        return Classified("preparing the workspace", Reason.WORKSPACE_ERROR, f"{exc}; free space or fix the disk")
-    if isinstance(exc, ModuleError):
-        return Classified(
-            "reading the module",
-            Reason.MODULE_UNAVAILABLE,
-            f"{exc}; the golden path's module must be on every operator replica",
-        )
-    if isinstance(exc, OSError):
-        return Classified(
-            "preparing the workspace",
-            Reason.WORKSPACE_ERROR,
-            f"the operator's file system failed: {exc.strerror or exc}; free space or fix the disk",
-        )
+    for kind, step, reason, words in _KNOWN:
+        if isinstance(exc, kind):
+            return Classified(step, reason, words(exc))
     logger.error("unexpected error, reported as InternalError", exc_info=exc)
     return Classified(
         "reconciling", Reason.INTERNAL_ERROR, f"unexpected {type(exc).__name__}: {exc} (a bug: see the operator's log)"

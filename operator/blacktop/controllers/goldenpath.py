@@ -1,13 +1,16 @@
-"""The GoldenPath reconciler: is this catalog entry usable, and if not, why not.
+"""The GoldenPath reconciler: is this catalog entry usable, and if not, why not; which revision is it at.
 
-It resolves the module under the operator's modules root, parses it, refuses forbidden constructs
-and providers outside the allow-list, checks the parameter schema is a valid JSON Schema, that
-declared outputs exist and that the cost model names a real parameter, and counts its requests.
+It finds the module (under the operator's modules root, or in git at the commit its ref resolves to),
+parses it, refuses forbidden constructs and providers outside the allow-list, checks the parameter
+schema is a valid JSON Schema, that declared outputs exist and that the cost model names a real
+parameter, and counts its requests. A module that passes becomes a new GoldenPathRevision when what
+runs changed (controllers.revisions); one that fails never does, so nothing ever runs it. A git
+server that cannot be reached leaves a Ready golden path Ready on its last revision (Validated
+Unknown says why): re-checking never takes a working catalog entry away.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -15,14 +18,15 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
-from blacktop.api.conditions import ConditionType, Reason
+from blacktop.api.conditions import ConditionType, Reason, is_true
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
-from blacktop.controllers import lookup
+from blacktop.controllers import lookup, modulesource, revisions
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
 from blacktop.terraform import module as modules
 from blacktop.terraform.findings import disallowed_providers
+from blacktop.terraform.sources import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +62,23 @@ def spec_problems(spec: GoldenPathSpec, outputs: set[str]) -> list[str]:
     return problems
 
 
-async def _request_count(ctx: Context, name: str) -> int:
+async def requests_of(ctx: Context, name: str) -> list[JSON]:
+    """The ServiceRequests naming this golden path, in every namespace (the informer's copies once
+    it has synced: read-only)."""
     requests = lookup.cached_list(ctx, "requests")
     if requests is None:
         requests = await ctx.client.list(SERVICEREQUESTS)
-    return sum(1 for r in requests if (r.get("spec") or {}).get("goldenPath") == name)
+    return [r for r in requests if (r.get("spec") or {}).get("goldenPath") == name]
+
+
+def _source_words(spec: GoldenPathSpec) -> str:
+    return f"module {spec.module}" + (f" at {spec.git.ref} of {spec.git.url}" if spec.git else "")
 
 
 async def reconcile_golden_path(ctx: Context, body: JSON) -> GoldenPathStatus:
-    """Validate one GoldenPath and write its status. Safe to call any time."""
+    """Validate one GoldenPath, publish a revision when what runs changed, write its status."""
+    # Fresh, not Kopf's copy: the rollout writes this status too (status.rollout), under the same lock.
+    body = await ctx.client.get(GOLDENPATHS, body["metadata"]["name"]) or body
     tracker = StatusTracker(body, GoldenPathStatus, now=ctx.now())
     name = body["metadata"]["name"]
     try:
@@ -75,19 +87,45 @@ async def reconcile_golden_path(ctx: Context, body: JSON) -> GoldenPathStatus:
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, GOLDENPATHS)
 
-    tracker.status.requests = await _request_count(ctx, name)
+    requests = await requests_of(ctx, name)
+    tracker.status.requests = len(requests)
     try:
-        # Hashing files (and parsing HCL when they changed) is blocking work: keep it off the event loop.
-        info = await asyncio.to_thread(ctx.modules.inspect, spec.module)
+        found = await modulesource.inspect(ctx, spec)
     except modules.ModuleError as exc:
-        tracker.status.module_digest = None
-        tracker.status.providers = []
-        tracker.set(ConditionType.VALIDATED, False, Reason.MODULE_NOT_FOUND, str(exc))
-        tracker.not_ready(Reason.MODULE_NOT_FOUND, str(exc), stalled=True)
+        return await _unavailable(ctx, tracker, spec, exc)
+
+    tracker.status.module_digest = found.info.digest
+    tracker.status.providers = sorted(found.info.findings.providers)
+    failures = _failures(ctx, spec, found)
+    if failures:
+        reason, message = failures[0]
+        message = "; ".join(m for _, m in failures)
+        tracker.set(ConditionType.VALIDATED, False, reason, message)
+        tracker.not_ready(reason, message, stalled=True)
         return await tracker.write(ctx.client, GOLDENPATHS)
 
-    tracker.status.module_digest = info.digest
-    tracker.status.providers = sorted(info.findings.providers)
+    latest, known = await revisions.publish(ctx, body, spec, found, requests)
+    tracker.status.latest_revision = latest.revision
+    tracker.status.commit = found.commit
+    providers = ", ".join(tracker.status.providers) or "no providers"
+    source = _source_words(spec) + (f" (commit {found.commit[:12]})" if found.commit else "")
+    tracker.set(ConditionType.VALIDATED, True, Reason.RECONCILED, f"{source} ({providers}) is valid")
+    target = revisions.target_of(spec, known)
+    if target not in {r.revision for r in known}:
+        kept = ", ".join(str(r.revision) for r in known)
+        message = f"spec.rollout.revision {target} does not exist (revisions kept: {kept}); name one of them"
+        tracker.not_ready(Reason.REVISION_NOT_FOUND, message, stalled=True)
+        return await tracker.write(ctx.client, GOLDENPATHS)
+    tracker.ready(
+        f"available: {source} ({providers}), revision {latest.revision}, {tracker.status.requests} request(s)",
+        Reason.RECONCILED,
+    )
+    return await tracker.write(ctx.client, GOLDENPATHS)
+
+
+def _failures(ctx: Context, spec: GoldenPathSpec, found: modulesource.Found) -> list[tuple[str, str]]:
+    """Why this module may not be published, as (reason, message) pairs; empty when it may."""
+    info = found.info
     failures: list[tuple[str, str]] = []
     if info.findings.violations:
         failures.append((Reason.FORBIDDEN_PROVISIONER, "; ".join(info.findings.violations)))
@@ -98,16 +136,37 @@ async def reconcile_golden_path(ctx: Context, body: JSON) -> GoldenPathStatus:
         failures.append((Reason.INVALID_SCHEMA, problem))
     if problems := spec_problems(spec, info.findings.outputs):
         failures.append((Reason.INVALID_SPEC, "; ".join(problems)))
+    return failures
 
-    if failures:
-        reason, message = failures[0]
-        message = "; ".join(m for _, m in failures)
-        tracker.set(ConditionType.VALIDATED, False, reason, message)
-        tracker.not_ready(reason, message, stalled=True)
-    else:
-        providers = ", ".join(tracker.status.providers) or "no providers"
-        tracker.set(ConditionType.VALIDATED, True, Reason.RECONCILED, f"module {spec.module} ({providers}) is valid")
-        tracker.ready(
-            f"available: module {spec.module} ({providers}), {tracker.status.requests} request(s)", Reason.RECONCILED
+
+async def _unavailable(
+    ctx: Context, tracker: StatusTracker[GoldenPathStatus], spec: GoldenPathSpec, exc: modules.ModuleError
+) -> GoldenPathStatus:
+    """The module cannot be read. A git source whose latest revision is still what the spec names
+    stays Ready on it (the server may be down for a while); anything else is not Ready."""
+    if isinstance(exc, SourceError):
+        known = await revisions.history(ctx, tracker.body)
+        latest = known[-1] if known else None
+        same = (
+            latest is not None
+            and latest.git is not None
+            and spec.git is not None
+            and (latest.git.url, latest.git.ref, latest.module) == (spec.git.url, spec.git.ref, spec.module)
         )
+        was_ready = is_true(tracker.status.conditions, ConditionType.READY)
+        if same and was_ready and latest is not None:
+            tracker.set(
+                ConditionType.VALIDATED,
+                None,
+                Reason.SOURCE_UNAVAILABLE,
+                f"{exc}; still serving revision {latest.revision}",
+            )
+            return await tracker.write(ctx.client, GOLDENPATHS)
+        tracker.set(ConditionType.VALIDATED, False, Reason.SOURCE_UNAVAILABLE, str(exc))
+        tracker.not_ready(Reason.SOURCE_UNAVAILABLE, str(exc), stalled=False)  # retried at the next resync
+        return await tracker.write(ctx.client, GOLDENPATHS)
+    tracker.status.module_digest = None
+    tracker.status.providers = []
+    tracker.set(ConditionType.VALIDATED, False, Reason.MODULE_NOT_FOUND, str(exc))
+    tracker.not_ready(Reason.MODULE_NOT_FOUND, str(exc), stalled=True)
     return await tracker.write(ctx.client, GOLDENPATHS)

@@ -7,7 +7,7 @@ into one :class:`Inputs` before any run starts, so a missing dependency is repor
 is taken, and everything after it reads typed fields.
 
 :attr:`Inputs.digest` names all of it in one sha256: the request's spec generation, the golden
-path's generation and the digest of the module that runs, the parameters after defaults, the
+path's generation, the revision the request runs and the digest of its module, the parameters after defaults, the
 module's variables, the credentials Secret's resourceVersion (never its values) and the state. A
 successful apply records it in status (``appliedDigest``); while it still matches, a Ready request
 needs no run at all, however often it is resumed or resynced.
@@ -15,7 +15,6 @@ needs no run at all, however often it is resumed or resynced.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -23,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from blacktop.api.conditions import Reason
+from blacktop.controllers import modulesource
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube.resources import resource_for
-from blacktop.terraform import module as modules
 from blacktop.terraform.runner import RunTarget
 from blacktop.terraform.state import state_of
 
@@ -55,6 +54,7 @@ class Inputs:
                 "name": self.golden_path.name,
                 "generation": int(self.golden_path.body["metadata"].get("generation", 1)),
                 "module": self.module_digest,
+                "revision": self.golden_path.revision.revision if self.golden_path.revision else None,
             },
             "parameters": self.parameters,
             "variables": dict(self.target.variables),
@@ -64,7 +64,7 @@ class Inputs:
         return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def standard_variables(request: RequestView, env: EnvironmentRef) -> dict[str, Any]:
+def standard_variables(request: RequestView, env: EnvironmentRef, golden: GoldenPathView) -> dict[str, Any]:
     """Variables every module may declare to learn where it runs."""
     return {
         "name": request.name,
@@ -72,6 +72,7 @@ def standard_variables(request: RequestView, env: EnvironmentRef) -> dict[str, A
         "environment": env.name,
         "team": env.team,
         "tier": env.tier,
+        "golden_path": golden.name,
     }
 
 
@@ -97,10 +98,11 @@ async def resolve(
     ctx: Context, request: RequestView, env: EnvironmentRef, golden: GoldenPathView, parameters: dict[str, Any]
 ) -> Inputs:
     """The inputs of a run; raises Failure when the credentials Secret is missing (it may come), and
-    ModuleError when the module cannot be read here (a failed attempt: see failures.classify)."""
-    # Parsed once per module digest (the golden path's status names it): no file I/O when known.
-    info: modules.ModuleInfo = await asyncio.to_thread(ctx.modules.known, golden.spec.module, golden.module_digest)
-    candidates = {**standard_variables(request, env), **parameters}
+    ModuleError (SourceError for git) when the module cannot be read here (a failed attempt: see
+    failures.classify)."""
+    # The revision's files: a git commit from the module cache, or a folder parsed once per digest.
+    info = await modulesource.module_info(ctx, golden.spec, golden.module_digest)
+    candidates = {**standard_variables(request, env, golden), **parameters}
     credentials, version = await _credentials(ctx, golden)
     target = RunTarget(
         name=request.key,

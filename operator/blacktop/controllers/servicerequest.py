@@ -19,6 +19,7 @@ and is retried with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from blacktop.api.common import cents_to_money, format_time
 from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.servicerequest import PlanSummary, ServiceRequestStatus, Stage
 from blacktop.builders import cost, parameters
-from blacktop.controllers import delivery, guardrails, lookup, monitoring, runs, statelock, views
+from blacktop.controllers import delivery, guardrails, lookup, monitoring, revisions, runs, statelock, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
@@ -110,13 +111,21 @@ def settled(status: ServiceRequestStatus, generation: int) -> bool:
     )
 
 
-def up_to_date(status: ServiceRequestStatus, generation: int, digest: str) -> bool:
-    """Whether nothing is to be done: Ready for this spec, and made of exactly these inputs. Pure."""
-    return settled(status, generation) and status.applied_digest == digest and status.failures == 0
+def up_to_date(status: ServiceRequestStatus, generation: int, digest: str, revision: int | None) -> bool:
+    """Whether nothing is to be done: Ready for this spec, made of exactly these inputs, and (with
+    revisions) recorded at the ``revision`` it runs. Pure."""
+    return (
+        settled(status, generation)
+        and status.applied_digest == digest
+        and status.failures == 0
+        and (revision is None or status.revision == revision)
+    )
 
 
-async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestStatus:
-    """Converge one ServiceRequest; raises Failure when it must be tried again."""
+async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int | None = None) -> ServiceRequestStatus:
+    """Converge one ServiceRequest; raises Failure when it must be tried again. It runs the revision of
+    its golden path it runs already (or its pin; a new request: the rollout's target); ``revision``
+    moves it (a rollout)."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
     if body["metadata"].get("deletionTimestamp"):
         return tracker.status
@@ -129,7 +138,7 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
     was_settled = settled(tracker.status, tracker.generation)
     try:
         await runs.record_interruption(ctx, tracker, f"{request.namespace}/{request.name}", keep_ready=was_settled)
-        status = await _reconcile(ctx, tracker, request, was_settled)
+        status = await _reconcile(ctx, tracker, request, was_settled, revision)
     except Failure:
         ctx.metrics.observe_reconcile("ServiceRequest", "failed")
         raise
@@ -141,9 +150,16 @@ async def reconcile_service_request(ctx: Context, body: JSON) -> ServiceRequestS
     return status
 
 
-async def _reconcile(ctx: Context, tracker: Tracker, request: RequestView, was_settled: bool) -> ServiceRequestStatus:
+async def _reconcile(
+    ctx: Context, tracker: Tracker, request: RequestView, was_settled: bool, revision: int | None
+) -> ServiceRequestStatus:
     env = await lookup.environment_ref(ctx, request.namespace)
     exists, golden = await lookup.golden_path(ctx, request.spec.golden_path)
+    if golden is not None and golden.ready:
+        try:
+            golden = await revisions.at_revision(ctx, tracker.body, golden, revision=revision)
+        except Failure as missing:
+            return await _refuse(ctx, tracker, Refusal(missing.reason, missing.message, Stage.FAILED))
     # Decide.
     decision = check(request, env, golden, golden_exists=exists)
     if env is not None:
@@ -156,7 +172,8 @@ async def _reconcile(ctx: Context, tracker: Tracker, request: RequestView, was_s
     inputs = await _resolve(
         ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=waiting
     )
-    if up_to_date(tracker.status, tracker.generation, inputs.digest):
+    runs_revision = golden.revision.revision if golden.revision is not None else None
+    if up_to_date(tracker.status, tracker.generation, inputs.digest, runs_revision):
         logger.debug("%s/%s is up to date: nothing to do", request.namespace, request.name)
         return tracker.unchanged  # resumed or resynced with nothing changed: no run, no write
     if not was_settled:
@@ -266,6 +283,9 @@ async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, converged: Co
     status.next_retry_time = None
     status.stage = Stage.READY
     status.applied_digest = converged.digest
+    if golden.revision is not None:  # what it now runs, for rollouts and `kubectl get servicerequests`
+        status.revision = golden.revision.revision
+        status.commit = golden.revision.git.commit if golden.revision.git else None
     if status.first_ready_time is None:
         status.first_ready_time = format_time(now)
         # Never negative, even if the API server's clock is ahead of ours.
@@ -312,6 +332,8 @@ async def _finalize(ctx: Context, tracker: Tracker, body: JSON) -> None:
         tracker.not_ready(Reason.DESTROY_FAILED, message, stalled=True)
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise Failure(Reason.DESTROY_FAILED, message, delay=ctx.settings.blocked_retry_seconds)
+    with contextlib.suppress(Failure):  # destroy with the revision it runs; if that is gone, with today's
+        golden = await revisions.at_revision(ctx, body, golden)
     env = await lookup.environment_ref(ctx, request.namespace) or views.NO_ENVIRONMENT
     params, _ = parameters.validate(golden.spec.parameters, request.spec.parameters)
     # Act.

@@ -15,6 +15,7 @@ from typing import Any
 from blacktop.api.common import Condition, parse_time
 from blacktop.api.conditions import ConditionType, is_true
 from blacktop.api.goldenpath import GoldenPathSpec
+from blacktop.api.goldenpathrevision import GoldenPathRevisionSpec
 from blacktop.api.servicerequest import ServiceRequestSpec
 
 JSON = dict[str, Any]
@@ -52,13 +53,16 @@ def request_view(body: JSON) -> RequestView:
 
 @dataclass(frozen=True)
 class GoldenPathView:
-    """A GoldenPath: its spec (validated), whether it is Ready, and the module digest its status names."""
+    """A GoldenPath: its spec (validated), whether it is Ready, and the module digest its status names.
+    Seen at a revision (controllers.revisions.at_revision), the spec, the digest and ``revision`` are
+    that revision's: its module (at its commit), schema and outputs."""
 
     body: JSON
     name: str
     spec: GoldenPathSpec
     ready: bool
     module_digest: str | None
+    revision: GoldenPathRevisionSpec | None = None
 
 
 def golden_path_view(body: JSON) -> GoldenPathView:

@@ -61,6 +61,7 @@ _RESOURCES = [
     Resource("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", namespaced=True),
     Resource(API_VERSION, "Environment", "environments", namespaced=False),
     Resource(API_VERSION, "GoldenPath", "goldenpaths", namespaced=False),
+    Resource(API_VERSION, "GoldenPathRevision", "goldenpathrevisions", namespaced=False),
     Resource(API_VERSION, "ServiceRequest", "servicerequests", namespaced=True),
     Resource(API_VERSION, "GuardrailPolicy", "guardrailpolicies", namespaced=False),
 ]
@@ -83,5 +84,6 @@ def all_resources() -> list[Resource]:
 
 ENVIRONMENTS = resource_for(API_VERSION, "Environment")
 GOLDENPATHS = resource_for(API_VERSION, "GoldenPath")
+GOLDENPATHREVISIONS = resource_for(API_VERSION, "GoldenPathRevision")
 SERVICEREQUESTS = resource_for(API_VERSION, "ServiceRequest")
 GUARDRAILPOLICIES = resource_for(API_VERSION, "GuardrailPolicy")

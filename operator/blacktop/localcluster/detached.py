@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from blacktop.localcluster import node as nodes
 from blacktop.localcluster import processes
 from blacktop.localcluster.cluster import LocalCluster
 from blacktop.toolbox import cache_dir
@@ -58,14 +59,15 @@ def status(state_dir: Path) -> ClusterInfo | None:
     return info if _healthy(info, state_dir) else None
 
 
-def up(state_dir: Path) -> ClusterInfo:
-    """Start a detached cluster (or return the healthy one already there)."""
+def up(state_dir: Path, *, node: bool = True) -> ClusterInfo:
+    """Start a detached cluster, with a node unless ``node`` is False (or return the healthy one
+    already there)."""
     running = status(state_dir)
     if running is not None:
         return running
     down(state_dir)  # clear a half-dead earlier one
     state_dir.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(state_dir / "data", keep=True, detached=True)
+    cluster = LocalCluster(state_dir / "data", keep=True, detached=True, node=node)
     cluster.start()
     info = ClusterInfo(server=cluster.server, kubeconfig=str(cluster.kubeconfig), pids=cluster.pids)
     _state_file(state_dir).write_text(json.dumps(asdict(info), indent=2))
@@ -77,7 +79,9 @@ def down(state_dir: Path) -> None:
     path = _state_file(state_dir)
     if path.exists():
         info = ClusterInfo(**json.loads(path.read_text()))
+        # The node first (its sandbox takes everything in it along), then the control plane.
         for pid in reversed(list(info.pids.values())):
             processes.stop_group(pid)
         path.unlink()
+    nodes.sweep_leftovers()  # the node's cgroup folders, now that nothing holds its slot
     shutil.rmtree(state_dir / "data", ignore_errors=True)

@@ -23,6 +23,11 @@ from blacktop.terraform.state import StateRef
 
 RUN_DIR = ".blacktop"  # the tool's output files and the pid of the tool running now
 KEEP = {".terraform", ".terraform.lock.hcl", RUN_DIR}
+# What a run inherits from the operator's environment: the basics, and in a cluster where the
+# apiserver is (the kubernetes backend's in_cluster_config reads these two, as client-go does).
+_PASSED_THROUGH = frozenset(
+    {"PATH", "HOME", "TMPDIR", "LANG", "SSL_CERT_FILE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
+)
 VAR_FILE = "terraform.tfvars.json"
 PLAN_FILE = "tfplan"
 PID_FILE = "tool.pid"
@@ -118,7 +123,7 @@ def remove(root: Path, key: str) -> None:
 
 def environment(cli_config: Path | None, credentials: dict[str, str]) -> dict[str, str]:
     """The process environment of a run: minimal, non-interactive, offline provider installation."""
-    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "TMPDIR", "LANG", "SSL_CERT_FILE"}}
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_THROUGH}
     env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
     if cli_config is not None and cli_config.exists():
         env["TF_CLI_CONFIG_FILE"] = str(cli_config)

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -33,13 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
-from harness import admission_review, wait
+from harness import admission_review, post_review, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.install import install
@@ -93,6 +93,8 @@ def main() -> None:
             os.killpg(operator.pid, signal.SIGTERM)
             operator.wait(timeout=30)
             client.close()
+    if not os.environ.get("BLACKTOP_BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def kubectl(kubeconfig: Path, *args: str, body: dict[str, Any] | None = None) -> None:
@@ -149,12 +151,7 @@ def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int, 
     print(f"{len(policies)} policies, 5 sibling requests; {requests} requests per path (after 20 warm-up)")
 
     def post(path: str, payload: bytes) -> dict[str, Any]:
-        req = urllib.request.Request(
-            f"https://127.0.0.1:{webhook_port}/{path}", data=payload, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, context=tls, timeout=10) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+        return post_review(webhook_port, path, payload, tls)
 
     for label, path, kind, plural, obj in (
         ("webhook /validate-servicerequest", "validate-servicerequest", "ServiceRequest", "servicerequests", request),

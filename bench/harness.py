@@ -7,11 +7,11 @@ figures printed against their targets (with the machine's load next to them).
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -184,6 +184,10 @@ class Bench:
             self.client.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.cluster.stop()
+        if os.environ.get("BLACKTOP_BENCH_KEEP"):  # the operator's logs and workspaces, to read after
+            print(f"  kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     @property
     def kube(self) -> KubeClient:
@@ -302,18 +306,8 @@ def admission_review(kind: str, plural: str, obj: dict[str, Any]) -> bytes:
     ).encode()
 
 
-def webhook_tls(bench: Bench) -> ssl.SSLContext:
-    """The TLS context that trusts the webhook's CA (from the configuration the operator applied)."""
-    configs = wait(
-        lambda: bench.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations")["items"],
-        60,
-        "the operator to register its webhook",
-    )
-    ca = base64.b64decode(configs[0]["webhooks"][0]["clientConfig"]["caBundle"])
-    return ssl.create_default_context(cadata=ca.decode())
-
-
 def post_review(port: int, path: str, payload: bytes, tls: ssl.SSLContext) -> dict[str, Any]:
+    """POST an AdmissionReview to the operator's webhook on loopback; its answer."""
     req = urllib.request.Request(
         f"https://127.0.0.1:{port}/{path}", data=payload, headers={"Content-Type": "application/json"}
     )

@@ -229,6 +229,12 @@ def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int, 
     loader.join()
     print(f"  webhook, while {load} objects are created {percentiles(during)}   (target p99 <= 50 ms)")
     print(f"  apiserver create (webhook on), meanwhile {percentiles(creates)}")
+
+    def looked_at() -> bool:  # every created request has a stage: the operator is at rest again
+        items = client.request_sync("GET", load_path)["items"]
+        return all((item.get("status") or {}).get("stage") for item in items)
+
+    wait(looked_at, 600, f"the operator to look at the {load} requests")
     kubectl(kubeconfig, "delete", "validatingwebhookconfiguration", "blacktop")
     print(f"  apiserver dry-run create, webhook off   {percentiles(dry_runs())}")
 

@@ -19,7 +19,6 @@ also posts a Warning Event.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -41,8 +40,8 @@ JSON = dict[str, Any]
 
 async def needs_plan_document(ctx: Context, inputs: Inputs) -> bool:
     """Whether the saved plan must be shown (see the module docstring)."""
-    info = await asyncio.to_thread(ctx.modules.known, inputs.golden_path.spec.module, inputs.module_digest)
-    if info.findings.module_calls or inputs.module_digest != inputs.golden_path.module_digest:
+    info = inputs.module  # parsed once by inputs.resolve, from the revision's folder or git commit
+    if info.findings.module_calls or info.digest != inputs.golden_path.module_digest:
         return True
     subject = context.request_subject(inputs.request.body, inputs.environment.body)
     return bool(engine.rules_for(await active_policies(ctx), subject, RuleStage.PLAN))
@@ -53,7 +52,7 @@ async def judge_module(
 ) -> tuple[str, str] | None:
     """The built-in protections on the module's own analysis (no Plan-stage rule applies); like
     :func:`judge_plan`, sets PolicyCompliant and returns the (reason, message) of a refusal."""
-    info = await asyncio.to_thread(ctx.modules.known, inputs.golden_path.spec.module, inputs.module_digest)
+    info = inputs.module  # parsed once by inputs.resolve, from the revision's folder or git commit
     problems = list(info.findings.violations)
     if bad := disallowed_providers(info.findings.providers, ctx.settings.allowed_providers):
         problems.insert(0, f"the module uses provider(s) {', '.join(bad)}, which are not on the allow-list")

@@ -27,6 +27,7 @@ from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube.resources import resource_for
+from blacktop.terraform.module import ModuleInfo
 from blacktop.terraform.runner import RunTarget
 from blacktop.terraform.state import state_of
 
@@ -42,7 +43,7 @@ class Inputs:
     golden_path: GoldenPathView
     parameters: dict[str, Any]  # validated against the golden path's schema, defaults applied
     target: RunTarget
-    module_digest: str  # of the module files the runs use
+    module: ModuleInfo  # the module files the runs use (folder or git commit), parsed and analysed
     credentials_version: str | None = None  # resourceVersion of the credentials Secret
 
     @property
@@ -53,7 +54,7 @@ class Inputs:
             "goldenPath": {
                 "name": self.golden_path.name,
                 "generation": int(self.golden_path.body["metadata"].get("generation", 1)),
-                "module": self.module_digest,
+                "module": self.module.digest,
                 "revision": self.golden_path.revision.revision if self.golden_path.revision else None,
             },
             "parameters": self.parameters,
@@ -117,6 +118,6 @@ async def resolve(
         golden_path=golden,
         parameters=parameters,
         target=target,
-        module_digest=info.digest,
+        module=info,
         credentials_version=version,
     )

@@ -7,9 +7,14 @@ path, an environment with a budget, and the example policies, then measures two 
   (/validate-servicerequest and /validate-environment): TLS, Kopf, the handler, its API reads and
   the CEL evaluation, without the apiserver;
 * apiserver: dry-run creates of a ServiceRequest through the apiserver (what `kubectl apply
-  --dry-run=server` does), i.e. the latency a user adds by having Blacktop's webhook in the path.
+  --dry-run=server` does), i.e. the latency a user adds by having Blacktop's webhook in the path;
+* 20 concurrent clients posting ServiceRequest reviews to the webhook (target p99 <= 50 ms);
+* while --load objects (default 2,000) are created through the apiserver by 8 clients, as a GitOps
+  sync does (requests with a size the schema refuses: admitted, then refused by the reconciler, so the
+  operator works on each without running OpenTofu): one client's reviews (target p99 <= 50 ms), and
+  the creates themselves.
 
-    .venv/bin/python bench/admission_latency.py [--requests 300]
+    .venv/bin/python bench/admission_latency.py [--requests 300] [--load 2000]
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ import argparse
 import asyncio
 import base64
 import json
+import os
+import shutil
 import ssl
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
-import urllib.request
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import start_operator, wait
+from benchlib import start_operator
+from harness import admission_review, post_review, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.install import install
@@ -45,31 +53,10 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {statistics.median(ordered):7.2f} ms   p99 {p99:7.2f} ms   (n={len(ordered)})"
 
 
-def review(kind: str, plural: str, obj: dict[str, Any]) -> bytes:
-    meta = obj["metadata"]
-    return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": str(uuid.uuid4()),
-                "kind": {"group": "platform.blacktop.dev", "version": "v1alpha1", "kind": kind},
-                "resource": {"group": "platform.blacktop.dev", "version": "v1alpha1", "resource": plural},
-                "name": meta["name"],
-                "namespace": meta.get("namespace"),
-                "operation": "CREATE",
-                "userInfo": {"username": "alice", "groups": ["bench", "system:authenticated"]},
-                "object": obj,
-                "oldObject": None,
-                "dryRun": True,
-            },
-        }
-    ).encode()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--load", type=int, default=2000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="blacktop-bench-admission-"))
     with LocalCluster(work / "cluster") as cluster:
@@ -77,10 +64,12 @@ def main() -> None:
         asyncio.run(install(client))
         operator = start_operator(cluster.kubeconfig, work / "operator.log")
         try:
-            run(cluster.kubeconfig, client, operator.ports["webhook"], args.requests)
+            run(cluster.kubeconfig, client, operator.ports["webhook"], args.requests, args.load)
         finally:
             operator.stop()
             client.close()
+    if not os.environ.get("BLACKTOP_BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def kubectl(kubeconfig: Path, *args: str, body: dict[str, Any] | None = None) -> None:
@@ -95,7 +84,7 @@ def kubectl(kubeconfig: Path, *args: str, body: dict[str, Any] | None = None) ->
     )
 
 
-def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int) -> None:
+def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int, load: int) -> None:
     config = wait(
         lambda: client.request_sync(
             "GET", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", query=None
@@ -116,8 +105,8 @@ def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int) 
     }
     kubectl(kubeconfig, "apply", "-f", "-", body=environment)
     policies = sorted((REPO / "examples" / "policies").glob("*.yaml"))
-    for path in policies:
-        kubectl(kubeconfig, "apply", "-f", str(path))
+    for policy in policies:
+        kubectl(kubeconfig, "apply", "-f", str(policy))
     kubectl(kubeconfig, "wait", "--for=condition=Ready", "environment/bench-dev", "--timeout=60s")
     # Some siblings, so the budget rule has requests to sum.
     for i in range(5):
@@ -137,12 +126,7 @@ def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int) 
     print(f"{len(policies)} policies, 5 sibling requests; {requests} requests per path (after 20 warm-up)")
 
     def post(path: str, payload: bytes) -> dict[str, Any]:
-        req = urllib.request.Request(
-            f"https://127.0.0.1:{webhook_port}/{path}", data=payload, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, context=tls, timeout=10) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+        return post_review(webhook_port, path, payload, tls)
 
     for label, path, kind, plural, obj in (
         ("webhook /validate-servicerequest", "validate-servicerequest", "ServiceRequest", "servicerequests", request),
@@ -150,7 +134,7 @@ def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int) 
     ):
         samples = []
         for i in range(requests + 20):
-            payload = review(kind, plural, obj)
+            payload = admission_review(kind, plural, obj)
             start = time.perf_counter()
             answer = post(path, payload)
             elapsed = (time.perf_counter() - start) * 1000
@@ -160,19 +144,72 @@ def run(kubeconfig: Path, client: KubeClient, webhook_port: int, requests: int) 
         warnings = len(answer["response"].get("warnings") or [])
         print(f"  {label}  {percentiles(samples)}   allowed={allowed} warnings={warnings}")
 
-    path = "/apis/platform.blacktop.dev/v1alpha1/namespaces/bench-dev/servicerequests"
+    dry_run_path = "/apis/platform.blacktop.dev/v1alpha1/namespaces/bench-dev/servicerequests"
 
     def dry_runs() -> list[float]:
         samples = []
         for i in range(requests + 20):
             start = time.perf_counter()
-            client.request_sync("POST", path, body=request, query={"dryRun": "All"})
+            client.request_sync("POST", dry_run_path, body=request, query={"dryRun": "All"})
             elapsed = (time.perf_counter() - start) * 1000
             if i >= 20:
                 samples.append(elapsed)
         return samples
 
     print(f"  apiserver dry-run create, webhook on    {percentiles(dry_runs())}")
+
+    def timed_review(_: int) -> float:
+        payload = admission_review("ServiceRequest", "servicerequests", request)
+        start = time.perf_counter()
+        post("validate-servicerequest", payload)
+        return (time.perf_counter() - start) * 1000
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(timed_review, range(40)))  # warm-up: every client's connection
+        concurrent = list(pool.map(timed_review, range(requests * 4)))
+    print(f"  webhook, 20 concurrent clients          {percentiles(concurrent)}   (target p99 <= 50 ms)")
+
+    kubectl(kubeconfig, "apply", "-f", "-", body={**environment, "metadata": {"name": "bench-load"}, "spec": {
+        "team": "bench", "tier": "dev", "ttl": "2h"}})  # fmt: skip
+    kubectl(kubeconfig, "wait", "--for=condition=Ready", "environment/bench-load", "--timeout=60s")
+    load_path = "/apis/platform.blacktop.dev/v1alpha1/namespaces/bench-load/servicerequests"
+
+    def create(i: int) -> float:
+        body = {
+            "apiVersion": API,
+            "kind": "ServiceRequest",
+            "metadata": {"name": f"load-{i}", "namespace": "bench-load"},
+            "spec": {"goldenPath": "tiny", "parameters": {"size": "gigantic"}},
+        }
+        start = time.perf_counter()
+        client.request_sync("POST", load_path, body=body)
+        return (time.perf_counter() - start) * 1000
+
+    creating = threading.Event()
+    creating.set()
+    creates: list[float] = []
+
+    def sync() -> None:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            creates.extend(pool.map(create, range(load)))
+        creating.clear()
+        print(f"  {load} creates by 8 clients took {time.perf_counter() - started:.1f} s")
+
+    loader = threading.Thread(target=sync)
+    loader.start()
+    during: list[float] = []
+    while creating.is_set():
+        during.append(timed_review(0))
+    loader.join()
+    print(f"  webhook, while {load} objects are created {percentiles(during)}   (target p99 <= 50 ms)")
+    print(f"  apiserver create (webhook on), meanwhile {percentiles(creates)}")
+
+    def looked_at() -> bool:  # every created request has a stage: the operator is at rest again
+        items = client.request_sync("GET", load_path)["items"]
+        return all((item.get("status") or {}).get("stage") for item in items)
+
+    wait(looked_at, 600, f"the operator to look at the {load} requests")
     kubectl(kubeconfig, "delete", "validatingwebhookconfiguration", "blacktop")
     print(f"  apiserver dry-run create, webhook off   {percentiles(dry_runs())}")
 

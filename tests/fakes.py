@@ -7,7 +7,9 @@
 - :class:`FakeRunners`: the :class:`blacktop.terraform.runner.Runners` protocol: every operation
   succeeds unless a test scripts a failure; records each operation with the state lock's holder at
   that moment, so a test sees that runs happen under the lock. Like the real state backend, an apply
-  writes the plan's resources into the request's state Secret and a destroy empties it.
+  writes the plan's resources into the request's state Secret and a destroy empties it. Opening a
+  runner can be made to raise (what the real one raises when the disk is full), and operations can
+  be held at a gate (a test sees who waits for a run slot meanwhile).
 - :class:`Clock`: the time, moved by the test.
 
 They replace Blacktop's adapters, never the integration tests: those run the real apiserver,
@@ -95,6 +97,9 @@ class FakeClient:
         self._version = 0
 
     # -- what tests use -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Nothing to release (the real client's connection pool)."""
 
     def refuse(self, verb: str, kind: str, error: KubeApiError) -> None:
         """Make every ``verb`` (get, list, create, apply, replace, merge_patch, delete) of ``kind`` fail."""
@@ -266,6 +271,9 @@ class FakeRunner:
     async def _result(self, operation: str, ok_codes: tuple[int, ...] = (0,), code: int = 0) -> RunResult:
         script = self._runners.script
         async with self.slot(operation):
+            gate = self._runners.gates.get(self.target.name)
+            if gate is not None:
+                await gate.wait()
             lease = self._runners.client.stored(LEASE, self.target.state.lock_lease, self.target.state.namespace)
             holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
             self._runners.calls.append((operation, holder))
@@ -291,8 +299,10 @@ class FakeRunner:
         return await self._result("init")
 
     async def plan(self) -> PlanResult:
-        result = await self._result("plan", (0, 2), 2 if self._runners.script.changes else 0)
-        return PlanResult(**vars(result))
+        changes = self._runners.script.changes
+        result = await self._result("plan", (0, 2), 2 if changes else 0)
+        summary = summarise(self._runners.script.plan) if changes and result.ok else summarise({})
+        return PlanResult(**vars(result), summary=summary)
 
     async def show_plan(self) -> ShownPlan:
         result = await self._result("show")
@@ -347,6 +357,9 @@ class FakeRunners:
         self.closed: list[Ending] = []  # how each run ended, as its runner was told
         self.leftover: str | None = None  # settle: what an earlier process's runner is (None: nothing)
         self.in_flight: set[str] = set()  # targets whose operation runs (waits at the gate) right now
+        self.open_errors: list[BaseException] = []  # raised by the next opens, in order
+        self.gates: dict[str, asyncio.Event] = {}  # target name -> operations wait until it is set
+        self.stopped: list[float] = []  # grace of each stop()
 
     def fail(
         self,
@@ -374,9 +387,14 @@ class FakeRunners:
             self.leftover = None
 
     async def open(self, target: RunTarget, slot: Slot, run: RunIdentity) -> FakeRunner:
+        if self.open_errors:
+            raise self.open_errors.pop(0)
         self.opened.append(target)
         self.runs.append(run)
         return FakeRunner(self, target, slot)
+
+    async def stop(self, grace: float) -> None:
+        self.stopped.append(grace)
 
     async def discard(self, name: str) -> None:
         self.discarded.append(name)

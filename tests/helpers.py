@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -173,6 +174,54 @@ def as_user(user: str, *groups: str) -> list[str]:
     return [f"--as={user}", *(f"--as-group={group}" for group in groups)]
 
 
+class Watch:
+    """`kubectl get --watch` of a kind in a namespace, in the background: every version of every
+    object the API server sends, for tests that must see what happened *between* two polls."""
+
+    def __init__(self, kubectl: Kubectl, kind: str, namespace: str) -> None:
+        self._proc = subprocess.Popen(
+            [
+                kubectl.binary,
+                f"--kubeconfig={kubectl.kubeconfig}",
+                "get",
+                kind,
+                "-n",
+                namespace,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        decoder, buffer = json.JSONDecoder(), ""
+        for line in self._proc.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    event, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                self._seen.append(event)
+                buffer = buffer.lstrip()[end:]
+
+    def objects(self) -> list[dict[str, Any]]:
+        """Every object version seen so far (oldest first)."""
+        return [e["object"] for e in list(self._seen) if isinstance(e, dict) and "object" in e]
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
 def unique(prefix: str) -> str:
     """A fresh DNS-label name, so tests never collide with each other or with earlier runs."""
     return f"{prefix}-{os.urandom(3).hex()}"
@@ -254,6 +303,46 @@ def tiny_golden_path(name: str = "tiny", *, failable: bool = False) -> dict[str,
     if failable:
         body["spec"]["parameters"]["properties"]["fail"] = {"type": "boolean", "default": False}
     return body
+
+
+def slow_golden_path(name: str = "slow-random", count: int = 200) -> dict[str, Any]:
+    """A golden path of the fixture module `slow-random`: ``count`` random_id resources of the real
+    hashicorp/random provider, so an apply takes seconds with a provider plugin running."""
+    return {
+        "apiVersion": API,
+        "kind": "GoldenPath",
+        "metadata": {"name": name},
+        "spec": {
+            "description": "Many random IDs (a slow apply with a real provider), for fault tests.",
+            "module": "slow-random",
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"count_of_ids": {"type": "integer", "minimum": 1, "default": count}},
+            },
+            "outputs": [{"name": "first"}],
+        },
+    }
+
+
+def processes_in(root: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose working directory is under ``root`` (a
+    workspace root: the tools and provider plugins of one operator's runs)."""
+    found = []
+    resolved = root.resolve()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+            command = (entry / "cmdline").read_text().replace("\0", " ").strip()
+        except OSError:
+            continue
+        if cwd == resolved or resolved in cwd.parents:
+            found.append((int(entry.name), command))
+    return found
 
 
 def apply_ready(kubectl: Kubectl, body: dict[str, Any], timeout: str = "60s") -> str:

@@ -44,7 +44,7 @@ class Settings(BaseModel):
         None,
         ge=1,
         description="Runs of one team at once (its Environments' requests); default half the cluster-wide "
-        "limit, rounded up, so no team can fill every slot.",
+        "limit, rounded up, so no team can fill every slot. Free slots go fairly to the teams that wait.",
     )
     run_timeout_seconds: int = Field(1800, description="A Terraform run taking longer is terminated.")
     resync_seconds: float = Field(60.0, description="How often every object is reconciled without a change.")
@@ -90,6 +90,19 @@ class Settings(BaseModel):
         15.0,
         gt=0,
         description="After SIGTERM (timeout, shutdown) a run has this long to release its lock, then SIGKILL.",
+    )
+    infrastructure_backoff_base_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Retry delay after a failure of the operator's own infrastructure (ApiUnavailable, "
+        "WorkspaceError: its API server, its disk), doubling; such failures never make a request Stalled, so "
+        "requests recover within seconds of the fix.",
+    )
+    infrastructure_backoff_cap_seconds: float = Field(
+        10.0, gt=0, description="Longest retry delay after failures of the operator's own infrastructure."
+    )
+    api_timeout_seconds: float = Field(
+        20.0, gt=0, description="How long one of the operator's API calls may wait for the answer."
     )
     state_lock_attempts: int = Field(
         3, ge=1, description="Times taking a state lock is retried when someone moves the Lease meanwhile."
@@ -207,6 +220,35 @@ class Settings(BaseModel):
         if self.max_concurrent_runs_per_team is not None:
             return min(self.max_concurrent_runs_per_team, self.max_concurrent_runs)
         return max(1, -(-self.max_concurrent_runs // 2))
+
+    # High availability: replicas elect a leader with a coordination Lease; only the leader reconciles,
+    # every replica answers admission reviews. A leader that cannot renew within the renew deadline
+    # stops its runs and exits before the lease can pass to another replica.
+    leader_election: bool = Field(True, description="Elect a leader among replicas (the Lease below).")
+    leader_lease_name: str = Field("blacktop-leader", description="The coordination Lease, in `namespace`.")
+    leader_lease_seconds: float = Field(
+        10.0, gt=0, description="How long a leader's lease lasts without renewal: a standby takes over after it."
+    )
+    leader_renew_deadline_seconds: float = Field(
+        6.0, gt=0, description="A leader that could not renew for this long stops its runs and exits."
+    )
+    leader_retry_seconds: float = Field(
+        1.5, gt=0, description="How often the lease is renewed, or looked at by a standby."
+    )
+
+    @model_validator(mode="after")
+    def _leases_make_sense(self) -> Settings:
+        if not self.leader_retry_seconds < self.leader_renew_deadline_seconds < self.leader_lease_seconds:
+            raise ValueError(
+                "leader election needs leader_retry_seconds < leader_renew_deadline_seconds < leader_lease_seconds "
+                "(a leader must give up before its lease can pass to another replica)"
+            )
+        return self
+
+    @property
+    def leader_stop_grace_seconds(self) -> float:
+        """SIGTERM to SIGKILL of the runs of a leader that lost its lease: all gone before it can pass."""
+        return max(0.5, self.leader_lease_seconds - self.leader_renew_deadline_seconds - 1.0)
 
     def team_group(self, team: str) -> str:
         """The group whose members belong to ``team``."""

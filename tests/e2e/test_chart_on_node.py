@@ -4,9 +4,11 @@
 operator image built here and imported into the node: the operator runs as a Pod under the chart's
 ServiceAccount and nothing else; the apiserver calls the admission webhook through the chart's
 Service with the chart's certificate; the developer portal (portal.enabled) answers through its
-Service and signs a ServiceAccount in with the apiserver's TokenReview; an Environment and a postgres-database request go Ready against
-a real PostgreSQL on the host, whose database the Secret's uri reaches; deleting the operator Pod in
-the middle of an apply leaves the work to the next Pod, which finishes it; deleting destroys; `helm
+Service and signs a ServiceAccount in with the apiserver's TokenReview; an Environment and a
+postgres-database request go Ready against a real PostgreSQL on the host, whose database the
+Secret's uri reaches; of the chart's two replicas exactly one leads (the coordination Lease), and
+deleting the leader Pod in the middle of an apply (running in a runner pod: the chart's pod mode)
+hands the Lease to the standby within 15 s, which finishes the work; deleting destroys; `helm
 uninstall` leaves only what the README says it keeps (the CRDs and the example catalog).
 
 The tests of this module share one release, in file order: install, use, then uninstall last.
@@ -51,6 +53,7 @@ pytestmark = pytest.mark.e2e
 RELEASE, NAMESPACE = "blacktop", "blacktop-system"  # the namespace the example catalog's credentials name
 FULLNAME = RELEASE  # the chart's object names: a release named like the chart is not prefixed twice
 OPERATOR_SELECTOR = "app.kubernetes.io/name=blacktop,app.kubernetes.io/component=operator"
+LEADER_LEASE = "blacktop-leader"
 HEALTHS: list[tuple[str, JSON, str]] = []  # (what, object, expected Argo CD health), checked last
 
 
@@ -113,12 +116,32 @@ def operator_pods(admin: Kubectl) -> list[JSON]:
     return pods
 
 
+def leader(admin: Kubectl) -> str | None:
+    """The name of the operator Pod holding the leader Lease (its identity starts with the pod's
+    host name, which is the Pod's name)."""
+    lease = get(admin, "lease", LEADER_LEASE, "-n", NAMESPACE)
+    holder = str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+    names = [p["metadata"]["name"] for p in operator_pods(admin)]
+    return next((name for name in names if holder.startswith(f"{name}_")), None)
+
+
 def operator_log(admin: Kubectl) -> str:
     return admin("logs", "-n", NAMESPACE, "-l", OPERATOR_SELECTOR, "--tail=-1", check=False).stdout
 
 
-def test_the_operator_runs_as_a_pod_under_the_chart_service_account(release: str, admin: Kubectl) -> None:
-    (pod,) = operator_pods(admin)
+def test_the_operator_runs_as_pods_under_the_chart_service_account(release: str, admin: Kubectl) -> None:
+    pods = operator_pods(admin)
+    assert len(pods) == 2  # the chart's default: a leader and a standby (a PodDisruptionBudget keeps one)
+    assert get(admin, "poddisruptionbudget", FULLNAME, "-n", NAMESPACE) is not None
+    wait_for(lambda: leader(admin), timeout=60, what="one replica to hold the leader Lease")
+    for pod in pods:
+        _assert_confined(admin, pod)
+    # The catalog the leader reconciles is Ready: modules from the image, providers from its offline mirror.
+    for golden in ("tiny", "postgres-database"):
+        admin("wait", "--for=condition=Ready", f"goldenpath/{golden}", "--timeout=120s")
+
+
+def _assert_confined(admin: Kubectl, pod: JSON) -> None:
     assert pod["status"]["phase"] == "Running"
     assert (condition(pod, "Ready") or {}).get("status") == "True"
     assert pod["spec"]["nodeName"] == "blacktop-node"
@@ -131,9 +154,6 @@ def test_the_operator_runs_as_a_pod_under_the_chart_service_account(release: str
     sa = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
     assert admin("auth", "can-i", "list", "secrets", "-n", "default", f"--as={sa}", check=False).stdout.strip() == "no"
     assert admin("auth", "can-i", "create", "clusterroles", f"--as={sa}", check=False).stdout.strip() == "no"
-    # The catalog it reconciles is Ready: modules from the image, providers from its offline mirror.
-    for golden in ("tiny", "postgres-database"):
-        admin("wait", "--for=condition=Ready", f"goldenpath/{golden}", "--timeout=120s")
 
 
 def broken_policy() -> JSON:
@@ -210,14 +230,15 @@ def test_an_environment_and_a_database_go_ready_and_the_database_answers(
     admin("delete", "environment", env, "--timeout=180s")
 
 
-def test_deleting_the_operator_pod_mid_apply_leaves_the_work_to_the_next_pod(
+def test_deleting_the_leader_pod_mid_apply_leaves_the_work_to_the_standby(
     release: str, admin: Kubectl, postgres: PostgresServer
 ) -> None:
     env = unique("crash")
     apply_json(admin, environment_body(env, "payments"))
     admin("wait", "--for=condition=Ready", f"environment/{env}", "--timeout=120s")
     name = unique("ledger")
-    (old_pod,) = operator_pods(admin)
+    old_leader = wait_for(lambda: leader(admin), timeout=60, what="a leader")
+    (standby,) = [p["metadata"]["name"] for p in operator_pods(admin) if p["metadata"]["name"] != old_leader]
     # A paused server accepts connections and never answers: the apply hangs in CREATE ROLE.
     postgres.pause()
     try:
@@ -234,19 +255,24 @@ def test_deleting_the_operator_pod_mid_apply_leaves_the_work_to_the_next_pod(
         selector = f"{pods.RUNNER_SELECTOR},{pods.LABEL_RUN}={run.id}"
         runners = json.loads(admin("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)["items"]
         assert [p["spec"]["serviceAccountName"] for p in runners] == [pods.run_name(run)]
-        admin("delete", "pod", old_pod["metadata"]["name"], "-n", NAMESPACE, "--wait=false")
+        deleted = time.monotonic()
+        admin("delete", "pod", old_leader, "-n", NAMESPACE, "--wait=false")
+        # The standby takes the Lease: at once when the leader releases it as it stops, within the
+        # lease (10 s by default) if it dies without.
+        wait_for(lambda: leader(admin) == standby or None, timeout=15, interval=0.2, what="the standby to lead")
+        print(f"the standby led {time.monotonic() - deleted:.1f}s after the leader pod was deleted")
         wait_for(
-            lambda: all(p["metadata"]["uid"] != old_pod["metadata"]["uid"] for p in operator_pods(admin)) or None,
+            lambda: all(p["metadata"]["name"] != old_leader for p in operator_pods(admin)) or None,
             timeout=120,
-            what="the old operator pod to be gone",
+            what="the old leader pod to be gone",
         )
     finally:
         postgres.resume()
     admin("rollout", "status", f"deployment/{FULLNAME}", "-n", NAMESPACE, "--timeout=120s")
     done = wait_ready(admin, name, env, timeout=240)
-    (new_pod,) = operator_pods(admin)
-    assert new_pod["metadata"]["uid"] != old_pod["metadata"]["uid"]
-    # The new pod ran its own run to the end (a new run ID), and exactly one role and database exist.
+    assert leader(admin) == standby
+    assert len(operator_pods(admin)) == 2  # the Deployment replaced the old leader: now the standby
+    # The new leader ran its own run to the end (a new run ID), and exactly one role and database exist.
     assert done["status"]["lastRun"]["id"] != during["status"]["lastRun"]["id"]
     database = secret_values(admin, f"{name}-connection", env)["database"]
     assert postgres.query(f"SELECT count(*) FROM pg_database WHERE datname = '{database}'") == ["1"]
@@ -313,4 +339,4 @@ def test_helm_uninstall_leaves_only_the_crds_and_the_catalog(
     ]
     for plural in ("environments", "goldenpaths", "goldenpathrevisions", "servicerequests", "guardrailpolicies"):
         assert get(admin, "crd", f"{plural}.platform.blacktop.dev") is not None
-    wait_for(lambda: not operator_pods(admin) or None, timeout=120, what="the operator pod to be gone")
+    wait_for(lambda: not operator_pods(admin) or None, timeout=120, what="the operator pods to be gone")

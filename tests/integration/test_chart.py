@@ -100,7 +100,8 @@ def test_helm_lint_passes(values_files: dict[str, Path], variant: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=-1", "replicaCount"),
+        ("leaderElection.enabled=false", "leaderElection"),
         ("webhook.certificate.mode=self", "mode"),
         ("webhook.timeoutSeconds=60", "timeoutSeconds"),
     ],
@@ -129,6 +130,7 @@ def test_default_render_has_every_part(values_files: dict[str, Path]) -> None:
             "Role",
             "RoleBinding",
             "Deployment",
+            "PodDisruptionBudget",
             "Service",
             "Secret",
             "ValidatingWebhookConfiguration",
@@ -246,10 +248,15 @@ def _operator(objects: list[JSON]) -> tuple[JSON, JSON, dict[str, str]]:
 
 
 def test_deployment_follows_the_contracts(values_files: dict[str, Path]) -> None:
-    (deployment,) = find(rendered(values_files["default"]), "Deployment")
+    objects = rendered(values_files["default"])
+    (deployment,) = find(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leading: an upgrade brings the new pod up before an old one goes.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    (budget,) = find(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     env = _env(container)
@@ -260,8 +267,10 @@ def test_deployment_follows_the_contracts(values_files: dict[str, Path]) -> None
     assert env["BLACKTOP_WEBHOOK_PORT"] == "9443"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert env["BLACKTOP_LEADER_ELECTION"] == "true"
+    assert float(env["BLACKTOP_LEADER_RENEW_DEADLINE_SECONDS"]) < float(env["BLACKTOP_LEADER_LEASE_SECONDS"])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     # Restricted pod security.
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -28,6 +28,7 @@ def test_scrape_passes_promtool(operator: OperatorProcess) -> None:
         "blacktop_event_loop_lag_seconds",
         "blacktop_runs_in_flight",
         "blacktop_runs_queued",
+        "blacktop_reconciles_total",
         "blacktop_active_teams",
     ):
         assert f"# TYPE {family.removesuffix('_total')}" in text, f"{family} is not exported"

@@ -407,7 +407,7 @@ def test_drift_correction_is_judged_by_the_plan_stage_guardrails(
 
 
 def test_drift_is_only_reported_when_the_policy_says_report(
-    kubectl: Kubectl, environment: str, postgres: PostgresServer
+    kubectl: Kubectl, environment: str, postgres: PostgresServer, operator: OperatorProcess
 ) -> None:
     name, database, sr = provision(kubectl, environment, "report", REPORTING)
     postgres.psql(f'ALTER ROLE "{database}" CONNECTION LIMIT 99')  # changed by hand
@@ -432,6 +432,28 @@ def test_drift_is_only_reported_when_the_policy_says_report(
     assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["99"]
     assert "DriftCorrected" not in event_reasons(kubectl, name, environment)
     assert sr_condition(kubectl, name, environment)["status"] == "True"  # still Ready
+    # A restart does not correct it either: the request is resumed as it is, without an apply.
+    offset = len(operator.log_text())
+    operator.stop()
+    operator.start()
+    wait_for(
+        lambda: f"{environment}/{name} is up to date" in operator.log_text()[offset:],
+        timeout=90,
+        what="the restarted operator to resume the request",
+    )
+    checked = (get(kubectl, "servicerequest", name, "-n", environment) or {})["status"]["lastDriftCheckTime"]
+    wait_for(
+        lambda: (
+            (get(kubectl, "servicerequest", name, "-n", environment) or {})["status"]["lastDriftCheckTime"] != checked
+        ),
+        timeout=60,
+        what="a drift check after the restart",
+    )
+    after = get(kubectl, "servicerequest", name, "-n", environment)
+    assert after is not None
+    assert after["status"]["lastRun"]["operation"] == "drift"  # no apply since the restart
+    assert postgres.query(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{database}'") == ["99"]
+    assert "DriftCorrected" not in event_reasons(kubectl, name, environment)
     delete_and_check_nothing_left(kubectl, postgres, name, environment, sr["metadata"]["uid"], database)
 
 

@@ -56,7 +56,8 @@ def test_default_values_match_the_schema() -> None:
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        (("replicaCount",), 2),
+        (("replicaCount",), -1),
+        (("leaderElection", "leaseSeconds"), 0),
         (("webhook", "certificate", "mode"), "selfmade"),
         (("webhook", "failurePolicy"), "Maybe"),
         (("webhook", "timeoutSeconds"), 31),

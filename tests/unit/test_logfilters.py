@@ -34,7 +34,7 @@ def test_waiting_for_inputs_or_dependents_is_info_not_error() -> None:
         "Handler 'portal-guardrailpolicies' succeeded.",
         "Handler 'environment-child-namespaces' succeeded.",
         "Timer 'environment_resync' succeeded.",
-        "Timer 'service_request_drift' succeeded.",
+        "Handler 'drift-schedule' succeeded.",
         "Webhook 'validate-environment' succeeded.",
         "Handler 'notifications-servicerequests' succeeded.",
         "Timer 'service_request_inputs' succeeded.",

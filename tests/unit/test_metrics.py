@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from blacktop.api.history import ChangeRecord, RequestHistory, TroubleEpisode
 from blacktop.api.scorecard import ScorecardLedger
+from blacktop.controllers.slots import FairSlots
 from blacktop.metrics.collector import InventoryCollector
 from blacktop.metrics.facts import observe
 from blacktop.metrics.inventory import Inventory
@@ -86,6 +87,7 @@ def test_every_metric_follows_the_naming_rules() -> None:
         "blacktop_event_loop_lag_seconds",
         "blacktop_runs_in_flight",
         "blacktop_runs_queued",
+        "blacktop_reconciles",
     ):
         assert expected in names
     for family in metrics.registry.collect():
@@ -236,19 +238,22 @@ def test_gauges_at_scrape_time() -> None:
     assert sample("blacktop_environments_past_ttl", tier="dev") == 0
 
 
-def test_run_slots_count_queued_and_in_flight() -> None:
+def test_runs_waiting_for_and_holding_slots_are_counted() -> None:
     metrics = create_metrics()
 
     async def scenario() -> tuple[float | None, float | None]:
-        team, cluster = asyncio.Semaphore(2), asyncio.Semaphore(1)
+        slots = FairSlots(1, 1)
         release = asyncio.Event()
 
         async def hold() -> None:
-            await metrics.wait_for_slot(team, cluster)
+            async with metrics.queued():
+                await slots.acquire("payments", slots.new_run())
+            metrics.slot_taken()
             try:
                 await release.wait()
             finally:
-                metrics.release_slot(team, cluster)
+                metrics.slot_released()
+                slots.release("payments")
 
         first = asyncio.create_task(hold())
         second = asyncio.create_task(hold())
@@ -269,17 +274,23 @@ def test_run_slots_count_queued_and_in_flight() -> None:
 def test_a_run_cancelled_while_it_waits_for_a_slot_holds_none() -> None:
     metrics = create_metrics()
 
-    async def scenario() -> tuple[bool, bool]:
-        team, cluster = asyncio.Semaphore(1), asyncio.Semaphore(0)  # the team's slot is free, the cluster's not
-        waiting = asyncio.create_task(metrics.wait_for_slot(team, cluster))
+    async def scenario() -> tuple[int, int]:
+        slots = FairSlots(1, 1)
+        await slots.acquire("payments", slots.new_run())  # the only slot is taken
+
+        async def wait() -> None:
+            async with metrics.queued():
+                await slots.acquire("payments", slots.new_run())
+
+        waiting = asyncio.create_task(wait())
         for _ in range(5):
             await asyncio.sleep(0)
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-        return team.locked(), cluster.locked()
+        return slots.in_use, slots.waiting
 
-    assert asyncio.run(scenario()) == (False, True)  # the team's slot it had taken is given back
+    assert asyncio.run(scenario()) == (1, 0)  # the holder's slot only; the cancelled one waits no more
     assert value(metrics, "blacktop_runs_queued") == 0
     assert value(metrics, "blacktop_runs_in_flight") == 0
 

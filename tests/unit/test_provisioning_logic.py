@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -9,14 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blacktop.api.conditions import Reason
 from blacktop.api.goldenpath import CostModel, GoldenPathSpec
 from blacktop.builders import cost, parameters
 from blacktop.builders.retry import backoff
 from blacktop.builders.servicerequest import build_connection_secret, connection_secret_name
 from blacktop.config import Settings
 from blacktop.terraform.errors import classify
-from blacktop.terraform.plan import summarise
-from blacktop.terraform.redact import MASK, redact, tail
+from blacktop.terraform.plan import summarise, summarise_stream
+from blacktop.terraform.redact import MASK, Redactor, looks_random, redact, tail
 from blacktop.terraform.subprocess_runner import command, parse_outputs
 
 pytestmark = pytest.mark.unit
@@ -76,9 +78,53 @@ def test_redaction_of_known_values_and_patterns() -> None:
     assert "MIIE" not in redact("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----")
 
 
-@given(st.text(max_size=200), st.text(min_size=4, max_size=20))
-def test_a_known_secret_never_survives_redaction(prefix: str, secret: str) -> None:
-    assert secret not in redact(prefix + secret + prefix, [secret]) or secret in MASK
+# Redaction, both ways: secrets never survive, ordinary words that happen to be credentials do.
+PG_ENV = {
+    "PGHOST": "127.0.0.1",
+    "PGPORT": "5432",
+    "PGUSER": "postgres",
+    "PGPASSWORD": "canary-8f3a9c2e71d44b06a5e1",
+    "PGSSLMODE": "disable",
+}
+
+
+def test_common_words_that_are_credentials_stay_readable_where_they_are_not_values() -> None:
+    redactor = Redactor.of(PG_ENV)
+    message = (
+        "Error: postgresql_role.app: could not connect to PostgreSQL at 127.0.0.1:5432 "
+        "(sslmode disable): connection refused"
+    )
+    assert redactor(message) == message  # no ***ql_role, no ***:***
+    # ... but where they stand as values, they are masked.
+    assert redactor("dsn host=127.0.0.1 port=5432 user=postgres") == "dsn host=*** port=*** user=***"
+    assert redactor('{"user": "postgres"}') == '{"user": "***"}'
+
+
+def test_a_short_password_is_masked_as_a_token_but_not_inside_other_words() -> None:
+    redactor = Redactor.of({"PGPASSWORD": "hunter22", "PGUSER": "app"})
+    assert redactor("postgres://app:hunter22@db:5432/x") == "postgres://app:***@db:5432/x"
+    assert redactor("wrong password hunter22.") == "wrong password ***."
+    assert redactor("xhunter22y") == "xhunter22y"  # another word, not the value
+
+
+@given(st.text(max_size=200), st.text(alphabet=st.characters(codec="ascii"), min_size=16, max_size=40))
+def test_a_random_looking_secret_never_survives_wherever_it_appears(prefix: str, token: str) -> None:
+    secret = "Zq7!" + token  # mixed classes: random enough to be masked everywhere
+    if not looks_random(secret):
+        return  # e.g. "Zq7!aaaaaaaaaaaaaaaa": too repetitive to be told from text
+    for key in ("PGPASSWORD", "WHATEVER"):
+        assert secret not in Redactor.of({key: secret})(prefix + secret + prefix)
+
+
+@given(
+    st.text(max_size=60), st.sampled_from(["PGPASSWORD", "API_TOKEN", "secret_key"]), st.text(min_size=1, max_size=12)
+)
+def test_a_secret_value_never_survives_as_a_whole_token(around: str, key: str, value: str) -> None:
+    if not value.strip():
+        return
+    text = f"{around} {value} {around}"
+    out = Redactor.of({key: value})(text)
+    assert f" {value} " not in out
 
 
 def test_tail_drops_box_drawing_and_caps() -> None:
@@ -166,3 +212,35 @@ def test_connection_secret_has_only_the_delivered_outputs() -> None:
     assert sorted(secret["data"]) == ["PGPASSWORD", "host"]
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u"
     assert connection_secret_name({"metadata": {"name": "x"}, "spec": {"connectionSecretName": "custom"}}) == "custom"
+
+
+PLAN_STREAM = "\n".join(
+    json.dumps(m)
+    for m in (
+        {"type": "version", "@level": "info", "@message": "OpenTofu 1.10.6"},
+        {"type": "planned_change", "change": {"resource": {"addr": "a.x"}, "action": "create"}},
+        {"type": "planned_change", "change": {"resource": {"addr": "b.y"}, "action": "replace"}},
+        {"type": "planned_change", "change": {"resource": {"addr": "c.z"}, "action": "update"}},
+        {"type": "change_summary", "changes": {"add": 2, "change": 1, "remove": 1}},
+    )
+)
+
+
+def test_the_plan_stream_gives_the_same_summary_as_the_shown_plan() -> None:
+    summary, words = summarise_stream(PLAN_STREAM)
+    assert (summary.add, summary.change, summary.destroy) == (2, 1, 1)
+    assert summary.resources == ["a.x", "b.y", "c.z"]
+    assert words == ""
+
+
+def test_the_plan_streams_diagnostics_read_as_the_tool_would_print_them() -> None:
+    failed = json.dumps(
+        {
+            "@level": "error",
+            "type": "diagnostic",
+            "diagnostic": {"severity": "error", "summary": "Resource postcondition failed", "detail": "boom"},
+        }
+    )
+    _, words = summarise_stream(failed)
+    assert words == "Error: Resource postcondition failed\nboom"
+    assert classify("plan", words).reason == Reason.PLAN_FAILED

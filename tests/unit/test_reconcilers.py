@@ -38,9 +38,10 @@ from blacktop.controllers import (
 )
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
+from blacktop.controllers.slots import FairSlots
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.controllers.upgrades import ProvisioningUpgrader
-from blacktop.kube.errors import InvalidError
+from blacktop.kube.errors import ForbiddenError, InvalidError, UnavailableError
 from blacktop.kube.resources import (
     ENVIRONMENTS,
     GOLDENPATHS,
@@ -53,6 +54,8 @@ from blacktop.metrics.registry import create_metrics
 from blacktop.terraform import state as states
 from blacktop.terraform.module import ModuleCache
 from blacktop.terraform.sources import ModuleSources
+from blacktop.terraform.subprocess_runner import SubprocessRunners
+from blacktop.terraform.workspace import WorkspaceError
 from fakes import LEASE, REPO, Harness, harness
 from helpers import API, tiny_golden_path
 
@@ -187,8 +190,9 @@ async def test_a_request_is_planned_applied_and_delivered_under_its_own_lock(h: 
     assert status["observedGeneration"] == 1
     run = status["lastRun"]
     assert (run["operation"], run["result"]) == ("apply", "Succeeded")
-    # Every operation ran under the lock the status recorded, and the lock is released afterwards.
-    assert h.runners.operations == ["init", "plan", "show", "apply", "output"]
+    # Every operation ran under the lock the status recorded, and the lock is released afterwards. No
+    # `show`: no Plan-stage rule reads the plan, and tiny calls no module (its own files were checked).
+    assert h.runners.operations == ["init", "plan", "apply", "output"]
     assert {holder for _, holder in h.runners.calls} == {run["lockId"]}
     assert lease_holder(h, "db", namespace) is None
     assert h.ctx.held_locks == set()  # no longer busy: a leftover of this ID would be an orphan
@@ -208,16 +212,84 @@ async def test_a_request_is_planned_applied_and_delivered_under_its_own_lock(h: 
     assert h.condition("db", namespace, "MonitoringConfigured") is None
 
 
+def writes(h: Harness, name: str) -> int:
+    """Status writes and Events about the request ``name`` so far."""
+    return len([c for c in h.client.calls if c[0] == "merge_patch" and c[2] == name]) + len(h.client.events(name))
+
+
 @reaches(Reason.PROVISIONED)
-async def test_every_successful_apply_is_announced_and_the_lead_time_is_kept(h: Harness) -> None:
+async def test_a_ready_request_with_unchanged_inputs_starts_no_run_and_writes_nothing(h: Harness) -> None:
     namespace = await provisioned(h)
     first = h.status("db", namespace)
-    h.clock.advance(600)
-    assert await h.reconcile("db", namespace) is None  # a resync re-plans and applies again
+    assert first["appliedDigest"]
+    h.runners.calls.clear()
+    before = writes(h, "db")
+    for _ in range(3):  # resumed after restarts, resynced: nothing changed
+        h.clock.advance(600)
+        assert await h.reconcile("db", namespace) is None
+    assert h.runners.operations == []
+    assert h.runners.opened[1:] == []
+    assert writes(h, "db") == before
+    assert h.status("db", namespace) == first
+    unchanged = h.ctx.metrics.registry.get_sample_value(
+        "blacktop_reconciles_total", {"kind": "ServiceRequest", "outcome": "unchanged"}
+    )
+    assert unchanged == 3
+
+
+@reaches(Reason.PROGRESSING, Reason.PROVISIONED)
+async def test_a_ready_request_whose_golden_path_changed_is_re_verified_without_leaving_ready(h: Harness) -> None:
+    namespace = await provisioned(h)
+    first = h.status("db", namespace)
+    golden = h.client.stored(GOLDENPATHS, "tiny")
+    assert golden is not None
+    golden["spec"]["description"] = "a new revision"
+    h.client.put({**golden, "metadata": {**golden["metadata"], "generation": 2}})
+    h.runners.script.changes = False  # the new revision changes nothing in the infrastructure
+    h.runners.calls.clear()
+    seen: list[tuple[str, str | None]] = []
+    original = h.client.merge_patch
+
+    async def watching(*args: Any, **kwargs: Any) -> Any:  # every status written on the way
+        result = await original(*args, **kwargs)
+        ready = next((c for c in result.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+        seen.append(((ready or {}).get("status", ""), result["status"].get("stage")))
+        return result
+
+    h.client.merge_patch = watching  # type: ignore[method-assign]
+    assert await h.reconcile("db", namespace) is None
+    assert h.runners.operations == ["init", "plan", "output"]  # an empty plan is never applied
+    assert {ready for ready, _ in seen} == {"True"}  # kstatus never saw it not Ready
+    assert {stage for _, stage in seen} == {"Ready"}
     again = h.status("db", namespace)
-    assert (again["leadTimeSeconds"], again["firstReadyTime"]) == (first["leadTimeSeconds"], first["firstReadyTime"])
-    assert again["lastRun"]["id"] != first["lastRun"]["id"]
-    assert h.client.event_reasons("db").count(Reason.PROVISIONED) == 2
+    assert again["appliedDigest"] != first["appliedDigest"]
+    assert again["plan"] == {"add": 0, "change": 0, "destroy": 0, "resources": []}
+    assert h.condition("db", namespace, "Reconciling") is None
+    assert again["lastRun"]["result"] == "Succeeded"
+    assert all(t == "Normal" for t, _, _ in h.client.events("db"))
+    h.runners.calls.clear()
+    assert await h.reconcile("db", namespace) is None  # and now it is up to date
+    assert h.runners.operations == []
+
+
+@reaches(Reason.PROGRESSING, Reason.PROVISIONED)
+async def test_a_spec_change_plans_again_and_progress_is_a_normal_event(h: Harness) -> None:
+    namespace = await provisioned(h)
+    body = h.body("db", namespace)
+    h.client.put(
+        {
+            **body,
+            "spec": {**body["spec"], "parameters": {"size": "large"}},
+            "metadata": {**body["metadata"], "generation": 2},
+        }
+    )
+    assert await h.reconcile("db", namespace) is None
+    assert h.status("db", namespace)["observedGeneration"] == 2
+    assert h.client.event_reasons("db").count(Reason.PROVISIONED) == 2  # every successful apply says so
+    progress = [(t, r) for t, r, _ in h.client.events("db") if r == Reason.PROGRESSING]
+    assert progress
+    assert {t for t, _ in progress} == {"Normal"}  # routine work never pages anyone
+    assert "Warning" not in {t for t, _, _ in h.client.events("db")}
 
 
 @reaches(Reason.PLAN_FAILED, Reason.RETRIES_EXHAUSTED)
@@ -449,7 +521,7 @@ async def test_missing_credentials_are_reported_before_any_lock(h: Harness) -> N
     assert dict(h.runners.opened[0].credentials) == {"PGPASSWORD": "hunter2"}
 
 
-@reaches(Reason.MODULE_NOT_FOUND)
+@reaches(Reason.MODULE_UNAVAILABLE)
 async def test_a_module_that_vanished_is_reported(h: Harness) -> None:
     namespace = await h.environment()
     # Ready by an earlier operator's word, but its module is not (or no longer) on this operator's disk.
@@ -474,8 +546,11 @@ async def test_a_module_that_vanished_is_reported(h: Harness) -> None:
     h.request("db", namespace, "vanished")
     failure = await h.reconcile("db", namespace)
     assert isinstance(failure, Failure)
-    assert failure.reason == Reason.MODULE_NOT_FOUND
+    assert failure.reason == Reason.MODULE_UNAVAILABLE
     assert "not found" in failure.message
+    assert "reading the module failed (ModuleUnavailable, attempt 1" in h.condition("db", namespace)["message"]
+    assert h.status("db", namespace)["failures"] == 1
+    assert ("Warning", Reason.MODULE_UNAVAILABLE) in [(t, r) for t, r, _ in h.client.events("db")]
 
 
 @reaches()
@@ -486,6 +561,209 @@ async def test_the_module_is_parsed_once_per_digest(h: Harness) -> None:
         h.request(name, namespace)
         assert await h.reconcile(name, namespace) is None
     assert h.ctx.modules.inspect("tiny") is first  # the same parse: nothing was read again
+
+
+# -- failures that are not the tool's ----------------------------------------------------------
+
+
+@reaches(Reason.API_UNAVAILABLE, Reason.PROVISIONED)
+async def test_an_api_server_outage_is_a_failed_attempt_retried_within_seconds_and_never_stalled(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.client.refuse("get", "Namespace", UnavailableError(0, "Unavailable", "ReadTimeoutError: read timed out"))
+    cap = h.ctx.settings.infrastructure_backoff_cap_seconds
+    for attempt in range(1, 9):  # longer than max_failures_before_stalled
+        failure = await h.reconcile("db", namespace)
+        assert isinstance(failure, Failure)
+        assert failure.reason == Reason.API_UNAVAILABLE
+        assert failure.delay <= cap  # back within seconds once the server is
+        assert h.status("db", namespace)["failures"] == attempt
+        h.clock.advance(failure.delay)
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert ready["reason"] == Reason.API_UNAVAILABLE
+    assert "talking to the API server failed (ApiUnavailable, attempt 8" in ready["message"]
+    assert h.condition("db", namespace, "Stalled") is None  # the operator's outage is not the request's fault
+    assert h.client.event_reasons("db").count(Reason.API_UNAVAILABLE) == 1  # one Warning, not one per attempt
+    del h.client.refusals[("get", "Namespace")]
+    assert await h.reconcile("db", namespace) is None
+    assert h.status("db", namespace)["failures"] == 0
+
+
+@reaches()
+async def test_when_the_failure_cannot_even_be_recorded_the_retry_is_soon(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.client.refuse("merge_patch", "ServiceRequest", UnavailableError(0, "Unavailable", "connection refused"))
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.API_UNAVAILABLE
+    assert failure.delay <= h.ctx.settings.infrastructure_backoff_cap_seconds
+
+
+@reaches(Reason.API_REJECTED)
+async def test_a_call_the_api_server_refuses_is_reported_with_its_reason(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.client.refuse("apply", "Secret", ForbiddenError(403, "Forbidden", "secrets is forbidden", "PATCH", "/api/v1/..."))
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.API_REJECTED
+    assert "secrets is forbidden" in h.condition("db", namespace)["message"]
+    assert lease_holder(h, "db", namespace) is None  # the run ended, its lock released
+
+
+@reaches(Reason.WORKSPACE_ERROR, Reason.PROVISIONED)
+async def test_a_full_disk_is_a_workspace_error_and_recovers_within_seconds(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    for _ in range(3):
+        h.runners.open_errors.append(WorkspaceError("cannot prepare the workspace /w/x: No space left on device"))
+    for attempt in range(1, 4):
+        failure = await h.reconcile("db", namespace)
+        assert isinstance(failure, Failure)
+        assert failure.reason == Reason.WORKSPACE_ERROR
+        assert failure.delay <= h.ctx.settings.infrastructure_backoff_cap_seconds
+        assert h.status("db", namespace)["failures"] == attempt
+        h.clock.advance(failure.delay)
+    ready = h.condition("db", namespace)
+    assert ready is not None
+    assert "preparing the workspace failed (WorkspaceError, attempt 3" in ready["message"]
+    assert "No space left on device" in ready["message"]
+    assert h.status("db", namespace)["lastRun"]["result"] == "Failed"
+    assert lease_holder(h, "db", namespace) is None
+    assert await h.reconcile("db", namespace) is None  # space was freed
+    assert h.condition("db", namespace)["status"] == "True"
+
+
+@reaches(Reason.WORKSPACE_ERROR)
+async def test_the_real_runner_turns_an_os_error_of_the_workspace_into_a_workspace_error(
+    h: Harness, tmp_path: Path
+) -> None:
+    """The subprocess runner on a workspace root it cannot create (a file is in the way): the OSError
+    of the file system reaches status as WorkspaceError, before any tool starts."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("in the way")
+    h.ctx.runners = SubprocessRunners.from_settings(h.ctx.settings.model_copy(update={"workspace_root": blocked}))
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.WORKSPACE_ERROR
+    assert f"cannot prepare the workspace {blocked}" in h.condition("db", namespace)["message"]
+
+
+@reaches(Reason.INTERNAL_ERROR)
+async def test_a_bug_is_reported_as_an_internal_error_not_swallowed(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    h.runners.open_errors.append(RuntimeError("boom"))
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.INTERNAL_ERROR
+    message = h.condition("db", namespace)["message"]
+    assert "unexpected RuntimeError: boom" in message
+    assert h.status("db", namespace)["failures"] == 1
+
+
+@reaches(Reason.API_UNAVAILABLE)
+async def test_a_failed_re_verification_keeps_the_request_ready(h: Harness) -> None:
+    namespace = await provisioned(h)
+    golden = h.client.stored(GOLDENPATHS, "tiny")
+    assert golden is not None
+    h.client.put({**golden, "metadata": {**golden["metadata"], "generation": 5}})
+    h.client.refuse("replace", "Lease", UnavailableError(0, "Unavailable", "connection reset"))
+    failure = await h.reconcile("db", namespace)
+    assert isinstance(failure, Failure)
+    assert failure.reason == Reason.API_UNAVAILABLE
+    assert h.condition("db", namespace)["status"] == "True"
+    reconciling = h.condition("db", namespace, "Reconciling")
+    assert reconciling is not None
+    assert reconciling["reason"] == Reason.API_UNAVAILABLE
+    assert ("Warning", Reason.API_UNAVAILABLE) in [(t, r) for t, r, _ in h.client.events("db")]
+
+
+# -- fair run slots -------------------------------------------------------------------------------
+
+
+@reaches(Reason.QUEUED, Reason.PROVISIONED)
+async def test_a_run_waiting_for_a_slot_says_where_it_stands_and_other_teams_are_not_starved(
+    h: Harness, tmp_path: Path
+) -> None:
+    world = harness(tmp_path, max_concurrent_runs=1)
+    world.runners.script.plan = json.loads(json.dumps(TINY_PLAN))
+    world.runners.script.outputs = dict(OUTPUTS)
+    await world.golden_path()
+    big = await world.environment("big-dev", "big")
+    small = await world.environment("small-dev", "small")
+    gate = asyncio.Event()
+    order: list[str] = []
+    for name in ("b1", "b2", "b3"):
+        uid = world.request(name, big)["metadata"]["uid"]
+        world.runners.gates[f"{big}-{name}-{uid[:8]}"] = gate
+    uid = world.request("s1", small)["metadata"]["uid"]
+    world.runners.gates[f"{small}-s1-{uid[:8]}"] = gate
+
+    async def reconcile(name: str, namespace: str) -> None:
+        assert await world.reconcile(name, namespace) is None
+        order.append(name)
+
+    tasks = [asyncio.create_task(reconcile(n, big)) for n in ("b1", "b2", "b3")]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(reconcile("s1", small)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    waiting = world.status("s1", small)
+    assert waiting["stage"] == "Queued"
+    assert waiting["queue"]["team"] == "small"
+    assert waiting["queue"]["position"] == 1  # first of its team
+    assert waiting["queue"]["ahead"] >= 1
+    queued = world.condition("s1", small)
+    assert queued is not None
+    assert (queued["status"], queued["reason"]) == ("False", Reason.QUEUED)
+    assert "waiting for a run slot" in queued["message"]
+    assert world.status("b3", big)["queue"]["position"] == 2  # behind b2 in its team's queue
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert order.index("s1") < order.index("b3")  # the small team was not held back by the big one's burst
+    assert all(world.status(n, ns).get("queue") is None for n, ns in (("b1", big), ("b3", big), ("s1", small)))
+    assert ("Normal", Reason.QUEUED) in [(t, r) for t, r, _ in world.client.events("s1")]
+    h.client.reached.update(world.client.reached)
+
+
+def test_fair_slots_interleave_teams_and_cap_each() -> None:
+    async def scenario() -> list[str]:
+        slots = FairSlots(total=2, per_team=1)
+        granted: list[str] = []
+
+        async def run(team: str) -> None:
+            await slots.acquire(team, slots.new_run())
+            granted.append(team)
+            await asyncio.sleep(0)
+            slots.release(team)
+
+        await asyncio.gather(*(run(t) for t in ["a"] * 4 + ["b"] * 2 + ["c"]))
+        return granted
+
+    granted = asyncio.run(scenario())
+    assert granted[:3] == ["a", "b", "c"]  # one each before anyone's second
+    assert sorted(granted) == ["a"] * 4 + ["b"] * 2 + ["c"]
+
+
+def test_a_waiter_cancelled_while_queued_gives_nothing_away() -> None:
+    async def scenario() -> tuple[int, int]:
+        slots = FairSlots(total=1, per_team=1)
+        await slots.acquire("a", slots.new_run())
+        waiter = asyncio.create_task(slots.acquire("b", slots.new_run()))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        slots.release("a")
+        return slots.in_use, slots.waiting
+
+    assert asyncio.run(scenario()) == (0, 0)
 
 
 # -- Plan-stage guardrails ------------------------------------------------------------------------
@@ -552,16 +830,45 @@ async def test_a_plan_warning_is_recorded_and_the_apply_goes_on(h: Harness) -> N
     ],
 )
 @reaches(Reason.PROVIDER_NOT_ALLOWED, Reason.FORBIDDEN_PROVISIONER, each="reason")
-async def test_the_built_in_protections_judge_every_plan(h: Harness, plan: dict[str, Any], reason: str) -> None:
-    namespace = await ready_world(h)
-    h.runners.script.plan = plan
-    h.request("db", namespace)
-    assert await h.reconcile("db", namespace) is None
-    compliant = h.condition("db", namespace, "PolicyCompliant")
+async def test_the_built_in_protections_judge_every_plan(
+    h: Harness, tmp_path: Path, plan: dict[str, Any], reason: str
+) -> None:
+    """A module that calls modules runs code its golden path never saw: its every plan is shown and
+    judged, whatever the module's own files say."""
+    root = tmp_path / "modules"
+    for source in (REPO / "terraform-modules" / "tiny", REPO / "tests" / "fixtures" / "modules" / "calls-a-module"):
+        shutil.copytree(source, root / source.name)
+    world = harness(tmp_path, modules_root=root)
+    world.runners.script.plan = plan
+    namespace = await world.environment()
+    golden = tiny_golden_path("nested")
+    golden["spec"]["module"] = "calls-a-module"
+    await world.golden_path(golden)
+    world.request("db", namespace, "nested")
+    assert await world.reconcile("db", namespace) is None
+    compliant = world.condition("db", namespace, "PolicyCompliant")
     assert compliant is not None
     assert (compliant["status"], compliant["reason"]) == ("False", reason)
     assert compliant["message"].startswith("denied by built-in protection: ")
-    assert "apply" not in h.runners.operations
+    assert "show" in world.runners.operations
+    assert "apply" not in world.runners.operations
+    h.client.reached.update(world.client.reached)
+
+
+@reaches(Reason.RECONCILED)
+async def test_without_a_plan_rule_the_plan_of_a_checked_module_is_not_shown(h: Harness) -> None:
+    namespace = await ready_world(h)
+    h.request("db", namespace)
+    assert await h.reconcile("db", namespace) is None
+    assert "show" not in h.runners.operations  # a tool run saved: nothing would read the document
+    compliant = h.condition("db", namespace, "PolicyCompliant")
+    assert compliant is not None
+    assert compliant["message"] == "the module passes the built-in protections; no Plan-stage rule applies"
+    assert h.status("db", namespace)["plan"]["resources"] == ["terraform_data.service"]  # from the plan itself
+    h.client.put(plan_policy("watching", mode="Audit"))  # a Plan-stage rule now applies: shown and judged
+    h.request("db2", namespace)
+    assert await h.reconcile("db2", namespace) is None
+    assert h.runners.operations.count("show") == 1
 
 
 # -- destroy --------------------------------------------------------------------------------------
@@ -856,6 +1163,52 @@ async def test_a_run_keeps_its_slot_to_its_end_and_no_team_fills_every_slot(h: H
     order = [name for holder in holders for name, held in lock.items() if held == holder]
     assert order in (["a"] * 5 + ["b"] * 5, ["b"] * 5 + ["a"] * 5)
     assert h.ctx.metrics.runs_in_flight._value.get() == 0
+
+
+@reaches(Reason.DRIFT_CORRECTED)
+async def test_a_correction_is_in_progress_while_it_applies_and_ready_never_flips(h: Harness) -> None:
+    namespace = await due_for_drift(h, "Correct")
+    seen: list[tuple[str | None, str | None]] = []
+    original = h.client.merge_patch
+
+    async def watching(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        conditions = {c["type"]: c for c in result.get("status", {}).get("conditions", [])}
+        seen.append((conditions["Ready"]["status"], (conditions.get("Reconciling") or {}).get("status")))
+        return result
+
+    h.client.merge_patch = watching  # type: ignore[method-assign]
+    await drift.check_drift(h.ctx, namespace, "db")
+    assert ("True", "True") in seen  # Reconciling while the correction applied
+    assert {ready for ready, _ in seen} == {"True"}
+    assert seen[-1] == ("True", None)  # and not any more
+
+
+@reaches(Reason.PROVISIONED)
+async def test_a_request_whose_inputs_changed_is_re_verified_not_reported_as_drift(h: Harness) -> None:
+    namespace = await due_for_drift(h)
+    golden = h.client.stored(GOLDENPATHS, "tiny")
+    assert golden is not None
+    h.client.put({**golden, "metadata": {**golden["metadata"], "generation": 7}})
+    before = h.status("db", namespace)["appliedDigest"]
+    await drift.check_drift(h.ctx, namespace, "db")
+    assert h.condition("db", namespace, "Drifted") is None  # a new revision is no drift
+    assert h.status("db", namespace)["appliedDigest"] != before
+    assert h.status("db", namespace)["lastRun"]["operation"] == "apply"
+
+
+@reaches(Reason.API_UNAVAILABLE)
+async def test_a_drift_check_the_api_server_breaks_says_so_once(h: Harness) -> None:
+    namespace = await due_for_drift(h)
+    h.client.refuse("replace", "Lease", UnavailableError(0, "Unavailable", "read timed out"))
+    for _ in range(2):
+        await drift.check_drift(h.ctx, namespace, "db")
+        h.clock.advance(11 * 60)
+    drifted = h.condition("db", namespace, "Drifted")
+    assert drifted is not None
+    assert (drifted["status"], drifted["reason"]) == ("Unknown", Reason.API_UNAVAILABLE)
+    assert h.client.event_reasons("db").count(Reason.API_UNAVAILABLE) == 1
+    assert h.condition("db", namespace)["status"] == "True"
 
 
 # -- Environment ----------------------------------------------------------------------------------
@@ -1856,3 +2209,20 @@ def test_every_reason_a_controller_sets_is_reached_by_a_test() -> None:
     assert set(NOT_SET_BY_CONTROLLERS) <= every
     assert every - set(NOT_SET_BY_CONTROLLERS) - reached == set()
     assert reached & set(NOT_SET_BY_CONTROLLERS) == set()
+
+
+def test_a_waiter_cancelled_just_before_its_turn_never_leaks_a_slot() -> None:
+    async def scenario() -> tuple[int, int, bool]:
+        slots = FairSlots(total=1, per_team=1)
+        await slots.acquire("a", slots.new_run())
+        waiter = asyncio.create_task(slots.acquire("b", slots.new_run()))
+        await asyncio.sleep(0)
+        waiter.cancel()  # cancelled, and before it wakes up ...
+        slots.release("a")  # ... the slot frees: it must not go to the cancelled waiter
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        later = asyncio.create_task(slots.acquire("c", slots.new_run()))
+        await asyncio.sleep(0)
+        return slots.in_use, slots.waiting, later.done()
+
+    assert asyncio.run(scenario()) == (1, 0, True)  # the next one got it

@@ -36,6 +36,7 @@ class Reason:
 
     RECONCILED = "Reconciled"
     PROGRESSING = "Progressing"
+    QUEUED = "Queued"  # waiting for a run slot (its position is in the message and status.queue)
     NAMESPACE_CONFLICT = "NamespaceConflict"
     INVALID_SPEC = "InvalidSpec"
     APPLY_CHILD_FAILED = "ApplyChildFailed"
@@ -67,6 +68,13 @@ class Reason:
     RUNNER_EVICTED = "RunnerEvicted"  # it was evicted or deleted while it ran
     RUNNER_OUT_OF_MEMORY = "RunnerOutOfMemory"  # it was OOM-killed: its memory limit is too small
     RUNNER_ADOPTED = "RunnerAdopted"  # a runner an earlier operator process started was waited for
+    # Failures of the operator's own infrastructure, not of the request: retried soon, never Stalled.
+    API_UNAVAILABLE = "ApiUnavailable"  # the API server could not be reached or did not answer in time
+    WORKSPACE_ERROR = "WorkspaceError"  # the operator's disk: no space left, read-only, tool not startable
+    # The API server refused one of the operator's own calls (RBAC, validation): needs the platform team.
+    API_REJECTED = "ApiRejected"
+    MODULE_UNAVAILABLE = "ModuleUnavailable"  # the golden path's module cannot be read on this operator
+    INTERNAL_ERROR = "InternalError"  # a bug: the message names the exception, the log has the traceback
     PROVISIONED = "Provisioned"
     NO_CHANGES = "NoChanges"
     DRIFT_DETECTED = "DriftDetected"
@@ -125,6 +133,13 @@ RUN_FAILURES = (
     Reason.RUNNER_EVICTED,
     Reason.RUNNER_OUT_OF_MEMORY,
 )
+
+
+# Reasons of routine progress: their Events are Normal. Every other reason of a Ready=False (and of
+# Drifted=True or a failed check) is something someone may need to look at: a Warning Event.
+ROUTINE = frozenset({Reason.PROGRESSING, Reason.QUEUED, Reason.DELETING, Reason.WAITING_FOR_SERVICE_REQUESTS})
+# Failures of the operator's own infrastructure (see above): short backoff, never Stalled.
+INFRASTRUCTURE = frozenset({Reason.API_UNAVAILABLE, Reason.WORKSPACE_ERROR})
 
 
 def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:

@@ -33,6 +33,7 @@ class Stage(StrEnum):
     """Where a request is, in one word (the conditions carry the detail)."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
     VALIDATING = "Validating"
     PLANNING = "Planning"
     WAITING_FOR_INPUTS = "WaitingForInputs"  # composition: a source request is not Ready yet
@@ -181,12 +182,22 @@ class InputStatus(StatusModel):
     )
 
 
+class QueueInfo(StatusModel):
+    """Where a run waiting for a run slot stands (see the operator's fair queue)."""
+
+    position: int = Field(description="1: the next run of its team to start; runs of other teams are interleaved.")
+    ahead: int = Field(description="Runs waiting before this one, all teams counted.")
+    team: str = Field(description="The team whose share of run slots it waits for.")
+    since: str = Field(description="When it started waiting (RFC 3339).")
+
+
 class ServiceRequestStatus(ConditionedStatus):
     """Progress and result of the request."""
 
     stage: Stage | None = Field(
         None,
-        description="Pending, Validating, WaitingForInputs, Planning, AwaitingApproval, Applying, Ready, Deleting or Failed.",
+        description="Pending, Queued, Validating, WaitingForInputs, Planning, AwaitingApproval, Applying, Ready, "
+        "Deleting or Failed.",
     )
     environment: str | None = Field(None, description="The Environment the request belongs to.")
     connection_secret: str | None = Field(None, description="Name of the Secret with the connection details.")
@@ -199,6 +210,13 @@ class ServiceRequestStatus(ConditionedStatus):
     monthly_cost: str | None = Field(None, description="Monthly cost by the golden path's cost model.")
     outputs: list[str] = Field(default_factory=list, description="Names (never values) of the outputs in the Secret.")
     last_drift_check_time: str | None = Field(None, description="When drift was last checked (RFC 3339).")
+    applied_digest: str | None = Field(
+        None,
+        description="Digest of everything the last successful apply depended on (spec generation, golden path "
+        "generation and module digest, parameters after defaults, the module's variables, the credentials "
+        "Secret's resourceVersion): while it matches, a Ready request needs no run.",
+    )
+    queue: QueueInfo | None = Field(None, description="Set while the request's run waits for a run slot.")
     revision: int | None = Field(None, description="The golden path revision the request was last applied with.")
     commit: str | None = Field(None, description="The module commit of that revision (git sources).")
     approval: Approval | None = Field(

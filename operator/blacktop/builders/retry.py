@@ -23,9 +23,16 @@ def backoff(failures: int, *, base: float, cap: float, rng: random.Random | None
 
 
 def next_retry(
-    failures: int, *, base: float, cap: float, stalled_after: int, stalled_delay: float, rng: random.Random | None
+    failures: int,
+    *,
+    base: float,
+    cap: float,
+    stalled_after: int | None,
+    stalled_delay: float,
+    rng: random.Random | None,
 ) -> Retry:
-    """Backoff until ``stalled_after`` consecutive failures, then Stalled, retried every ``stalled_delay``."""
-    if failures >= stalled_after:
+    """Backoff until ``stalled_after`` consecutive failures, then Stalled, retried every ``stalled_delay``
+    (``stalled_after`` None: never Stalled, the backoff stays capped at ``cap``)."""
+    if stalled_after is not None and failures >= stalled_after:
         return Retry(delay=stalled_delay, stalled=True)
     return Retry(delay=backoff(failures, base=base, cap=cap, rng=rng), stalled=False)

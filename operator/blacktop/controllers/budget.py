@@ -38,8 +38,12 @@ def price_changed(ctx: Context, request: JSON, *, deleted: bool) -> bool:
     return True
 
 
-async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentCost | None:
-    """Recompute the cost of the Environment owning ``namespace`` and write it if it changed."""
+async def refresh_environment_cost(
+    ctx: Context, namespace: str, changed: JSON | None = None, *, deleted: bool = False
+) -> EnvironmentCost | None:
+    """Recompute the cost of the Environment owning ``namespace`` and write it if it changed.
+    ``changed``: the request whose event asked for it (as the event saw it, so a cache a few
+    milliseconds behind still sums its new price)."""
     env_name = await lookup.environment_name_of(ctx, namespace)
     if not env_name:
         return None
@@ -51,7 +55,13 @@ async def refresh_environment_cost(ctx: Context, namespace: str) -> EnvironmentC
             spec = EnvironmentSpec.model_validate(env.get("spec") or {})
         except ValidationError:
             return None
-        requests = await ctx.client.list(SERVICEREQUESTS, namespace)
+        requests = lookup.cached_list(ctx, "requests", namespace)
+        if requests is None:
+            requests = await ctx.client.list(SERVICEREQUESTS, namespace)
+        elif changed is not None:
+            uid = (changed.get("metadata") or {}).get("uid")
+            requests = [r for r in requests if (r.get("metadata") or {}).get("uid") != uid]
+            requests += [] if deleted else [changed]
         cost = cost_model.environment_cost(spec, requests, ctx.metrics.inventory.leftover_cents(namespace))
         tracker = StatusTracker(env, EnvironmentStatus, now=ctx.now())
         tracker.status.cost = cost  # no condition is judged: observedGeneration stays the reconciler's

@@ -17,10 +17,14 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from blacktop.config import Settings
 from blacktop.controllers.evaluation import Evaluator
+from blacktop.controllers.schedule import DriftSchedule
+from blacktop.controllers.slots import FairSlots
 from blacktop.kube.client import Client
+from blacktop.kube.informer import ClusterCache
 from blacktop.metrics.registry import Metrics, create_metrics
 from blacktop.notifications.delivery import Notifier
 from blacktop.terraform.module import ModuleCache
@@ -48,6 +52,8 @@ class Context:
     ) -> None:
         self.client = client
         self.settings = settings
+        # Watch-fed copies of what reviews and reconciles read (None: read everything from the API).
+        self.cache: ClusterCache | None = None
         self.runners = runners
         self.metrics = metrics or create_metrics()  # the process's explicit registry
         self.clock = clock
@@ -68,13 +74,17 @@ class Context:
             max_bytes=settings.module_max_bytes,
             timeout=settings.git_timeout_seconds,
         )
-        # Bound runs cluster-wide (settings.max_concurrent_runs) and per team (settings.team_run_limit).
-        self.runs = asyncio.Semaphore(settings.max_concurrent_runs)
-        self.team_runs: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.team_run_limit)
-        )
+        # Bound runs cluster-wide (settings.max_concurrent_runs) and per team (settings.team_run_limit),
+        # shared fairly between the teams that wait (controllers/slots.py).
+        self.runs = FairSlots(settings.max_concurrent_runs, settings.team_run_limit)
         # Lock IDs held by runs of this process right now: such a lock is busy, never an orphan.
         self.held_locks: set[str] = set()
+        # Set while this replica stops its runs because it lost its leader lease: how such a run failed.
+        self.interruption: Any = None  # runs.RunFailed | None (runs imports this module)
+        # Runs stopped that way, by request (namespace/name): their next reconcile records the failure.
+        self.interrupted: dict[str, Any] = {}
+        # When each Ready request's next drift check is due (fed by watch events, run by one task).
+        self.drift = DriftSchedule(self.now)
         # The last monthlyCost seen per request uid: most request events (progress in status) change no price.
         self.prices: dict[str, str | None] = {}
         # Work started beside a response (guardrail recordings); referenced so it is not garbage-collected.

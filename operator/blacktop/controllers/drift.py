@@ -5,12 +5,17 @@ Blacktop plans (which refreshes from the real infrastructure) in a run of its ow
 (:mod:`blacktop.controllers.runs`: recorded, under the request's state lock). No changes:
 ``Drifted=False``. Changes: ``Drifted=True`` (DriftDetected) with an Event; and when the golden
 path's ``driftPolicy`` is ``Correct``, the saved plan is judged by the Plan-stage guardrails and
-applied at once, and the request reports ``DriftCorrected``. Under ``CorrectWithApproval`` (or when
-a Plan-stage rule asks for approval of the correction), the drift plan waits in ``status.approval``
-until someone allowed approves its digest; the approval triggers a check at once, which applies the
-plan if it is still the one approved. A check that cannot run (server down,
-state locked) says so in the Drifted condition (Unknown) and never touches Ready: the provisioning
-path owns that.
+applied at once, and the request reports ``DriftCorrected``; while the correction applies,
+Reconciling=True says so. Under ``CorrectWithApproval`` (or when a Plan-stage rule asks for
+approval of the correction), the drift plan waits in ``status.approval`` until someone allowed
+approves its digest; the approval triggers a check at once, which applies the plan if it is still
+the one approved. Re-verification never turns Ready False (kstatus sees Reconciling, then Current
+again). A check that cannot run, whatever the cause (the server down, the state locked, the
+credentials Secret gone, the API server timing out, a full disk), says so in the Drifted condition
+(Unknown, with the classified reason, and a Warning Event when the reason is new) and never touches
+Ready: the provisioning path owns that. A request whose inputs changed since its last apply (its
+golden path's module, its credentials) is not checked for drift: the change is no drift, and the
+request is handed to provisioning, which re-verifies it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import DriftPolicy
 from blacktop.api.servicerequest import ServiceRequestStatus, Stage
 from blacktop.builders import parameters
-from blacktop.controllers import approvals, delivery, guardrails, lookup, revisions, runs, views
+from blacktop.controllers import approvals, delivery, guardrails, lookup, revisions, runs, servicerequest, views
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
@@ -83,23 +88,54 @@ async def _due(ctx: Context, namespace: str, name: str, *, force: bool = False) 
 
 async def check_drift(ctx: Context, namespace: str, name: str, *, force: bool = False) -> ServiceRequestStatus | None:
     """Check one request for drift if it is due (``force``: now, e.g. its correction was approved);
-    None when it was not checked."""
+    None when it was not checked. A request whose inputs changed is reconciled instead (raises
+    Failure like provisioning when that must be retried)."""
     # Decode and decide.
     due = await _due(ctx, namespace, name, force=force)
     if due is None:
         return None
     tracker = due.tracker
+    before = get_condition(tracker.status.conditions, ConditionType.DRIFTED)
     # Act.
     try:
         inputs = await resolve(ctx, due.request, due.environment, due.golden_path, due.parameters, settled=False)
+        if inputs.digest != tracker.status.applied_digest:
+            return await servicerequest.reconcile_service_request(ctx, tracker.body)
         async with runs.run(ctx, inputs, tracker, "drift") as run:
             await _plan_and_correct(ctx, inputs, tracker, run)
-    except (runs.RunFailed, Failure) as failed:
-        detail = failed.detail if isinstance(failed, runs.RunFailed) else failed.message
-        tracker.set(ConditionType.DRIFTED, None, failed.reason, f"the drift check could not run: {detail}")
+    except Failure as waiting:
+        _could_not_run(tracker, waiting.reason, waiting.message)
+    except runs.RunFailed as failed:
+        _could_not_run(tracker, failed.reason, failed.detail)
+    except Exception as exc:  # the API server, the disk, the module, a bug: classified like any failure
+        classified = runs.RunFailed.of_exception(exc)
+        _could_not_run(tracker, classified.reason, classified.detail)
     # Write status.
     tracker.status.last_drift_check_time = format_time(tracker.now)
-    return await tracker.write(ctx.client, SERVICEREQUESTS)
+    status = await tracker.write(ctx.client, SERVICEREQUESTS)
+    after = get_condition(status.conditions, ConditionType.DRIFTED)
+    if after is not None and after.status == "Unknown" and (before is None or before.reason != after.reason):
+        await events.post_event(ctx.client, tracker.body, events.WARNING, after.reason, after.message)
+    return status
+
+
+async def scheduled_check(ctx: Context, namespace: str, name: str) -> float | None:
+    """A check the schedule found due (:mod:`blacktop.controllers.schedule`), under the request's lock;
+    when to look again if the request's next watch event does not say (None: it will)."""
+    lock = ctx.lock(f"ServiceRequest/{namespace}/{name}")
+    if lock.locked():
+        return ctx.settings.drift_check_seconds  # provisioning or deletion is running: check later
+    async with lock:
+        try:
+            checked = await check_drift(ctx, namespace, name)
+        except Failure as failure:  # handed to provisioning, which must be retried
+            return failure.delay
+    return None if checked is not None else ctx.settings.drift_check_seconds
+
+
+def _could_not_run(tracker: Tracker, reason: str, detail: str) -> None:
+    tracker.clear(ConditionType.RECONCILING)
+    tracker.set(ConditionType.DRIFTED, None, reason, f"the drift check could not run: {detail}")
 
 
 @dataclass(frozen=True)
@@ -184,11 +220,17 @@ async def _correct(ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run
         return
     if not await _approved(ctx, inputs, tracker, drift, verdict):
         return
+    # kstatus: in progress while the correction changes the infrastructure; Ready stays True.
+    tracker.set(ConditionType.RECONCILING, True, Reason.DRIFT_DETECTED, f"correcting drift: {drift.changes}")
+    await tracker.write(ctx.client, SERVICEREQUESTS)
     applied = await run.runner.apply_plan()
+    tracker.clear(ConditionType.RECONCILING)
     if not applied.ok:
         # The reason classifies the failed correction (ApplyFailed, ProviderError, ...), as for any run.
         reason = applied.classification.reason if applied.classification else Reason.APPLY_FAILED
-        tracker.set(ConditionType.DRIFTED, True, reason, f"{drift.message}; correcting it failed: {applied.detail}")
+        message = f"{drift.message}; correcting it failed: {applied.detail}"
+        tracker.set(ConditionType.DRIFTED, True, reason, message)
+        await events.post_event(ctx.client, body, events.WARNING, reason, message)
         run.failed()
         return
     outputs = await run.runner.outputs()

@@ -24,11 +24,17 @@ from pydantic import ValidationError
 
 from blacktop.api.common import format_time, parse_time
 from blacktop.api.conditions import ConditionType, Reason
-from blacktop.api.environment import EXPIRING_WITHIN, EnvironmentSpec, EnvironmentStatus, parse_duration
+from blacktop.api.environment import (
+    EXPIRING_WITHIN,
+    EnvironmentCost,
+    EnvironmentSpec,
+    EnvironmentStatus,
+    parse_duration,
+)
 from blacktop.builders import cost as cost_model
 from blacktop.builders import environment as builders
 from blacktop.builders import naming
-from blacktop.controllers import monitoring, notifications
+from blacktop.controllers import lookup, monitoring, notifications
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.tracker import StatusTracker
@@ -119,6 +125,18 @@ def reserved_denial(ctx: Context, name: str) -> str | None:
     return boundaries.reserved_denial(name, reserved)
 
 
+async def _cost(ctx: Context, spec: EnvironmentSpec, namespace: str) -> EnvironmentCost:
+    """The environment's cost: its requests (the informer cache's copies when it has synced) and what
+    requests that went without a destroy left behind."""
+    try:
+        requests = lookup.cached_list(ctx, "requests", namespace)
+        if requests is None:
+            requests = await ctx.client.list(SERVICEREQUESTS, namespace)
+    except KubeApiError:
+        requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
+    return cost_model.environment_cost(spec, requests, ctx.metrics.inventory.leftover_cents(namespace))
+
+
 async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     """Converge one Environment (an object body) and write its status. Safe to call any time."""
     meta = env["metadata"]
@@ -183,12 +201,7 @@ async def reconcile_environment(ctx: Context, env: JSON) -> EnvironmentStatus:
     await monitoring.configure_environment(ctx, env, tracker)
     await _check_notifications(ctx, tracker, spec)
 
-    try:
-        requests = await ctx.client.list(SERVICEREQUESTS, tracker.status.namespace)
-    except KubeApiError:
-        requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
-    left = ctx.metrics.inventory.leftover_cents(tracker.status.namespace)
-    tracker.status.cost = cost_model.environment_cost(spec, requests, left)
+    tracker.status.cost = await _cost(ctx, spec, tracker.status.namespace)
 
     ns = tracker.status.namespace
     tracker.set(ConditionType.NAMESPACE_READY, True, Reason.RECONCILED, f"namespace {ns} exists")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from blacktop.api.conditions import ConditionType, Reason, is_true
 from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus
 from blacktop.builders.parameters import identity_problem
-from blacktop.controllers import modulesource, revisions
+from blacktop.controllers import lookup, modulesource, revisions
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
@@ -82,8 +82,11 @@ def spec_problems(spec: GoldenPathSpec, outputs: set[str], operator_namespace: s
 
 
 async def requests_of(ctx: Context, name: str) -> list[JSON]:
-    """The ServiceRequests naming this golden path, in every namespace."""
-    requests = await ctx.client.list(SERVICEREQUESTS)
+    """The ServiceRequests naming this golden path, in every namespace (the informer's copies once
+    it has synced: read-only)."""
+    requests = lookup.cached_list(ctx, "requests")
+    if requests is None:
+        requests = await ctx.client.list(SERVICEREQUESTS)
     return [r for r in requests if (r.get("spec") or {}).get("goldenPath") == name]
 
 

@@ -1,8 +1,14 @@
-"""The Plan stage of guardrails: after ``show -json`` and before apply, the plan must pass.
+"""The Plan stage of guardrails: after the plan and before apply, what would run must pass.
 
 Two checks, in order: the built-in protections (every provider the plan uses is on the operator's
 allow-list; no local-exec/remote-exec provisioner, no external data source), then the Plan-stage
-rules of the matching GuardrailPolicies with ``plan`` in their context. A denial sets
+rules of the matching GuardrailPolicies with ``plan`` in their context (the ``show -json``
+document). The document costs a tool run of its own, so it is made only when something reads it
+(:func:`needs_plan_document`): a Plan-stage rule that applies to the request, or a module whose code
+its golden path did not check itself: one that calls other modules (fetched by ``init``), or whose
+files changed since the golden path validated them. Otherwise the module's own analysis (the
+providers and constructs of its files, the same findings the golden path was admitted with) is the
+protection, checked again on every run (:func:`judge_module`). A denial sets
 PolicyCompliant=False (reason PolicyDenied, or the built-in protection's reason) naming the policy,
 the rule and the offending resource addresses, and is returned to the caller, which stops the run
 before apply: provisioning reports Ready=False and Stalled (a human must change the request or the
@@ -30,6 +36,7 @@ from blacktop.controllers.tracker import StatusTracker
 from blacktop.guardrails import context, engine
 from blacktop.guardrails.plan import plan_problems
 from blacktop.kube import events
+from blacktop.terraform.findings import disallowed_providers
 
 JSON = dict[str, Any]
 MASKED = "(input of another request)"
@@ -51,6 +58,38 @@ def _masked(plan: JSON, variables: list[str]) -> JSON:
     if not variables or not isinstance(values, dict):
         return plan
     return {**plan, "variables": {k: ({"value": MASKED} if k in variables else v) for k, v in values.items()}}
+
+
+async def needs_plan_document(ctx: Context, inputs: Inputs) -> bool:
+    """Whether the saved plan must be shown (see the module docstring)."""
+    info = inputs.module  # parsed once by inputs.resolve, from the revision's folder or git commit
+    if info.findings.module_calls or info.digest != inputs.golden_path.module_digest:
+        return True
+    subject = context.request_subject(inputs.request.body, inputs.environment.body)
+    return bool(engine.rules_for(await active_policies(ctx), subject, RuleStage.PLAN))
+
+
+async def judge_module(
+    ctx: Context, inputs: Inputs, *, tracker: StatusTracker[ServiceRequestStatus]
+) -> tuple[str, str] | None:
+    """The built-in protections on the module's own analysis (no Plan-stage rule applies); like
+    :func:`judge_plan`, sets PolicyCompliant and returns the (reason, message) of a refusal."""
+    info = inputs.module  # parsed once by inputs.resolve, from the revision's folder or git commit
+    problems = list(info.findings.violations)
+    if bad := disallowed_providers(info.findings.providers, ctx.settings.allowed_providers):
+        problems.insert(0, f"the module uses provider(s) {', '.join(bad)}, which are not on the allow-list")
+    if problems:
+        reason = Reason.PROVIDER_NOT_ALLOWED if "provider" in problems[0] else Reason.FORBIDDEN_PROVISIONER
+        message = "denied by built-in protection: " + "; ".join(problems)
+        tracker.set(ConditionType.POLICY_COMPLIANT, False, reason, message)
+        return reason, message
+    tracker.set(
+        ConditionType.POLICY_COMPLIANT,
+        True,
+        Reason.RECONCILED,
+        "the module passes the built-in protections; no Plan-stage rule applies",
+    )
+    return None
 
 
 async def judge_plan(

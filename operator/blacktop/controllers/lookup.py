@@ -2,6 +2,9 @@
 on the namespaces it creates), and a request's GoldenPath, decoded into views.
 
 Provisioning, drift checks, admission reviews and the cost refresh all start from a namespace.
+Reads come from the replica's informer cache (``ctx.cache``, :mod:`blacktop.kube.informer`) once it
+has synced, and from the API server before that, or when the cache does not know the object (it may
+be milliseconds old).
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ NAMESPACE = resource_for("v1", "Namespace")
 
 async def environment_name_of(ctx: Context, namespace: str) -> str | None:
     """The name of the Environment owning ``namespace``, if it is one of ours."""
+    if ctx.cache is not None and ctx.cache.namespaces.synced.is_set():
+        cached = ctx.cache.environment_name_of(namespace)
+        if cached:
+            return cached
     ns = await ctx.client.get(NAMESPACE, namespace)
     name = ((ns or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_ENVIRONMENT)
     return str(name) if name else None
@@ -29,7 +36,9 @@ async def environment_name_of(ctx: Context, namespace: str) -> str | None:
 async def environment_of(ctx: Context, namespace: str) -> JSON | None:
     """The Environment owning ``namespace`` (None: not an environment's namespace, or gone)."""
     name = await environment_name_of(ctx, namespace)
-    return await ctx.client.get(ENVIRONMENTS, name) if name else None
+    if not name:
+        return None
+    return _cached(ctx, "environments", name) or await ctx.client.get(ENVIRONMENTS, name)
 
 
 async def environment_ref(ctx: Context, namespace: str) -> views.EnvironmentRef | None:
@@ -41,10 +50,28 @@ async def environment_ref(ctx: Context, namespace: str) -> views.EnvironmentRef 
 async def golden_path(ctx: Context, name: str) -> tuple[bool, views.GoldenPathView | None]:
     """(whether the GoldenPath exists, its view; None when missing or its spec does not decode: its
     own status says what is wrong with it)."""
-    body = await ctx.client.get(GOLDENPATHS, name)
+    body = _cached(ctx, "golden_paths", name) or await ctx.client.get(GOLDENPATHS, name)
     if body is None:
         return False, None
     try:
         return True, views.golden_path_view(body)
     except ValidationError:
         return True, None
+
+
+def _cached(ctx: Context, kind: str, name: str) -> JSON | None:
+    """The informer cache's copy of a cluster-scoped object (read-only), if it has one."""
+    informer = getattr(ctx.cache, kind, None) if ctx.cache is not None else None
+    if informer is None or not informer.synced.is_set():
+        return None
+    found: JSON | None = informer.get(name)
+    return found
+
+
+def cached_list(ctx: Context, kind: str, namespace: str | None = None) -> list[JSON] | None:
+    """The informer cache's copies of every object of ``kind`` (read-only), None until it has synced."""
+    informer = getattr(ctx.cache, kind, None) if ctx.cache is not None else None
+    if informer is None or not informer.synced.is_set():
+        return None
+    found: list[JSON] = informer.objects(namespace)
+    return found

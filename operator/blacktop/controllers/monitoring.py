@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from blacktop.api.conditions import ConditionType, Reason
+from blacktop.api.conditions import ConditionType, Reason, get_condition
 from blacktop.api.goldenpath import GoldenPathSpec
 from blacktop.builders import monitoring as builders
 from blacktop.controllers.context import Context
@@ -79,7 +79,10 @@ async def configure_request(
         for kind, name in objects.absent
     ]
     if not objects.present:
-        await _converge(ctx, [], absent, f"service request {request['metadata']['name']}")
+        if get_condition(tracker.status.conditions, ConditionType.MONITORING_CONFIGURED) is not None:
+            # It had monitoring (its golden path dropped it): remove what was made. Never had any:
+            # nothing to remove, and no API call spent on it.
+            await _converge(ctx, [], absent, f"service request {request['metadata']['name']}")
         tracker.clear(ConditionType.MONITORING_CONFIGURED)  # nothing declared, nothing to report
         return
     ok, message = await _converge(ctx, objects.present, absent, f"service request {request['metadata']['name']}")

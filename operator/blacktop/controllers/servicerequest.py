@@ -1,28 +1,37 @@
 """The ServiceRequest reconciler: validate, plan, apply, deliver the connection Secret; destroy on delete.
 
-Level-based and idempotent: every call re-plans from the current spec, so a spec change, a resumed
-operator or a retry after a failure all converge the same way. Each reconcile reads in four steps:
-decode (the request, its Environment and GoldenPath into typed views, once), decide (a pure
-:func:`check` of what they allow), act (one run through :mod:`blacktop.controllers.runs`: init,
-plan, show, the Plan-stage guardrails, the approval a rule may ask for
-(:mod:`blacktop.controllers.approvals`), apply, outputs), write status (the tracker). Inputs from
-other requests are read with the run's other inputs; a request whose sources are not Ready waits
-(WaitingForInputs), and one others consume is destroyed only after them. Progress is
-visible in status as it happens (stage, Reconciling, the plan summary); failures carry a classified
-reason and the redacted tail of the tool's message, and are retried with capped exponential backoff.
+Level-triggered without waste: every call compares what the request needs now with what its last
+successful apply was made of (``status.appliedDigest``, see :mod:`blacktop.controllers.inputs`). A
+Ready request whose inputs are unchanged starts no run and writes nothing, however often it is
+resumed (an operator restart or upgrade) or resynced. A spec change plans again (Ready=False while
+it works, then Ready); a Ready request whose golden path, credentials, inputs or environment changed
+is re-verified: planned again while Ready stays True and Reconciling says what happens. A plan
+without changes is never applied (and never waits for approval).
+
+Each reconcile reads in four steps: decode (the request, its Environment and GoldenPath into typed
+views, once), decide (a pure :func:`check` of what they allow, and :func:`up_to_date`), act (one run
+through :mod:`blacktop.controllers.runs`: init, plan, then if anything changes show (when something
+reads the saved plan: a Plan-stage rule, which is also what may ask for approval), the Plan-stage
+guardrails, the approval a rule may ask for (:mod:`blacktop.controllers.approvals`) and apply;
+outputs), write status (the tracker). Inputs from other requests are read with the run's other
+inputs; a request whose sources are not Ready waits (WaitingForInputs), and one others consume is
+destroyed only after them. Progress is visible in status as it happens (stage, queue position,
+Reconciling, the plan summary). Every failure, a tool's or not (the API server, the disk, the module,
+a bug), carries a classified reason and words, a Warning Event, and is retried with backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from blacktop.api.common import cents_to_money, format_time
-from blacktop.api.conditions import ConditionType, Reason
-from blacktop.api.servicerequest import ServiceRequestStatus, Stage
+from blacktop.api.conditions import ConditionType, Reason, get_condition
+from blacktop.api.servicerequest import PlanSummary, ServiceRequestStatus, Stage
 from blacktop.builders import cost, naming, parameters
 from blacktop.controllers import (
     approvals,
@@ -40,12 +49,15 @@ from blacktop.controllers import (
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
 from blacktop.controllers.inputs import Inputs, resolve
+from blacktop.controllers.runs import Progress
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.controllers.views import EnvironmentRef, GoldenPathView, RequestView
 from blacktop.kube import events
 from blacktop.kube.resources import SERVICEREQUESTS
-from blacktop.terraform.runner import Outputs, RunResult
+from blacktop.terraform.runner import Outputs, RunResult, ShownPlan
 from blacktop.terraform.state import state_of
+
+logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 Tracker = StatusTracker[ServiceRequestStatus]
@@ -103,6 +115,28 @@ def check(
     return Decision(parameters=params)
 
 
+def settled(status: ServiceRequestStatus, generation: int) -> bool:
+    """Whether the request is Ready for its current spec (a later run re-verifies it). Pure."""
+    ready = get_condition(status.conditions, ConditionType.READY)
+    return (
+        ready is not None
+        and ready.status == "True"
+        and status.stage == Stage.READY
+        and status.observed_generation == generation
+    )
+
+
+def up_to_date(status: ServiceRequestStatus, generation: int, digest: str, revision: int | None) -> bool:
+    """Whether nothing is to be done: Ready for this spec, made of exactly these inputs, and (with
+    revisions) recorded at the ``revision`` it runs. Pure."""
+    return (
+        settled(status, generation)
+        and status.applied_digest == digest
+        and status.failures == 0
+        and (revision is None or status.revision == revision)
+    )
+
+
 async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int | None = None) -> ServiceRequestStatus:
     """Converge one ServiceRequest; raises Failure when it must be tried again. It runs the revision of
     its golden path it runs already (or its pin; a new request: the rollout's target); ``revision``
@@ -116,11 +150,29 @@ async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int |
     except ValidationError as exc:
         tracker.not_ready(Reason.INVALID_SPEC, f"spec is invalid: {exc.errors()[0]['msg']}", stalled=True)
         return await tracker.write(ctx.client, SERVICEREQUESTS)
+    was_settled = settled(tracker.status, tracker.generation)
+    try:
+        await runs.record_interruption(ctx, tracker, f"{request.namespace}/{request.name}", keep_ready=was_settled)
+        status = await _reconcile(ctx, tracker, request, was_settled, revision)
+    except Failure:
+        ctx.metrics.observe_reconcile("ServiceRequest", "failed")
+        raise
+    except Exception as exc:  # the API server, the disk, the module, a bug: one failure path
+        ctx.metrics.observe_reconcile("ServiceRequest", "failed")
+        failed = runs.RunFailed.of_exception(exc)
+        raise await runs.failed_attempt(ctx, tracker, failed, keep_ready=was_settled) from None
+    ctx.metrics.observe_reconcile("ServiceRequest", "unchanged" if status is tracker.unchanged else "converged")
+    return status
+
+
+async def _reconcile(
+    ctx: Context, tracker: Tracker, request: RequestView, was_settled: bool, revision: int | None
+) -> ServiceRequestStatus:
     env = await lookup.environment_ref(ctx, request.namespace)
     exists, golden = await lookup.golden_path(ctx, request.spec.golden_path)
     if golden is not None and golden.ready:
         try:
-            golden = await revisions.at_revision(ctx, body, golden, revision=revision)
+            golden = await revisions.at_revision(ctx, tracker.body, golden, revision=revision)
         except Failure as missing:
             return await _refuse(ctx, tracker, Refusal(missing.reason, missing.message, Stage.FAILED))
     # Decide.
@@ -131,21 +183,28 @@ async def reconcile_service_request(ctx: Context, body: JSON, *, revision: int |
         return await _refuse(ctx, tracker, decision.refusal)
     assert env is not None
     assert golden is not None
-    tracker.status.stage = Stage.VALIDATING
+    waiting = Stage.READY if was_settled else Stage.PENDING
+    inputs = await _resolve(
+        ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=waiting
+    )
+    runs_revision = golden.revision.revision if golden.revision is not None else None
+    if up_to_date(tracker.status, tracker.generation, inputs.digest, runs_revision):
+        logger.debug("%s/%s is up to date: nothing to do", request.namespace, request.name)
+        return tracker.unchanged  # resumed or resynced with nothing changed: no run, no write
+    if not was_settled:
+        tracker.status.stage = Stage.VALIDATING
     tracker.set(ConditionType.PARAMETERS_VALID, True, Reason.RECONCILED, "parameters match the golden path's schema")
     tracker.status.monthly_cost = cents_to_money(cost.monthly_cost_cents(golden.spec.cost, decision.parameters))
     # Act.
-    inputs = await _resolve(
-        ctx, tracker, request=request, env=env, golden=golden, params=decision.parameters, waiting=Stage.PENDING
-    )
     tracker.status.inputs = list(inputs.request_inputs)
-    progress = (Stage.PLANNING, f"planning {golden.name}")
+    what = f"re-verifying {golden.name}: its inputs changed" if was_settled else f"planning {golden.name}"
+    progress = Progress(Stage.PLANNING, what, keep_ready=was_settled)
     async with runs.attempt(ctx, inputs, tracker, "apply", progress=progress) as run:
         # Under the state lock, before any tool runs: what destroying it needs if the request goes without.
         await leftovers.record(ctx, inputs, tracker.status.monthly_cost)
-        applied = await _plan_and_apply(ctx, inputs, tracker, run)
-    if applied is not None:
-        await _deliver(ctx, inputs, tracker, *applied)
+        converged = await _plan_and_apply(ctx, inputs, tracker, run, keep_ready=was_settled)
+    if converged is not None:
+        await _deliver(ctx, inputs, tracker, converged)
     # Write status.
     return await tracker.write(ctx.client, SERVICEREQUESTS)
 
@@ -173,7 +232,9 @@ async def _resolve(
     waiting: Stage,
 ) -> Inputs:
     """The run's inputs; a missing module or credentials Secret, or a source of its inputs that is not
-    Ready (stage WaitingForInputs, each input's state in status), is reported (Reconciling) and retried."""
+    Ready (stage WaitingForInputs, each input's state in status), is reported (Reconciling) and retried.
+    A request that is Ready (``waiting`` Ready) stays Ready when its credentials are missing: only
+    Reconciling says what it waits for."""
     try:
         # Provisioning takes inputs from settled sources only; a destroy takes what they deliver now.
         return await resolve(ctx, request, env, golden, params, settled=waiting is not Stage.DELETING)
@@ -185,30 +246,57 @@ async def _resolve(
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise
     except Failure as missing:
-        tracker.status.stage = waiting
-        tracker.not_ready(missing.reason, missing.message, stalled=False)
+        if waiting == Stage.READY:
+            tracker.set(ConditionType.RECONCILING, True, missing.reason, missing.message)
+        else:
+            tracker.status.stage = waiting
+            tracker.not_ready(missing.reason, missing.message, stalled=False)
         await tracker.write(ctx.client, SERVICEREQUESTS)
         raise
 
 
+@dataclass(frozen=True)
+class Converged:
+    """What a successful run left: what it applied (None: the plan had no changes) and the outputs."""
+
+    applied: RunResult | None
+    outputs: Outputs
+    digest: str
+
+
 async def _plan_and_apply(
-    ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run
-) -> tuple[RunResult, Outputs] | None:
-    """init, plan, show, guardrails, approval, apply, outputs; None when a guardrail denied the plan or
-    the plan waits for approval."""
+    ctx: Context, inputs: Inputs, tracker: Tracker, run: runs.Run, *, keep_ready: bool
+) -> Converged | None:
+    """init, plan, and if it changes anything: show (when something reads the saved plan), guardrails,
+    approval, apply; then outputs. None when a guardrail denied the plan or the plan waits for approval."""
     runner, status, name = run.runner, tracker.status, inputs.golden_path.name
     await run.step(runner.init())
-    await run.step(runner.plan())
-    shown = await run.step(runner.show_plan())
-    status.plan = shown.summary
-    tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {shown.summary.counts()}")
-    verdict = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
+    plan = await run.step(runner.plan())
+    if not plan.changes:  # nothing to apply, judge or approve: the infrastructure is as the module says
+        status.plan = PlanSummary()
+        tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {PlanSummary().counts()}")
+        approvals.forget_pending(status, "apply")
+        return Converged(None, await run.step(runner.outputs()), inputs.digest)
+    shown: ShownPlan | None = None
+    if await guardrails.needs_plan_document(ctx, inputs):  # a Plan-stage rule (approval rules are) or new code
+        shown = await run.step(runner.show_plan())
+        status.plan = shown.summary
+        verdict = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=tracker)
+    else:  # nothing reads the plan's document: its summary came with the plan
+        status.plan = plan.summary
+        verdict = guardrails.Verdict(denial=await guardrails.judge_module(ctx, inputs, tracker=tracker))
+    tracker.set(ConditionType.PLANNED, True, Reason.RECONCILED, f"plan: {status.plan.counts()}")
     if verdict.denial is not None:  # nothing is applied; a human changes the request or the policy
         run.failed()
-        status.stage = Stage.FAILED
-        tracker.not_ready(*verdict.denial, stalled=True)
+        if keep_ready:  # what exists stays as it is, and Ready with it; Stalled says why it cannot change
+            tracker.clear(ConditionType.RECONCILING)
+            tracker.set(ConditionType.STALLED, True, *verdict.denial)
+            await events.post_event(ctx.client, inputs.request.body, events.WARNING, *verdict.denial)
+        else:
+            status.stage = Stage.FAILED
+            tracker.not_ready(*verdict.denial, stalled=True)
         return None
-    if verdict.approvals and not shown.summary.empty:  # a plan that changes nothing never waits
+    if verdict.approvals and shown is not None and not shown.summary.empty:  # an empty plan never waits
         if not await approvals.gate(ctx, inputs, tracker, shown, verdict.approvals, operation="apply"):
             run.waiting()  # nothing is applied until someone allowed approves this very plan
             status.stage = Stage.AWAITING_APPROVAL
@@ -223,16 +311,17 @@ async def _plan_and_apply(
     await run.progress(Stage.APPLYING, f"applying {name}")
     applied = await run.step(runner.apply_plan())
     outputs = await run.step(runner.outputs())
-    return applied, outputs
+    return Converged(applied, outputs, inputs.digest)
 
 
-async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunResult, outputs: Outputs) -> None:
-    """After a successful apply: the connection Secret, monitoring, lead time, Ready."""
+async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, converged: Converged) -> None:
+    """After a successful run: the connection Secret, monitoring, lead time, the digest, Ready."""
     request, golden, status = inputs.request, inputs.golden_path, tracker.status
     try:
-        secret = await delivery.deliver(ctx, inputs, outputs.values)
+        secret = await delivery.deliver(ctx, inputs, converged.outputs.values)
     except delivery.SecretTaken as taken:
-        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {applied.seconds:.1f}s")
+        if converged.applied is not None:
+            tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {converged.applied.seconds:.1f}s")
         tracker.not_ready(Reason.SECRET_CONFLICT, str(taken), stalled=True)
         status.stage = Stage.FAILED
         await tracker.write(ctx.client, SERVICEREQUESTS)
@@ -244,6 +333,7 @@ async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunR
     status.failures = 0
     status.next_retry_time = None
     status.stage = Stage.READY
+    status.applied_digest = converged.digest
     if golden.revision is not None:  # what it now runs, for rollouts and `kubectl get servicerequests`
         status.revision = golden.revision.revision
         status.commit = golden.revision.git.commit if golden.revision.git else None
@@ -251,18 +341,32 @@ async def _deliver(ctx: Context, inputs: Inputs, tracker: Tracker, applied: RunR
         status.first_ready_time = format_time(now)
         # Never negative, even if the API server's clock is ahead of ours.
         status.lead_time_seconds = max(0, round((now - request.created).total_seconds()))
-    tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {applied.seconds:.1f}s")
+    applied = converged.applied
+    if applied is not None:
+        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, f"applied in {applied.seconds:.1f}s")
+    elif get_condition(status.conditions, ConditionType.APPLIED) is None:
+        tracker.set(ConditionType.APPLIED, True, Reason.PROVISIONED, "nothing to apply: no changes were needed")
     await monitoring.configure_request(ctx, request.body, golden.name, golden.spec, tracker)
     tracker.ready(
         f"{golden.name} is ready; connection details in Secret {status.connection_secret}", Reason.PROVISIONED
     )
-    tracker.announce()  # every successful apply says so
+    if applied is not None:
+        tracker.announce()  # every successful apply says so; a plan without changes has nothing to say
 
 
 async def finalize_service_request(ctx: Context, body: JSON) -> None:
     """Destroy what the request made, then its state; raises Failure while that fails. A request a
     platform admin abandoned goes without a destroy (recorded); one that never applied anything goes at once."""
     tracker = StatusTracker(body, ServiceRequestStatus, now=ctx.now())
+    try:
+        await _finalize(ctx, tracker, body)
+    except Failure:
+        raise
+    except Exception as exc:  # the API server, the disk, the module, a bug: one failure path
+        raise await runs.failed_attempt(ctx, tracker, runs.RunFailed.of_exception(exc)) from None
+
+
+async def _finalize(ctx: Context, tracker: Tracker, body: JSON) -> None:
     # Decode.
     request = views.request_view(body)
     # Decide: requests that consume this one's outputs are destroyed first (their destroy reads them).

@@ -12,6 +12,9 @@ and the only way Blacktop writes a status:
   spec was reconciled.
 - :meth:`announce` posts the Ready Event on the next write even if Ready's status and reason are
   unchanged (a successful apply says so every time).
+- The Event is Normal for success and routine progress (planning, queued, deleting: reasons in
+  :data:`blacktop.api.conditions.ROUTINE`) and Warning only for what someone may have to look at,
+  so alerting on Warning Events never pages for routine work.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from blacktop.api.common import Condition, ConditionedStatus, format_time
-from blacktop.api.conditions import ConditionType, get_condition, remove_condition, set_condition
+from blacktop.api.conditions import ROUTINE, ConditionType, get_condition, remove_condition, set_condition
 from blacktop.kube import events
 from blacktop.kube.client import Client
 from blacktop.kube.resources import Resource
@@ -80,6 +83,11 @@ class StatusTracker(Generic[S]):
             self.clear(ConditionType.STALLED)
             self.set(ConditionType.RECONCILING, True, reason, message)
 
+    @property
+    def unchanged(self) -> S:
+        """The status as it was read, for a reconcile that found nothing to do (and wrote nothing)."""
+        return self._written
+
     def announce(self) -> None:
         """Post the Ready Event on the next write, even if Ready did not change."""
         self._announce = True
@@ -101,7 +109,8 @@ class StatusTracker(Generic[S]):
         if self.ready_changed() or self._announce:
             ready = get_condition(self.status.conditions, ConditionType.READY)
             if ready is not None:
-                event_type = events.NORMAL if ready.status == "True" else events.WARNING
+                routine = ready.status == "True" or ready.reason in ROUTINE
+                event_type = events.NORMAL if routine else events.WARNING
                 await events.post_event(client, self.body, event_type, ready.reason, ready.message)
         self._written = self.status.model_copy(deep=True)
         self._announce = False

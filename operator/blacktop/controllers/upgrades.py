@@ -31,6 +31,7 @@ from blacktop.controllers.rollout import Outcome
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube.resources import SERVICEREQUESTS
 from blacktop.kube.status import write_status
+from blacktop.terraform.module import ModuleError
 
 JSON = dict[str, Any]
 
@@ -107,6 +108,7 @@ async def _forget_revision(ctx: Context, namespace: str, name: str) -> None:
     status = ServiceRequestStatus.model_validate(body.get("status") or {})
     status.revision = None
     status.commit = None
+    status.applied_digest = None  # nor what it was made of: its next reconcile runs
     await write_status(ctx.client, SERVICEREQUESTS, name, status, namespace)
 
 
@@ -134,8 +136,10 @@ async def _plan_at(
             await run.step(run.runner.plan())
             shown = await run.step(run.runner.show_plan())
             verdict = await guardrails.judge_plan(ctx, inputs, shown.plan, tracker=scratch)
-    except runs.RunFailed as failed:
-        await tracker.write(ctx.client, SERVICEREQUESTS)  # lastRun says the plan run failed
+    except (runs.RunFailed, ModuleError) as exc:  # a module that cannot be read here: that batch waits
+        failed = exc if isinstance(exc, runs.RunFailed) else runs.RunFailed.of_exception(exc)
+        if isinstance(exc, runs.RunFailed):
+            await tracker.write(ctx.client, SERVICEREQUESTS)  # lastRun says the plan run failed
         return Outcome(ok=False, reason=failed.reason, message=f"{failed.step}: {failed.detail}")
     except Failure as failure:
         return Outcome(ok=False, reason=failure.reason, message=failure.message)

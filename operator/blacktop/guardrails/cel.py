@@ -14,9 +14,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cel_expr_python import cel
-from cel_expr_python.ext import ext_strings
-
 # The names a rule may use. `plan` is empty at the Admission stage.
 VARIABLES = ("object", "oldObject", "environment", "goldenPath", "user", "cost", "plan")
 _INT64 = 2**63 - 1
@@ -33,7 +30,11 @@ class CelEvaluationError(ValueError):
 
 @functools.cache
 def _env() -> Any:
-    # Built lazily: creating the environment loads the C++ runtime, which `blacktop --help` never needs.
+    # Imported and built lazily: the C++ runtime (about 15 MiB) is loaded by the first policy, and
+    # an operator (or `blacktop --help`) without any never pays for it.
+    from cel_expr_python import cel
+    from cel_expr_python.ext import ext_strings
+
     return cel.NewEnv(variables=dict.fromkeys(VARIABLES, cel.Type.DYN), extensions=[ext_strings.ExtStrings()])
 
 

@@ -123,6 +123,26 @@ def environment_variables(
     }
 
 
+def _siblings_cost(siblings: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]], name: object) -> int:
+    """The monthly cost of the other requests: each golden path decoded once, each distinct
+    (golden path, parameters) priced once, so thousands of siblings cost milliseconds."""
+    specs: dict[int, GoldenPathSpec | None] = {}
+    prices: dict[tuple[int, str], int] = {}
+    total = 0
+    for sibling, golden in siblings:
+        if _map(sibling.get("metadata")).get("name") == name:
+            continue
+        ident = id(golden)
+        if ident not in specs:
+            specs[ident] = _golden_spec(golden)
+        params = _map(sibling.get("spec")).get("parameters")
+        key = (ident, repr(sorted(params.items())) if isinstance(params, dict) else "")
+        if key not in prices:
+            prices[key] = request_cost_cents(sibling, golden, golden_spec=specs[ident])[0] if specs[ident] else 0
+        total += prices[key]
+    return total
+
+
 def request_variables(
     request: Mapping[str, Any],
     old: Mapping[str, Any] | None,
@@ -142,11 +162,7 @@ def request_variables(
     has already decoded it (a reconcile has; an admission review has not)."""
     cents, currency = request_cost_cents(request, golden_path, golden_spec=golden_spec)
     name = _map(request.get("metadata")).get("name")
-    others = leftover_cents + sum(
-        request_cost_cents(sibling, gp)[0]
-        for sibling, gp in siblings
-        if _map(sibling.get("metadata")).get("name") != name
-    )
+    others = leftover_cents + _siblings_cost(siblings, name)
     env_spec = _map(_map(env).get("spec"))
     budget = _map(env_spec.get("budget")).get("monthly")
     variables: JSON = {

@@ -168,6 +168,20 @@ def matches(match: Match, subject: Subject) -> bool:
     return not match.golden_paths or subject.golden_path in match.golden_paths
 
 
+def rules_for(policies: Iterable[CompiledPolicy], subject: Subject, stage: RuleStage) -> list[CompiledRule]:
+    """The rules of ``stage`` of the policies matching ``subject``: what an evaluation would run."""
+    return [r for p in policies if matches(p.match, subject) for r in p.rules if r.stage is stage]
+
+
+def mentions(rules: Iterable[CompiledRule], word: str) -> bool:
+    """Whether any of ``rules`` (its condition or a message placeholder) refers to ``word``, e.g.
+    ``environmentMonthly``: a review computes costly variables only for rules that read them."""
+    return any(
+        word in rule.condition.source or any(not isinstance(p, str) and word in p.source for p in rule.message)
+        for rule in rules
+    )
+
+
 @dataclass(frozen=True)
 class Violation:
     """One failed rule."""

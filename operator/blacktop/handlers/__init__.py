@@ -14,7 +14,6 @@ from blacktop.handlers import wiring
 
 MODULES = (
     "startup",
-    "admission",
     "budget",
     "environment",
     "goldenpath",

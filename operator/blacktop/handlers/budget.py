@@ -17,4 +17,4 @@ async def service_request_priced(
 ) -> None:
     ctx = context_of(memo)
     if namespace and price_changed(ctx, dict(body), deleted=type == "DELETED"):
-        await refresh_environment_cost(ctx, namespace)
+        await refresh_environment_cost(ctx, namespace, dict(body), deleted=type == "DELETED")

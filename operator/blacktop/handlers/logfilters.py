@@ -25,8 +25,8 @@ ROUTINE_IDS = (
     "environment_resync",
     "environment_ttl",
     "golden_path_resync",
-    "service_request_drift",
     "service_request_inputs",
+    "drift-schedule",
     "validate-",
     "mutate-",
 )
@@ -73,7 +73,9 @@ class KopfLines(logging.Filter):
 
 
 def install() -> None:
-    """Attach the filter to Kopf's per-object logger (idempotent)."""
+    """Attach the filter to Kopf's per-object logger (idempotent); the webhook server's access log
+    (a line per admission review) says nothing the review metrics do not."""
     logger = logging.getLogger("kopf.objects")
     if not any(isinstance(f, KopfLines) for f in logger.filters):
         logger.addFilter(KopfLines())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

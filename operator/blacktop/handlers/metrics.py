@@ -1,4 +1,5 @@
-"""Kopf wiring of the metrics: serve /metrics from start-up, and feed every watch event to the inventory.
+"""Kopf wiring of the metrics: feed every watch event to the inventory (the endpoint itself is served
+from start-up on every replica, by :mod:`blacktop.handlers.main`).
 
 Kopf already watches Environments, GoldenPaths and ServiceRequests for the reconcilers; these event
 handlers ride on the same watches (no extra API calls) so the metrics see exactly what the operator
@@ -13,21 +14,7 @@ import kopf
 
 from blacktop.api import kinds
 from blacktop.api.kinds import GROUP, VERSION
-from blacktop.handlers.wiring import context_of, started_context
-from blacktop.metrics import server
-
-
-@kopf.on.startup()
-async def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
-    ctx = started_context(memo, "metrics")
-    memo.metrics_server = server.start(ctx.metrics, ctx.settings.metrics_port)
-
-
-@kopf.on.cleanup()
-async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
-    running = getattr(memo, "metrics_server", None)
-    if running is not None:
-        await running.stop()
+from blacktop.handlers.wiring import context_of
 
 
 def _observe(kind: str, plural: str) -> None:

@@ -1,13 +1,17 @@
-"""Kopf wiring of the ServiceRequest reconciler: provision on change (and on an approval), destroy on
-delete, retry with backoff, the periodic drift check and the inputs check."""
+"""Kopf wiring of the ServiceRequest reconciler: provision on change and resume (and on an approval),
+destroy on delete, retry with backoff, the inputs check; the watch events feed the drift schedule,
+and one task runs the checks it finds due (see :mod:`blacktop.controllers.schedule`; no timer per
+object)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import kopf
 
-from blacktop.api.kinds import GROUP, SERVICE_REQUEST, VERSION
+from blacktop.api.kinds import GOLDEN_PATH, GROUP, SERVICE_REQUEST, VERSION
 from blacktop.builders import naming
 from blacktop.controllers import drift
 from blacktop.controllers import servicerequest as controller
@@ -37,14 +41,37 @@ async def service_request_deleted(body: kopf.Body, namespace: str | None, name: 
     ctx.forget(_lock_key(namespace, name))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=_SETTINGS.drift_check_seconds, initial_delay=_SETTINGS.drift_check_seconds)
-async def service_request_drift(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, PLURAL, id="drift-schedule")
+async def service_request_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    context_of(memo).drift.request(dict(body), deleted=type == "DELETED")
+
+
+@kopf.on.event(GROUP, VERSION, GOLDEN_PATH.plural, id="drift-schedule-intervals")
+async def golden_path_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    context_of(memo).drift.golden_path(dict(body), deleted=type == "DELETED")
+
+
+@kopf.on.startup()
+async def start_drift_checks(memo: kopf.Memo, **_: Any) -> None:
     ctx = context_of(memo)
-    lock = ctx.lock(_lock_key(namespace, name))
-    if lock.locked():
-        return  # provisioning or deletion is running: check next time
-    async with lock:
-        await drift.check_drift(ctx, namespace or "", name)
+    settings = ctx.settings
+    memo.drift_task = asyncio.get_running_loop().create_task(
+        ctx.drift.run(
+            lambda namespace, name: drift.scheduled_check(ctx, namespace, name),
+            concurrency=2 * settings.max_concurrent_runs,
+            retry_seconds=settings.drift_check_seconds,
+        ),
+        name="drift checks",
+    )
+
+
+@kopf.on.cleanup()
+async def stop_drift_checks(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "drift_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field=("metadata", "annotations", naming.APPROVE))

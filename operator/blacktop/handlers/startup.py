@@ -1,30 +1,27 @@
-"""Operator start-up: Kopf settings under our own prefix, the shared context, the thread pool, and
-Kopf's login (the same cluster as the context's client, resolved by kube.client at call time)."""
+"""Kopf's settings for Blacktop, at Kopf's start-up (on the leader): our own prefix for its marks,
+our Events instead of its own, bounded watches and API calls, the operator's thread pool; and
+Kopf's login (the same cluster as the Context's client, resolved by kube.client at call time).
+
+The Context (settings, API client, runners, the operator's identity, ...) exists before Kopf starts
+(:mod:`blacktop.handlers.main`): admission and leader election need it on every replica.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 from typing import Any
 
 import kopf
 
 from blacktop.builders import naming
-from blacktop.config import Settings
-from blacktop.controllers.context import Context
-from blacktop.handlers import logfilters
-from blacktop.handlers.wiring import started_context
+from blacktop.handlers.wiring import context_of
 from blacktop.kube.client import ClusterConfigError, KubeClient
-from blacktop.kube.errors import KubeApiError
-from blacktop.runners import runners_for
 
 
 # Nothing here is transient (no API calls): a failure is final, and the operator stops with it.
 @kopf.on.startup(errors=kopf.ErrorsMode.PERMANENT)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config: Settings = memo.settings  # the CLI's, put into the memo by run_operator
-    logfilters.install()
+    ctx = context_of(memo)
     # Kopf's own marks carry our prefix, so `kubectl get -o yaml` shows whose they are.
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.DOMAIN)
@@ -37,40 +34,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
+    # Kopf's own calls (finalizers, progress) are bounded like ours, and retried soon after an
+    # outage: requests recover within seconds of the API server's return.
+    settings.networking.request_timeout = ctx.settings.api_timeout_seconds
+    settings.networking.connect_timeout = 5
+    settings.networking.error_backoffs = (0.5, 1, 1, 2, 2, 3, 5, 5, 5, 5, 5, 5, 5, 5)
+    # An unexpected error in a handler is retried after this long, not Kopf's default minute.
+    settings.execution.default_backoff = ctx.settings.infrastructure_backoff_cap_seconds
     # Timers (TTL expiry) may be mid-call when their object is deleted; poll their exit every couple
     # of seconds instead of Kopf's default minute, so deletion is not held up by the finalizer.
     settings.background.instant_exit_timeout = 1.0
     settings.background.cancellation_polling = 2.0
-    # Blocking work (the Kubernetes client's HTTP calls) runs in this many threads; sized on purpose
-    # rather than left to the default of min(32, cpus + 4).
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=config.worker_threads, thread_name_prefix="blacktop-io"
-    )
-    settings.execution.executor = executor
-    asyncio.get_running_loop().set_default_executor(executor)
-    try:
-        client = KubeClient.from_kubeconfig()
-    except ClusterConfigError as exc:
-        # A missing configuration does not fix itself: fail once, clearly, instead of retrying forever.
-        raise kopf.PermanentError(str(exc)) from exc
-    memo.kube = client
-    # OpenTofu's state backend reaches the same cluster as this client (its kubeconfig; None: in-cluster).
-    runners = runners_for(config, client, kubeconfig=client.kubeconfig)  # settings.runner: local or pod
-    memo.ctx = Context(client=client, settings=config, runners=runners)
-
-
-# Registered after `configure`, so it runs next; its one API call may fail for a while (Kopf retries).
-@kopf.on.startup()
-async def identify(memo: kopf.Memo, **_: Any) -> None:
-    """Who the operator is to the apiserver (its own changes pass the team boundary, see
-    controllers/admission.py), and the guardrail worker processes, before the first review."""
-    ctx = started_context(memo, "identification")
-    try:
-        ctx.username = await memo.kube.whoami()
-    except KubeApiError as exc:
-        raise kopf.TemporaryError(f"cannot tell who the operator is (SelfSubjectReview): {exc}", delay=2) from exc
-    logging.getLogger(__name__).info("operating as %s", ctx.username)
-    await ctx.evaluator.start()
+    # Blocking work (the Kubernetes client's HTTP calls) runs in the operator's own pool, sized on
+    # purpose (settings.worker_threads) rather than left to the default of min(32, cpus + 4).
+    executor = getattr(memo, "executor", None)
+    if executor is not None:
+        settings.execution.executor = executor
+    take_signals = getattr(memo, "take_signals", None)
+    if take_signals is not None:
+        take_signals()  # SIGTERM stops the replica in its order, not Kopf alone (handlers.main)
 
 
 @kopf.on.login()
@@ -94,13 +76,3 @@ def login(**_: Any) -> kopf.ConnectionInfo:
         scheme=conn.scheme,
         token=conn.token,
     )
-
-
-@kopf.on.cleanup()
-async def close(memo: kopf.Memo, **_: Any) -> None:
-    ctx = getattr(memo, "ctx", None)
-    if ctx is not None:
-        await ctx.evaluator.close()
-    client = getattr(memo, "kube", None)
-    if client is not None:
-        client.close()

@@ -18,6 +18,7 @@ import kopf
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
 from blacktop.controllers.failures import Failure
+from blacktop.kube.errors import UnavailableError
 
 _settings: Settings | None = None
 
@@ -54,18 +55,21 @@ def started_context(memo: Any, what: str) -> Context:
 
 
 @asynccontextmanager
-async def retrying() -> AsyncIterator[None]:
+async def retrying(retry_unavailable: float = 2.0) -> AsyncIterator[None]:
     """A controller's Failure becomes Kopf's TemporaryError with the Failure's delay: the one place
-    where "not done yet" is said to Kopf (its message is in Kopf's log; status already says it)."""
+    where "not done yet" is said to Kopf (its message is in Kopf's log; status already says it). An
+    API outage a controller did not turn into a Failure is retried after ``retry_unavailable``."""
     try:
         yield
     except Failure as failure:
         raise kopf.TemporaryError(f"{failure.reason}: {failure.message}", delay=failure.delay) from None
+    except UnavailableError as exc:
+        raise kopf.TemporaryError(f"ApiUnavailable: {exc}", delay=retry_unavailable) from None
 
 
 @asynccontextmanager
 async def reconciling(memo: Any, key: str) -> AsyncIterator[Context]:
     """The context, holding the lock of the object ``key`` (kind/namespace/name), failures translated."""
     ctx = context_of(memo)
-    async with retrying(), ctx.lock(key):
+    async with retrying(ctx.settings.infrastructure_backoff_base_seconds * 2), ctx.lock(key):
         yield ctx

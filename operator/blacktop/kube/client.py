@@ -4,7 +4,9 @@ It wraps the official ``kubernetes`` client's authenticated connection pool (kub
 certificates, bearer tokens, in-cluster config) but speaks plain REST paths from
 :mod:`blacktop.kube.resources`, so one code path serves built-in kinds and our custom resources.
 The blocking HTTP calls run in worker threads (``asyncio.to_thread``): Kopf's event loop is never
-blocked by the network.
+blocked by the network. Every call is bounded in time (connect, read), and a server that cannot be
+reached, does not answer in time, or says it cannot serve now raises
+:class:`~blacktop.kube.errors.UnavailableError`, whatever the transport's own exception was.
 
 Which cluster: :func:`resolve_kubeconfig` decides at call time, the way kubectl does. The
 ``kubernetes`` package reads ``$KUBECONFIG`` once, when it is imported; `blacktop run --local` sets
@@ -16,23 +18,30 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from kubernetes.client import rest as k8s_rest
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from blacktop.kube.errors import NotFoundError, error_for
+from blacktop.kube.errors import NotFoundError, UnavailableError, error_for
+from blacktop.kube.informer import parse_lines
 from blacktop.kube.resources import Resource, resource_for
 
 JSON = dict[str, Any]
 
 FIELD_MANAGER = "blacktop"
-# (connect, read) seconds: long enough for a loaded apiserver, short enough that a dead one is noticed.
-_TIMEOUT = (5.0, 60.0)
+# (connect, read) seconds: long enough for a loaded apiserver, short enough that a stalled one is
+# noticed and the work retried soon (settings.api_timeout_seconds overrides the read timeout).
+CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 20.0
+# Connecting is retried (nothing was sent); a request that was sent is never repeated blindly.
+_RETRIES = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=False, raise_on_status=False)
 
 
 @dataclass(frozen=True)
@@ -130,15 +139,21 @@ class Client(Protocol):
 class KubeClient:
     """Async facade over one authenticated ``ApiClient``."""
 
-    def __init__(self, api_client: Any, kubeconfig: str | None = None) -> None:
+    def __init__(self, api_client: Any, kubeconfig: str | None = None, *, timeout: float = READ_TIMEOUT) -> None:
+        api_client.configuration.retries = _RETRIES
+        api_client.rest_client = k8s_rest.RESTClientObject(api_client.configuration)  # with those retries
         self._api = api_client
+        self._timeout = (CONNECT_TIMEOUT, timeout)
         # The kubeconfig this client was built from (None: in-cluster or a token), so OpenTofu's
         # kubernetes backend talks to the same cluster as the operator.
         self.kubeconfig = kubeconfig
 
     @classmethod
-    def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None) -> KubeClient:
-        """Connect with the kubeconfig :func:`resolve_kubeconfig` finds, else with in-cluster config."""
+    def from_kubeconfig(
+        cls, path: str | os.PathLike[str] | None = None, *, timeout: float = READ_TIMEOUT
+    ) -> KubeClient:
+        """Connect with the kubeconfig :func:`resolve_kubeconfig` finds, else with in-cluster config;
+        ``timeout``: how long one call may wait for the answer."""
         config_file = resolve_kubeconfig(path)
         configuration = k8s_client.Configuration()
         if config_file is not None:
@@ -146,12 +161,12 @@ class KubeClient:
                 k8s_config.load_kube_config(config_file=config_file, client_configuration=configuration)
             except ConfigException as exc:
                 raise ClusterConfigError(f"kubeconfig {config_file}: {exc}") from exc
-            return cls(k8s_client.ApiClient(configuration), kubeconfig=config_file)
+            return cls(k8s_client.ApiClient(configuration), kubeconfig=config_file, timeout=timeout)
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except ConfigException as exc:
             raise ClusterConfigError(_NO_CLUSTER) from exc
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(k8s_client.ApiClient(configuration), timeout=timeout)
 
     def connection(self) -> Connection:
         """The endpoint and credentials of this client, for Kopf's own API calls (its login handler)."""
@@ -206,8 +221,14 @@ class KubeClient:
             header_params=headers,
             auth_settings=["BearerToken"],
         )
-        response = self._api.rest_client.request(method, url, headers=headers, body=body, _request_timeout=_TIMEOUT)
-        raw = response.read()
+        try:
+            response = self._api.rest_client.request(
+                method, url, headers=headers, body=body, _request_timeout=self._timeout
+            )
+            raw = response.read()
+        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+            # Connection refused or reset, a timeout, a TLS failure: the server is not there for us.
+            raise UnavailableError(0, "Unavailable", f"{type(exc).__name__}: {exc}", method, path) from None
         try:
             data: JSON = json.loads(raw) if raw else {}
         except ValueError:
@@ -223,6 +244,33 @@ class KubeClient:
                 path,
             )
         return data
+
+    def stream_sync(self, path: str, *, query: Mapping[str, str] | None = None, timeout: float) -> Iterator[JSON]:
+        """A watch: the JSON events of a streaming GET, one per line, until the server ends it
+        (blocking: for the informers' own threads). ``timeout``: the longest quiet time."""
+        method, url, headers, _, _ = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query.items()) if query else None,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.rest_client.request(
+                method, url, headers=headers, _request_timeout=(CONNECT_TIMEOUT, timeout)
+            )
+            raw = response.response
+            if not 200 <= raw.status < 300:
+                data = json.loads(raw.data or b"{}")
+                raise error_for(
+                    raw.status, str(data.get("reason") or raw.reason), str(data.get("message")), method, path
+                )
+            try:
+                yield from parse_lines(raw.stream(65536))
+            finally:
+                raw.release_conn()
+        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+            raise UnavailableError(0, "Unavailable", f"{type(exc).__name__}: {exc}", method, path) from None
 
     async def request(
         self,

@@ -13,6 +13,11 @@ class KubeApiError(RuntimeError):
         self.message = message
 
 
+class UnavailableError(KubeApiError):
+    """The API server could not be reached or did not answer in time (status 0), or answered that it
+    cannot serve now (429, 5xx): an outage of the cluster's control plane, retried soon."""
+
+
 class NotFoundError(KubeApiError):
     """404: the object (or its kind) does not exist."""
 
@@ -39,5 +44,5 @@ _BY_STATUS: dict[int, type[KubeApiError]] = {
 
 def error_for(status: int, reason: str, message: str, method: str = "", path: str = "") -> KubeApiError:
     """Build the most specific error class for an HTTP status."""
-    cls = _BY_STATUS.get(status, KubeApiError)
+    cls = _BY_STATUS.get(status, UnavailableError if status == 429 or status >= 500 else KubeApiError)
     return cls(status, reason, message, method, path)

@@ -6,14 +6,15 @@ series. Label values are bounded sets (golden path, tier, team, reason, operatio
 object's name or uid, which would grow cardinality without limit.
 
 Other parts of the operator record through the small typed methods of :class:`Metrics`
-(``observe_guardrail_decision``, ``observe_admission_review``, ``observe_stage``, ``wait_for_slot``)
+(``observe_guardrail_decision``, ``observe_admission_review``, ``observe_stage``, ``queued``, ``slot_taken``)
 rather than touching the prometheus-client objects, so label names cannot drift between callers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ NOTIFICATION_CHANNELS = ("Slack", "Webhook", "none")
 NOTIFICATION_SCOPES = ("team", "platform", "none")
 NOTIFICATION_RESULTS = ("delivered", "failed", "dropped")
 NOTIFICATION_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
+# What a ServiceRequest reconcile found (label values of blacktop_reconciles_total): nothing to do
+# (its inputs did not change: no run, no write), a run that converged it, or a failure to retry.
+RECONCILE_OUTCOMES = ("unchanged", "converged", "failed")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Metrics:
     guardrail_decisions: Counter
     admission_duration: Histogram
     drift_detected: Counter
+    reconciles: Counter
     runs_in_flight: Gauge
     runs_queued: Gauge
     event_loop_lag: Gauge
@@ -106,6 +111,12 @@ class Metrics:
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record time spent in one stage (e.g. ``policy`` for the plan-stage guardrail evaluation)."""
         self.stage_duration.labels(stage=stage).observe(seconds)
+
+    def observe_reconcile(self, kind: str, outcome: str) -> None:
+        """Count one reconcile of ``kind`` by its outcome (one of :data:`RECONCILE_OUTCOMES`)."""
+        if outcome not in RECONCILE_OUTCOMES:
+            raise ValueError(f"reconcile outcome {outcome!r} is not one of {RECONCILE_OUTCOMES}")
+        self.reconciles.labels(kind=kind, outcome=outcome).inc()
 
     def observe_object(self, kind: str, body: dict[str, Any], *, deleted: bool = False) -> None:
         """Take in one watch event of an Environment, GoldenPath or ServiceRequest and record what changed."""
@@ -205,30 +216,24 @@ class Metrics:
             for result in ("requested", "approved"):
                 self.approvals.labels(operation=operation, result=result)
 
-    async def wait_for_slot(self, *semaphores: asyncio.Semaphore) -> None:
-        """Take one slot of each of ``semaphores`` in order (the time spent is the ``queued`` stage);
-        the caller releases them (:meth:`release_slot`). Cancelled while waiting, it holds none."""
+    @asynccontextmanager
+    async def queued(self) -> AsyncIterator[None]:
+        """A run waiting for a slot for the block: counted in ``runs_queued``, timed as ``queued``."""
         self.runs_queued.inc()
         waiting = time.monotonic()
-        taken: list[asyncio.Semaphore] = []
         try:
-            for semaphore in semaphores:
-                await semaphore.acquire()
-                taken.append(semaphore)
-        except BaseException:
-            for semaphore in taken:
-                semaphore.release()
-            raise
+            yield
         finally:
             self.runs_queued.dec()
-        self.observe_stage("queued", time.monotonic() - waiting)
+            self.observe_stage("queued", time.monotonic() - waiting)
+
+    def slot_taken(self) -> None:
+        """A run holds a slot now (it keeps it to its end): counted in ``runs_in_flight``."""
         self.runs_in_flight.inc()
 
-    def release_slot(self, *semaphores: asyncio.Semaphore) -> None:
-        """Give back a slot :meth:`wait_for_slot` took."""
+    def slot_released(self) -> None:
+        """A run gave back the slot :meth:`slot_taken` counted."""
         self.runs_in_flight.dec()
-        for semaphore in semaphores:
-            semaphore.release()
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -280,6 +285,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             ["golden_path"],
             registry=registry,
         ),
+        reconciles=_reconciles(registry),
         runs_in_flight=Gauge(
             "blacktop_runs_in_flight", "OpenTofu runs holding a slot now (in pod mode: runner pods).", registry=registry
         ),
@@ -372,3 +378,15 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     for tier in TIERS:
         metrics.environment_onboarding.labels(tier=tier)
     return metrics
+
+
+def _reconciles(registry: CollectorRegistry) -> Counter:
+    counter = Counter(
+        "blacktop_reconciles",
+        "ServiceRequest reconciles by outcome: unchanged (nothing to do: no run, no write), converged, failed.",
+        ["kind", "outcome"],
+        registry=registry,
+    )
+    for outcome in RECONCILE_OUTCOMES:  # at zero from the start, so rate() sees the first one
+        counter.labels(kind="ServiceRequest", outcome=outcome)
+    return counter

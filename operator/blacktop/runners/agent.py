@@ -48,7 +48,7 @@ from blacktop.runners import pods
 from blacktop.runners.exchange import Answer, Command, ResultTooLargeError, decode_answer, encode_answer
 from blacktop.terraform import workspace
 from blacktop.terraform.errors import Classification
-from blacktop.terraform.redact import redact, tail
+from blacktop.terraform.redact import Redactor, tail
 from blacktop.terraform.runner import RunResult
 from blacktop.terraform.subprocess_runner import SubprocessRunner
 from blacktop.toolbox import cache_dir, find_tool
@@ -180,7 +180,9 @@ class Agent:
         self.credentials = {k: environ[k] for k in config.credentials if k in environ}
         redact_file = inputs / pods.REDACT_KEY
         passed = json.loads(redact_file.read_text()) if redact_file.is_file() else []
-        self.secrets = (*self.credentials.values(), *(str(v) for v in passed))
+        # Credentials by name (a user name is masked as a value, a password wherever it stands), the
+        # other requests' outputs it was given as secrets.
+        self.redact = Redactor.of(self.credentials, (str(v) for v in passed))
         self.workdir = work / "workspace"
         self.saved: bytes | None = None  # the state as the state Secret has it
         self._save_lock = asyncio.Lock()
@@ -217,7 +219,7 @@ class Agent:
             timeout=self.config.timeout,
             grace=self.config.grace,
             slot=_no_slot,
-            secrets=self.secrets,
+            redact=self.redact,
         )
         done = 0
         while not self._stopping:
@@ -296,7 +298,7 @@ class Agent:
                 result.classification = Classification(Reason.RUNNER_FAILED)
                 result.exit_code = result.exit_code or 1
         if operation not in {"show", "output"}:  # their stdout is data (sent apart), not words
-            result.stdout = redact(result.stdout, self.secrets)
+            result.stdout = self.redact(result.stdout)
         else:
             result.stdout = ""
         code = "timed out" if result.timed_out else f"exit {result.exit_code}"
@@ -408,7 +410,7 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
     try:
         return asyncio.run(run())
     except Exception as exc:
-        words = redact(f"{type(exc).__name__}: {exc}", agent.secrets)
+        words = agent.redact(f"{type(exc).__name__}: {exc}")
         logger.error("the runner failed: %s", words)
         with contextlib.suppress(OSError):
             TERMINATION_LOG.write_text(words[-2000:])  # kubelet puts it into the pod's status

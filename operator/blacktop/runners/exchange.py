@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from blacktop.api.servicerequest import PlanSummary
 from blacktop.terraform.errors import Classification
 from blacktop.terraform.plan import summarise
 from blacktop.terraform.runner import Outputs, PlanResult, RunResult, ShownPlan
@@ -96,6 +97,8 @@ def encode_answer(answer: Answer) -> str:
         }
     if isinstance(result, ShownPlan):
         body["plan"], body["digest"] = result.plan, result.digest
+    if isinstance(result, PlanResult):  # the counts came with the plan (plan -json): no show needed for them
+        body["summary"] = result.summary.model_dump(mode="json")
     if isinstance(result, Outputs):
         body["outputs"] = {name: [value, sensitive] for name, (value, sensitive) in result.values.items()}
     packed = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
@@ -125,7 +128,7 @@ def decode_answer(data: JSON | None) -> Answer | None:
         values = {name: (pair[0], bool(pair[1])) for name, pair in (body["outputs"] or {}).items()}
         result = Outputs(**base, values=values)
     elif base.get("operation") == "plan":
-        result = PlanResult(**base)
+        result = PlanResult(**base, summary=PlanSummary.model_validate(body.get("summary") or {}))
     else:
         result = RunResult(**base)
     result.classification = classification

@@ -95,6 +95,11 @@ class PodRunners:
         self.active: set[str] = set()  # runs of this process whose objects exist
         self._swept = float("-inf")
 
+    async def stop(self, grace: float) -> None:
+        """Nothing to stop here: a runner pod holds its request's state lock itself, so a pod left
+        working by a replica that stops or loses its lease never writes beside another run; the next
+        leader waits for it before it runs that request again (:meth:`settle`)."""
+
     async def settle(self, target: RunTarget, announce: Announce) -> None:
         await self.sweep()
         selector = f"{pods.RUNNER_SELECTOR},{pods.LABEL_REQUEST}={target.state.suffix}"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import hcl2
+from hcl2 import parser as hcl2_parser
 
 from blacktop.api.conditions import Reason
 from blacktop.terraform.findings import Findings, ModuleCall, analyse, from_json, refusal
@@ -202,7 +203,12 @@ def inspect(root: Path, module: str) -> ModuleInfo:
 
 
 def _info(module: str, path: Path, sha: str, root: Path) -> ModuleInfo:
-    return ModuleInfo(path=path, digest=sha, findings=inspect_folder(path, root, module), root=root)
+    try:
+        return ModuleInfo(path=path, digest=sha, findings=inspect_folder(path, root, module), root=root)
+    finally:
+        # The HCL parser (lark's tables, ~12 MiB) is needed once per module digest: let it go, it
+        # is rebuilt from its on-disk cache when a module changes.
+        hcl2_parser.parser.cache_clear()
 
 
 class ModuleCache:

@@ -119,7 +119,10 @@ class RunResult:
 
 @dataclass
 class PlanResult(RunResult):
-    """``plan``: succeeds with or without changes."""
+    """``plan``: succeeds with or without changes; ``summary`` counts them (from the tool's own
+    machine-readable account, without showing the saved plan)."""
+
+    summary: PlanSummary = field(default_factory=PlanSummary)
 
     @property
     def changes(self) -> bool:
@@ -208,4 +211,9 @@ class Runners(Protocol):
 
     async def discard(self, name: str) -> None:
         """Remove what runs of the target ``name`` left behind (after a destroy)."""
+        ...
+
+    async def stop(self, grace: float) -> None:
+        """Stop every operation in flight now: ask them to stop, and force them after ``grace``
+        seconds (a leader that lost its lease must have nothing running before it can pass)."""
         ...

@@ -9,6 +9,14 @@ refuses a plan file that is no longer that one (the plan the guardrails judged i
 group, so a timeout or an operator shutdown terminates the tool *and* its provider plugins: SIGTERM
 first, letting the tool release what it holds, SIGKILL after a grace period. Bounded, cancellable,
 never blocking the event loop.
+
+The tool outlives the operator well. Its output goes to files in the workspace, read after it
+exits: a pipe would lead to a dead reader once the operator is killed, and the tool would die of
+SIGPIPE mid-stop, leaving its provider plugins behind. The kernel sends it SIGTERM when the
+operator dies (``PR_SET_PDEATHSIG``), so it stops as on shutdown: finishes what is in flight,
+persists the state, stops its plugins. Its pid stays recorded in the workspace while it runs; the
+next runner opened on that workspace (a restarted operator) waits for such a leftover to finish
+its stop (up to the grace period), then kills what is left of its process group.
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ from blacktop.api.conditions import Reason
 from blacktop.config import Settings
 from blacktop.terraform import module, workspace
 from blacktop.terraform.errors import Classification, classify
-from blacktop.terraform.plan import summarise
-from blacktop.terraform.redact import redact
+from blacktop.terraform.plan import summarise, summarise_stream
+from blacktop.terraform.redact import Redactor
 from blacktop.terraform.runner import (
     Announce,
     Ending,
@@ -51,6 +59,9 @@ from blacktop.toolbox import cache_dir, find_tool
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 # Loaded here, not in the forked child: dlopen after fork in a threaded process can deadlock.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# What is read back of the tool's output files: a plan's JSON can be large, messages are not.
+_STDOUT_LIMIT = 64 * 1024 * 1024
+_STDERR_LIMIT = 1024 * 1024
 
 
 def command(binary: str, workdir: Path, operation: str, *args: str, **options: Any) -> list[str]:
@@ -90,7 +101,9 @@ class SubprocessRunner:
     timeout: float
     grace: float  # SIGTERM to SIGKILL
     slot: Slot
-    secrets: tuple[str, ...] = ()  # values redacted from the output
+    # Masks the run's credentials and other requests' outputs (its inputs) in what the tool says.
+    redact: Redactor = field(default_factory=Redactor)
+    live: set[asyncio.subprocess.Process] = field(default_factory=set)  # tools running now (of all runners)
     shown: str | None = field(default=None, init=False)  # digest of the saved plan show_plan showed
 
     async def init(self) -> RunResult:
@@ -99,15 +112,20 @@ class SubprocessRunner:
     async def plan(self) -> PlanResult:
         self.shown = None  # a new plan replaces the file: nothing is shown (judged) until show_plan
         # -detailed-exitcode: exit 2 (changes) is a success too, and tells changes from none.
+        # -json: the summary comes with the plan (no `show` needed for it); diagnostics are read back
+        # into words, so failures are classified and reported as without it.
         result = await self.run(
             "plan",
             out=workspace.PLAN_FILE,
             var_file=workspace.VAR_FILE,
             lock=False,
             detailed_exitcode=IsFlagged,
+            json=IsFlagged,
             ok_codes=(0, 2),
+            stdout_is_stream=True,
         )
-        return retyped(PlanResult, result)
+        summary, _ = summarise_stream(result.stdout) if result.ok else (None, "")
+        return retyped(PlanResult, result, **({"summary": summary} if summary is not None else {}))
 
     async def show_plan(self) -> ShownPlan:
         before = await asyncio.to_thread(plan_digest, self.workdir)
@@ -145,47 +163,79 @@ class SubprocessRunner:
     async def destroy(self) -> RunResult:
         return await self.run("destroy", var_file=workspace.VAR_FILE, lock=False)
 
-    async def run(self, operation: str, *args: str, ok_codes: tuple[int, ...] = (0,), **options: Any) -> RunResult:
-        """Run one operation; output is redacted before it leaves this method."""
+    async def run(
+        self,
+        operation: str,
+        *args: str,
+        ok_codes: tuple[int, ...] = (0,),
+        stdout_is_stream: bool = False,
+        **options: Any,
+    ) -> RunResult:
+        """Run one operation; output is redacted before it leaves this method. Raises WorkspaceError
+        when the tool cannot be started or its output not read (the operator's disk)."""
         argv = command(self.binary, self.workdir, operation, *args, **options)
+        out_file, err_file = workspace.output_files(self.workdir, operation)
         async with self.slot(operation):
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            proc = await self._start(argv, out_file, err_file, operation)
+            self.live.add(proc)
             timed_out = False
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+                await asyncio.wait_for(proc.wait(), timeout=self.timeout)
             except TimeoutError:
                 timed_out = True
                 await _terminate(proc, self.grace)
-                out, err = b"", b""
             except asyncio.CancelledError:
                 # Operator shutdown: let the tool stop cleanly, then go.
                 await asyncio.shield(_terminate(proc, self.grace))
                 raise
+            finally:
+                self.live.discard(proc)
+                if proc.returncode is not None:
+                    _forget_pid(self.workdir)
             seconds = time.monotonic() - started
+        out, err = await asyncio.gather(
+            asyncio.to_thread(workspace.read_output, out_file, _STDOUT_LIMIT),
+            asyncio.to_thread(workspace.read_output, err_file, _STDERR_LIMIT),
+        )
         code = proc.returncode if proc.returncode is not None else -1
+        if stdout_is_stream and code not in ok_codes:  # the machine-readable messages, in words
+            _, said = summarise_stream(out)
+            err = f"{err}\n{said}".strip()
         result = RunResult(
             operation=operation,
             exit_code=code,
-            stdout=out.decode(errors="replace"),
-            stderr=redact(err.decode(errors="replace"), self.secrets),
+            stdout="" if timed_out else out,
+            stderr=self.redact(err),
             seconds=seconds,
             timed_out=timed_out,
             ok_codes=ok_codes,
         )
         if not result.ok:
-            combined = result.stderr + "\n" + redact(result.stdout, self.secrets)
+            combined = result.stderr if stdout_is_stream else result.stderr + "\n" + self.redact(result.stdout)
             result.classification = classify(operation, combined, timed_out=timed_out)
         return result
+
+    async def _start(
+        self, argv: list[str], out_file: Path, err_file: Path, operation: str
+    ) -> asyncio.subprocess.Process:
+        """Start the tool writing into the output files, and record its pid in the workspace."""
+        try:
+            with out_file.open("wb") as out, err_file.open("wb") as err:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=self.workdir,
+                    env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            workspace.pid_file(self.workdir).write_text(str(proc.pid))
+        except OSError as exc:
+            raise workspace.WorkspaceError(f"cannot start {operation}: {exc.strerror or exc}") from exc
+        return proc
 
 
 @dataclass(frozen=True)
@@ -200,6 +250,7 @@ class SubprocessRunners:
     cli_config: Path | None  # the CLI configuration pointing at the offline provider mirror
     # Every run checks the module it is about to run (terraform/module.py check_source, check_copy).
     allowed_providers: tuple[str, ...]
+    live: set[asyncio.subprocess.Process] = field(default_factory=set)  # tools running now
 
     @classmethod
     def from_settings(cls, settings: Settings, *, kubeconfig: str | None) -> SubprocessRunners:
@@ -217,11 +268,14 @@ class SubprocessRunners:
         )
 
     async def settle(self, target: RunTarget, announce: Announce) -> None:
-        return None  # runs of an earlier process died with it (PR_SET_PDEATHSIG): nothing to wait for
+        # Runs of an earlier process got SIGTERM when it died (PR_SET_PDEATHSIG); open waits for
+        # what is left of such a tool in the workspace (its graceful stop) before anything runs there.
+        return None
 
     async def open(self, target: RunTarget, slot: Slot, run: RunIdentity) -> SubprocessRunner:
         """A runner on a fresh workspace copy of the module; raises ModuleRefused when the module (as
         shipped, or as copied) must not run: nothing of it runs then, not even ``init``."""
+        await _await_leftover(self.workspace_root / target.name, self.grace)
         backend = workspace.Backend(target.state, self.kubeconfig)
         await asyncio.to_thread(module.check_source, target.module, target.root)
         workdir = await asyncio.to_thread(
@@ -235,11 +289,15 @@ class SubprocessRunners:
             timeout=self.timeout,
             grace=self.grace,
             slot=slot,
-            secrets=(*target.credentials.values(), *target.secrets),
+            redact=Redactor.of(target.credentials, target.secrets),
+            live=self.live,
         )
 
     async def discard(self, name: str) -> None:
         await asyncio.to_thread(workspace.remove, self.workspace_root, name)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(_terminate(proc, grace) for proc in list(self.live)))
 
 
 def _die_with_parent() -> None:
@@ -263,3 +321,43 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+def _forget_pid(workdir: Path) -> None:
+    with contextlib.suppress(OSError):
+        workspace.pid_file(workdir).unlink()
+
+
+def _group_in(pgid: int, workdir: Path) -> list[int]:
+    """The live processes of process group ``pgid`` working in ``workdir`` (the tool and its
+    plugins; the working directory tells them from an unrelated group that reused the number)."""
+    members = []
+    workdir = workdir.resolve()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields_after_name = stat[stat.rindex(")") + 2 :].split()
+            state, group = fields_after_name[0], int(fields_after_name[2])
+            if group == pgid and state != "Z" and Path(os.readlink(entry / "cwd")) == workdir:
+                members.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
+
+
+async def _await_leftover(workdir: Path, grace: float) -> None:
+    """A tool an earlier operator started here and did not see end (it was killed): wait for it to
+    finish its graceful stop, up to ``grace`` seconds, then kill what is left of its group."""
+    pid = await asyncio.to_thread(workspace.recorded_pid, workdir)
+    if pid is None or sys.platform != "linux":
+        return
+    deadline = time.monotonic() + grace
+    while await asyncio.to_thread(_group_in, pid, workdir):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            break
+        await asyncio.sleep(0.2)
+    _forget_pid(workdir)

@@ -3,11 +3,14 @@
 The shipped module folder is never run in place. Each request gets its own directory (kept between
 runs so installed providers are reused), refreshed from the module before every run. State lives in
 the cluster through the built-in ``kubernetes`` backend (:mod:`blacktop.terraform.state`). Variables
-go into a JSON var file: nothing is ever interpolated into a shell. Only the subprocess runner knows
-this layout; everything else talks to a :class:`blacktop.terraform.runner.Runner`. A workspace holds
-the variables, saved plans (with every value the plan knows, generated passwords included) and
-provider caches, so it is readable by the operator's user only: folders 0700, files 0600 (0700 when
-executable), and the tool runs with umask 077 (terraform/subprocess_runner.py) so what it writes is too.
+go into a JSON var file: nothing is ever interpolated into a shell. The tool's output goes to files
+in ``.blacktop/`` (read after it exits, so the tool never writes into a pipe whose reader may be
+gone), next to the pid of the tool running now. Only the subprocess runner knows this layout;
+everything else talks to a :class:`blacktop.terraform.runner.Runner`. A workspace holds the
+variables, saved plans (with every value the plan knows, generated passwords included) and provider
+caches, so it is readable by the operator's user only: folders 0700, files 0600 (0700 when
+executable), and the tool runs with umask 077 (terraform/subprocess_runner.py) so what it writes is
+too. Any failure of the file system (a full disk, a read-only mount) is a :class:`WorkspaceError`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 
 from blacktop.terraform.state import StateRef
 
-KEEP = {".terraform", ".terraform.lock.hcl"}
+RUN_DIR = ".blacktop"  # the tool's output files and the pid of the tool running now
+KEEP = {".terraform", ".terraform.lock.hcl", RUN_DIR}
 # What a run inherits from the operator's environment: the basics, and in a cluster where the
 # apiserver is (the kubernetes backend's in_cluster_config reads these two, as client-go does).
 _PASSED_THROUGH = frozenset(
@@ -30,6 +34,11 @@ _PASSED_THROUGH = frozenset(
 VAR_FILE = "terraform.tfvars.json"
 PLAN_FILE = "tfplan"
 STATE_FILE = "terraform.tfstate"
+PID_FILE = "tool.pid"
+
+
+class WorkspaceError(Exception):
+    """The workspace could not be prepared or read (the operator's disk, not the request)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,15 @@ class LocalBackend:
 
 
 def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend | LocalBackend) -> Path:
-    """(Re)create the workspace ``root/key`` from ``module``; returns its path (blocking I/O)."""
+    """(Re)create the workspace ``root/key`` from ``module``; returns its path (blocking I/O).
+    Raises WorkspaceError when the file system refuses (no space left, read-only, ...)."""
+    try:
+        return _prepare(root, key, module, variables, backend)
+    except OSError as exc:
+        raise WorkspaceError(f"cannot prepare the workspace {root / key}: {exc.strerror or exc}") from exc
+
+
+def _prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backend: Backend | LocalBackend) -> Path:
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if root.stat().st_uid == os.getuid():
         root.chmod(0o700)  # it may predate this rule
@@ -98,8 +115,38 @@ def prepare(root: Path, key: str, module: Path, variables: dict[str, Any], backe
     (workdir / "blacktop_backend_override.tf.json").write_text(json.dumps(backend.config(), indent=2))
     var_file = workdir / VAR_FILE
     var_file.write_text(json.dumps(variables, indent=2, sort_keys=True))
+    (workdir / RUN_DIR).mkdir(exist_ok=True)
     _private(workdir)  # copies keep the module's 0644; providers and plans of earlier runs too
     return workdir
+
+
+def output_files(workdir: Path, operation: str) -> tuple[Path, Path]:
+    """Where one operation's stdout and stderr go."""
+    return workdir / RUN_DIR / f"{operation}.stdout", workdir / RUN_DIR / f"{operation}.stderr"
+
+
+def read_output(path: Path, limit: int) -> str:
+    """The text the tool wrote to ``path``: its first ``limit`` bytes (blocking I/O)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(limit).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise WorkspaceError(f"cannot read the tool's output {path}: {exc.strerror or exc}") from exc
+
+
+def pid_file(workdir: Path) -> Path:
+    """The file naming the tool process running in ``workdir`` now (absent when none runs)."""
+    return workdir / RUN_DIR / PID_FILE
+
+
+def recorded_pid(workdir: Path) -> int | None:
+    """The pid a tool recorded in ``workdir`` and did not clear (its run did not end cleanly)."""
+    try:
+        return int(pid_file(workdir).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
 
 
 def remove(root: Path, key: str) -> None:

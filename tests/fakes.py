@@ -95,11 +95,18 @@ class FakeClient:
         self.calls: list[tuple[str, str, str]] = []  # (verb, kind, name)
         self.reached: set[str] = set()  # every reason written into a status condition or an Event
         self._version = 0
+        # What the real client knows of itself: the kubeconfig it was built from, who it acts as.
+        self.kubeconfig: str | None = None
+        self.username = "system:serviceaccount:blacktop-system:blacktop"
 
     # -- what tests use -------------------------------------------------------------------------
 
     def close(self) -> None:
         """Nothing to release (the real client's connection pool)."""
+
+    async def whoami(self) -> str:
+        """Who the operator is to the API server (the real client asks with a SelfSubjectReview)."""
+        return self.username
 
     def refuse(self, verb: str, kind: str, error: KubeApiError) -> None:
         """Make every ``verb`` (get, list, create, apply, replace, merge_patch, delete) of ``kind`` fail."""

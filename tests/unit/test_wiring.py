@@ -52,12 +52,7 @@ def test_the_settings_the_cli_built_are_the_only_ones(monkeypatch: pytest.Monkey
     )
     ran: dict[str, Any] = {}
     client = FakeClient(Clock())
-    client.kubeconfig = "/tmp/resolved.kubeconfig"  # type: ignore[attr-defined]  # a name only: nothing reads it
-
-    async def whoami() -> str:
-        return "system:serviceaccount:blacktop-system:blacktop"
-
-    client.whoami = whoami  # type: ignore[attr-defined]
+    client.kubeconfig = "/tmp/resolved.kubeconfig"  # a name only: nothing reads it
 
     async def operator(**kwargs: Any) -> None:
         ran.update(kwargs)

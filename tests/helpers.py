@@ -222,6 +222,13 @@ class Watch:
         self._proc.wait(timeout=10)
 
 
+def apiserver_webhook_cert(cluster: Any) -> tuple[Path, Path]:
+    """The client certificate the apiserver presents to webhooks (localcluster's admission config):
+    what a test presents to post a review itself to an operator that requires it."""
+    pki = Path(cluster.webhook_client_ca).parent
+    return pki / "webhook-client.crt", pki / "webhook-client.key"
+
+
 def unique(prefix: str) -> str:
     """A fresh DNS-label name, so tests never collide with each other or with earlier runs."""
     return f"{prefix}-{os.urandom(3).hex()}"

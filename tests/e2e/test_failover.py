@@ -27,6 +27,7 @@ import yaml
 from helpers import (
     Kubectl,
     OperatorProcess,
+    apiserver_webhook_cert,
     apply_json,
     apply_ready,
     get,
@@ -114,8 +115,9 @@ def role(replica: OperatorProcess) -> str:
         return str(response.read().decode())
 
 
-def admits(replica: OperatorProcess) -> bool:
-    """Whether the replica's own webhook answers a review (a policy that does not compile is refused)."""
+def admits(replica: OperatorProcess, cert: tuple[Path, Path]) -> bool:
+    """Whether the replica's own webhook answers a review (a policy that does not compile is refused),
+    posted with the apiserver's client certificate (``cert``: the replicas accept no other client)."""
     review = {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -134,6 +136,7 @@ def admits(replica: OperatorProcess) -> bool:
         headers={"Content-Type": "application/json"},
     )
     context = ssl._create_unverified_context()  # the test only checks that it answers
+    context.load_cert_chain(str(cert[0]), str(cert[1]))
     with urllib.request.urlopen(request, timeout=5, context=context) as response:
         answer: dict[str, Any] = json.loads(response.read())
     return answer["response"]["allowed"] is False and "does not compile" in answer["response"]["status"]["message"]
@@ -161,15 +164,18 @@ def replicas(operator: OperatorProcess, installed: Path, modules_root: Path, tmp
     operator.start()
 
 
-def test_one_replica_reconciles_and_the_standby_takes_over_within_15_seconds(kubectl: Kubectl, replicas: Any) -> None:
+def test_one_replica_reconciles_and_the_standby_takes_over_within_15_seconds(
+    kubectl: Kubectl, replicas: Any, cluster: Any
+) -> None:
     first = replicas("first")
     wait_for(lambda: "leading" in role(first), timeout=60, what="the first replica to lead")
     apply_ready(kubectl, tiny_golden_path("tiny-failover"))
     env = make_environment(kubectl, unique("failover-env"), "payments")
     second = replicas("second")
     wait_for(lambda: "standing by" in role(second), timeout=30, what="the second replica to stand by")
-    assert admits(first)
-    assert admits(second)  # a standby answers admission too
+    cert = apiserver_webhook_cert(cluster)
+    assert admits(first, cert)
+    assert admits(second, cert)  # a standby answers admission too
 
     before = unique("before")
     apply_json(kubectl, service_request(before, env, "tiny-failover"))

@@ -30,6 +30,7 @@ from helpers import (
     REPO,
     Kubectl,
     OperatorProcess,
+    apiserver_webhook_cert,
     apply_json,
     apply_ready,
     as_user,
@@ -610,9 +611,7 @@ def _post(
 
 
 def _apiserver_cert(cluster: Any) -> tuple[Path, Path]:
-    """The client certificate the apiserver presents to webhooks (localcluster's admission config)."""
-    pki = Path(cluster.webhook_client_ca).parent
-    return pki / "webhook-client.crt", pki / "webhook-client.key"
+    return apiserver_webhook_cert(cluster)
 
 
 def _review(uid: str, obj: dict[str, Any], user: str, groups: list[str]) -> dict[str, Any]:

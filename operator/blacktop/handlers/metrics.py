@@ -19,7 +19,9 @@ from blacktop.metrics import server
 
 @kopf.on.startup()
 async def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
-    ctx = started_context(memo, "metrics")
+    ctx = started_context(memo)
+    if ctx is None:
+        return
     memo.metrics_server = server.start(ctx.metrics, ctx.settings.metrics_port)
 
 

@@ -64,7 +64,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def identify(memo: kopf.Memo, **_: Any) -> None:
     """Who the operator is to the apiserver (its own changes pass the team boundary, see
     controllers/admission.py), and the guardrail worker processes, before the first review."""
-    ctx = started_context(memo, "identification")
+    ctx = started_context(memo)
+    if ctx is None:
+        return
     try:
         ctx.username = await memo.kube.whoami()
     except KubeApiError as exc:

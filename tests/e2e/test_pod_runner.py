@@ -253,7 +253,7 @@ def test_a_runner_deleted_mid_apply_is_runner_evicted_and_the_retry_recovers(
     kubectl: Kubectl, environment: str, postgres: PostgresServer, pod_operator: OperatorProcess
 ) -> None:
     name = unique("evict")
-    database = f"{environment}_{name}".replace("-", "_")
+    database = f"{environment}__{name}".replace("-", "_")  # <environment>__<database> on the server
     postgres.pause()  # connections hang: the apply waits in CREATE ROLE
     try:
         apply_json(kubectl, service_request(name, environment, POSTGRES, database=name.replace("-", "_")))
@@ -307,7 +307,7 @@ def test_an_operator_killed_mid_apply_leaves_its_runner_to_the_next_one_which_wa
     kubectl: Kubectl, environment: str, postgres: PostgresServer, pod_operator: OperatorProcess
 ) -> None:
     name = unique("adopt")
-    database = f"{environment}_{name}".replace("-", "_")
+    database = f"{environment}__{name}".replace("-", "_")  # <environment>__<database> on the server
     postgres.pause()
     try:
         apply_json(kubectl, service_request(name, environment, POSTGRES, database=name.replace("-", "_")))

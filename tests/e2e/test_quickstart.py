@@ -341,8 +341,14 @@ def test_readme_quickstart_works_as_written_against_make_run(home: Path, tmp_pat
         portal = re.search(r"^The developer portal \(read-only\): (http://127\.0\.0\.1:\d+/)$", output, re.M)
         assert portal is not None, output[-2000:]
         assert portal.group(1) == f"http://127.0.0.1:{run.env['BLACKTOP_PORTAL_PORT']}/"
-        with urllib.request.urlopen(portal.group(1) + "catalog", timeout=30) as page:
-            assert "postgres-database" in page.read().decode()
+        url = portal.group(1) + "catalog"
+
+        def catalog_shown() -> bool:
+            # The portal's cache fills from the operator's watches, which start as the operator does.
+            with urllib.request.urlopen(url, timeout=30) as page:
+                return "postgres-database" in page.read().decode()
+
+        wait_for(catalog_shown, timeout=60, interval=0.5, what="the portal's catalog to show postgres-database")
         kubectl = Kubectl(run.kubeconfig())
         assert run.kubeconfig().is_relative_to(run.tmpdir)
         # The README's sample shows the same steps and the same kind of lines for the second terminal.

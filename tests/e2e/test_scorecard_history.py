@@ -48,7 +48,7 @@ METRICS = [m.value for m in Metric]
 
 
 @pytest.fixture(scope="module")
-def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from blacktop.kube.client import KubeClient
     from blacktop.kube.install import install
     from blacktop.localcluster import LocalCluster
@@ -61,23 +61,28 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             asyncio.run(install(client))
         finally:
             client.close()
-        yield local.kubeconfig
+        yield local
 
 
 @pytest.fixture(scope="module")
-def admin(own_cluster: Path) -> Kubectl:
-    return Kubectl(own_cluster)
+def admin(own_cluster: Any) -> Kubectl:
+    return Kubectl(own_cluster.kubeconfig)
 
 
 @pytest.fixture(scope="module")
 def scorecard_operator(
-    own_cluster: Path, modules_root: Path, tmp_path_factory: pytest.TempPathFactory
+    own_cluster: Any, modules_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    # The only operator of this control plane: it serves admission here (platform edits are seen there).
+    # The only operator of this control plane: it serves admission here (platform edits are seen there),
+    # trusting this control plane's webhook client certificate (not the session's).
     proc = OperatorProcess(
-        own_cluster,
+        own_cluster.kubeconfig,
         tmp_path_factory.mktemp("scorecard-operator") / "operator.log",
-        env={"BLACKTOP_MODULES_ROOT": str(modules_root), "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true"},
+        env={
+            "BLACKTOP_MODULES_ROOT": str(modules_root),
+            "BLACKTOP_WEBHOOK_MANAGE_CONFIG": "true",
+            "BLACKTOP_WEBHOOK_CLIENT_CA": str(own_cluster.webhook_client_ca),
+        },
     )
     proc.start()
     yield proc

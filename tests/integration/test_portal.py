@@ -231,6 +231,18 @@ def test_the_catalog_lists_every_golden_path_with_its_documentation(
     expect(page.locator("#tiers")).to_have_text(re.compile(r"dev\s+staging\s+prod"))
 
 
+def _allowed(prop: dict[str, Any]) -> str:
+    """What the table's "allowed" column says of a property: its values, else its length and pattern."""
+    if "enum" in prop:
+        return ", ".join(prop["enum"])
+    parts = []
+    if "maxLength" in prop:
+        parts.append(f"{prop.get('minLength', 0)} to {prop['maxLength']} characters")
+    if "pattern" in prop:
+        parts.append(f"matches {prop['pattern']}")
+    return "; ".join(parts)
+
+
 def test_the_parameter_table_matches_the_schema(
     kubectl: Kubectl, world: dict[str, str], visitors: dict[str, Visitor], portal: str, admin_page: Page
 ) -> None:
@@ -248,7 +260,7 @@ def test_the_parameter_table_matches_the_schema(
             "type": prop["type"],
             "required": "yes" if name in schema.get("required", []) else "no",
             "default": str(prop.get("default", "")),
-            "allowed": ", ".join(prop["enum"]) if "enum" in prop else f"matches {prop['pattern']}",
+            "allowed": _allowed(prop),
             "description": prop["description"],
         }
         for name, prop in schema["properties"].items()

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blacktop.api.common import MAX_CONDITION_MESSAGE, Condition
-from blacktop.api.guardrailpolicy import Mode, RuleStage
+from blacktop.api.guardrailpolicy import ApprovalRequirement, Mode, RuleStage
 from blacktop.builders import parameters
 from blacktop.builders.rbac import operator_subject
 from blacktop.guardrails import boundaries, cel, cost, engine
@@ -262,8 +262,19 @@ def test_decisions_travel_as_json() -> None:
     decision = engine.Decision(
         denials=[engine.Violation("p", "r", Mode.ENFORCE, RuleStage.PLAN, "why", ("a.b",))],
         warnings=[engine.Violation("w", "r", Mode.WARN, RuleStage.ADMISSION, "hm")],
+        # A rule asking for approval keeps its requirement on the way back (approvals read it).
+        approvals=[
+            engine.Violation(
+                "a",
+                "lead",
+                Mode.ENFORCE,
+                RuleStage.PLAN,
+                "a lead approves",
+                approval=ApprovalRequirement.model_validate({"approvers": [{"kind": "Group", "name": "leads"}]}),
+            )
+        ],
         passed=[("p", "ok", Mode.AUDIT)],
-        evaluated=3,
+        evaluated=4,
     )
     assert engine.decision_from_json(engine.decision_to_json(decision)) == decision
     unfinished = engine.unfinished("p", "r", RuleStage.ADMISSION, "the rule did not finish within 2s")

@@ -351,12 +351,23 @@ def evaluate(
 # -- decisions as JSON (between the operator and its evaluation process) ------------------------------
 
 
+def _violation_json(violation: Violation) -> dict[str, Any]:
+    data = asdict(violation)
+    # The approval a rule asks for is a model: as JSON, so the other side gets the same requirement.
+    data["approval"] = violation.approval.model_dump(mode="json") if violation.approval is not None else None
+    return data
+
+
 def decision_to_json(decision: Decision) -> str:
     """A decision as one line of JSON."""
-    return json.dumps(asdict(decision), default=str)
+    data = asdict(decision)
+    for kind in ("denials", "warnings", "audits", "approvals"):
+        data[kind] = [_violation_json(v) for v in getattr(decision, kind)]
+    return json.dumps(data, default=str)
 
 
 def _violation(data: Mapping[str, Any]) -> Violation:
+    approval = data.get("approval")
     return Violation(
         policy=str(data["policy"]),
         rule=str(data["rule"]),
@@ -364,6 +375,7 @@ def _violation(data: Mapping[str, Any]) -> Violation:
         stage=RuleStage(data["stage"]),
         message=str(data["message"]),
         resources=tuple(str(r) for r in data.get("resources") or ()),
+        approval=ApprovalRequirement.model_validate(approval) if isinstance(approval, dict) else None,
     )
 
 
@@ -374,6 +386,7 @@ def decision_from_json(text: str) -> Decision:
         denials=[_violation(v) for v in data["denials"]],
         warnings=[_violation(v) for v in data["warnings"]],
         audits=[_violation(v) for v in data["audits"]],
+        approvals=[_violation(v) for v in data.get("approvals") or []],
         passed=[(str(p), str(r), Mode(m)) for p, r, m in data["passed"]],
         evaluated=int(data["evaluated"]),
     )

@@ -23,7 +23,9 @@ GROUP, VERSION, PLURAL = "platform.blacktop.dev", "v1alpha1", "servicerequests"
 
 @kopf.on.startup()
 async def start_sweeper(memo: kopf.Memo, **_: Any) -> None:
-    memo.leftover_sweeper = sweeper = leftovers.Sweeper(started_context(memo, "the leftover state sweeper"))
+    if (ctx := started_context(memo)) is None:
+        return
+    memo.leftover_sweeper = sweeper = leftovers.Sweeper(ctx)
     memo.leftover_task = asyncio.get_running_loop().create_task(sweeper.run_forever())
 
 

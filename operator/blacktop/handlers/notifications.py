@@ -22,7 +22,8 @@ GROUP, VERSION = "platform.blacktop.dev", "v1alpha1"
 
 @kopf.on.startup()
 async def start_notifications(memo: kopf.Memo, **_: Any) -> None:
-    notifications.start(started_context(memo, "notifications"))
+    if (ctx := started_context(memo)) is not None:
+        notifications.start(ctx)
 
 
 @kopf.on.cleanup()

@@ -22,7 +22,9 @@ from blacktop.portal.state import ClusterState
 
 
 async def serve_portal(memo: kopf.Memo, **_: Any) -> None:
-    ctx = started_context(memo, "the developer portal")
+    ctx = started_context(memo)
+    if ctx is None:
+        return
     access = Access.through(ctx.client) if ctx.settings.portal_auth == "token" else None
     # The state is in the memo before the server starts: the first watch events may come at once.
     memo.portal_state = ClusterState()

@@ -27,7 +27,9 @@ def _spec_changed(body: kopf.Body) -> bool:
 
 @kopf.on.startup()
 async def start_scorecard(memo: kopf.Memo, **_: Any) -> None:
-    ctx = started_context(memo, "the scorecard")
+    ctx = started_context(memo)
+    if ctx is None:
+        return
     memo.scorecard_task = asyncio.get_running_loop().create_task(run_scorecard(ctx, ctx.settings.resync_seconds))
 
 

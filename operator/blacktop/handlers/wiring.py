@@ -44,14 +44,12 @@ def context_of(memo: Any) -> Context:
     return ctx
 
 
-def started_context(memo: Any, what: str) -> Context:
+def started_context(memo: Any) -> Context | None:
     """The context, for a start-up handler registered after handlers.startup. Kopf runs start-up
     handlers in registration order in each pass, so the context exists here unless `configure`
-    failed in this pass: then this fails permanently too, saying so once, and the operator stops
-    with the real failure instead of retrying (and logging an ERROR) forever."""
-    if getattr(memo, "ctx", None) is None:
-        raise kopf.PermanentError(f"{what} not started: the operator context is missing (start-up `configure` failed)")
-    return context_of(memo)
+    failed (permanently) in this pass: then None, and the handler starts nothing. The operator stops
+    with that one failure, not with an ERROR (or an endless retry) from every handler after it."""
+    return context_of(memo) if getattr(memo, "ctx", None) is not None else None
 
 
 @asynccontextmanager

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from python_terraform import IsFlagged, Terraform
 
@@ -221,7 +221,8 @@ class SubprocessRunner:
     ) -> asyncio.subprocess.Process:
         """Start the tool writing into the output files, and record its pid in the workspace."""
         try:
-            with out_file.open("wb") as out, err_file.open("wb") as err:
+            # The operator's user's only, like everything else in the workspace (plans' values show up here).
+            with _private_file(out_file) as out, _private_file(err_file) as err:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
                     cwd=self.workdir,
@@ -232,7 +233,8 @@ class SubprocessRunner:
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
-            workspace.pid_file(self.workdir).write_text(str(proc.pid))
+            with _private_file(workspace.pid_file(self.workdir)) as pid:
+                pid.write(str(proc.pid).encode())
         except OSError as exc:
             raise workspace.WorkspaceError(f"cannot start {operation}: {exc.strerror or exc}") from exc
         return proc
@@ -298,6 +300,11 @@ class SubprocessRunners:
 
     async def stop(self, grace: float) -> None:
         await asyncio.gather(*(_terminate(proc, grace) for proc in list(self.live)))
+
+
+def _private_file(path: Path) -> BinaryIO:
+    """``path`` opened for writing from scratch, mode 0600 (the operator's umask may be wider)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _die_with_parent() -> None:

@@ -88,6 +88,11 @@ class OperatorProcess:
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _tmpdir(self) -> Path:
+        folder = self.log_file.parent / "tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def start(self) -> None:
         env = {
             **os.environ,
@@ -105,8 +110,12 @@ class OperatorProcess:
             "BLACKTOP_DRIFT_CHECK_SECONDS": "2",
             "BLACKTOP_LEFTOVER_CHECK_SECONDS": "2",
             "BLACKTOP_ROLLOUT_CHECK_SECONDS": "2",
-            # Git commits and folder copies stay with the test's temporary files, not in the host's /tmp.
+            # Git commits and folder copies, workspaces and every other temporary file (the generated
+            # webhook certificate of an operator a test kills) stay with the test's temporary files,
+            # not in the host's /tmp.
             "BLACKTOP_MODULE_CACHE_ROOT": str(self.log_file.parent / "module-cache"),
+            "BLACKTOP_WORKSPACE_ROOT": str(self.log_file.parent / "workspaces"),
+            "TMPDIR": str(self._tmpdir()),
             # Every test operator serves its portal (sign-in by token) on a port of its own.
             "BLACKTOP_PORTAL_PORT": str(self.portal_port),
             # Consumers see their sources' changes, and waiting requests retry, within seconds.

@@ -19,7 +19,11 @@ say() { printf '==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-command -v go >/dev/null || die "Go is required (the tools are built from their Go modules); install Go >= 1.25"
+# Go builds what the cache lacks; a warm cache needs no Go at all (a fresh shell's PATH may not have it).
+go() {
+  type -P go >/dev/null || die "Go is required to build the tools the cache lacks (from their Go modules); install Go >= 1.25"
+  command go "$@"
+}
 
 # The stamp of a Go-built tool: its pin and the checksum of its module's go.sum.
 stamp_of() { echo "$1 $(sha256sum "$HERE/$2/go.sum" | cut -c1-16)"; }

@@ -256,7 +256,8 @@ def test_operator_provisions_with_the_chart_service_account_and_argocd_reads_its
         reconciling = [
             o
             for o in seen
-            if any(c["type"] == "Reconciling" and c["status"] == "True" for c in o["status"]["conditions"])
+            # (a status may hold only the scorecard's history for a moment, before the first conditions)
+            if any(c["type"] == "Reconciling" and c["status"] == "True" for c in o["status"].get("conditions") or [])
         ]
         healths += [("service request Reconciling", o, "Progressing") for o in reconciling[:3]]
         connection = get(admin, "secret", f"{sr_name}-connection", "-n", env_name)

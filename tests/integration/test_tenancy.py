@@ -521,6 +521,10 @@ def test_case09_a_slow_rule_never_blocks_the_operator_and_fails_closed(
             "BLACKTOP_GUARDRAIL_TIMEOUT_SECONDS": "1",
         },
     )
+    # A golden path whose schema takes further parameters, so the request reaches the rule.
+    open_schema = tiny_golden_path(unique("tiny-open"))
+    open_schema["spec"]["parameters"]["additionalProperties"] = True
+    open_tiny = apply_ready(kubectl, open_schema)
     policy = unique("slow")
     try:
         own.start()
@@ -530,10 +534,7 @@ def test_case09_a_slow_rule_never_blocks_the_operator_and_fails_closed(
             what="the webhook configuration to point at the test's operator",
         )
         assert try_apply(kubectl, _policy(policy, team, EXPENSIVE)).returncode == 0
-        # A golden path whose schema takes any parameter (the default schema), so the rule is reached.
-        open_schema = tiny_golden_path(unique("tiny-open"))
-        open_schema["spec"]["parameters"] = {"type": "object"}
-        request = service_request(unique("blob"), env, apply_ready(kubectl, open_schema), blob="," * 12_000)
+        request = service_request(unique("blob"), env, open_tiny, blob="," * 12_000)
         probes: list[float] = []
         stop = threading.Event()
 

@@ -284,7 +284,7 @@ class GitCache:
             content = staging / "tree"
             try:
                 with tarfile.open(archive) as tar:
-                    tar.extractall(content, filter="data")
+                    _extract_data(tar, content)
             except tarfile.TarError as exc:  # e.g. a symlink pointing outside the repository
                 raise SourceError(f"commit {commit} of {url} cannot be unpacked safely: {exc}") from None
             archive.unlink()
@@ -387,3 +387,28 @@ class ModuleSources:
                 "a folder module keeps only its current files (and copies while the operator runs); "
                 "move the request to a newer revision, or publish modules from git to keep every version"
             ) from None
+
+
+def _extract_data(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack ``tar`` into ``dest`` like tarfile's ``data`` filter: regular files, folders and links
+    that stay inside ``dest``, nothing absolute, no devices. Python before 3.11.4 (Debian 12's
+    3.11.2, the operator image's) has no filters, so the same rules are checked here first."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    members = tar.getmembers()
+    for member in members:
+        target = (root / member.name).resolve()
+        if member.name.startswith("/") or not target.is_relative_to(root):
+            raise tarfile.TarError(f"{member.name!r} would be extracted outside the destination")
+        if not (member.isfile() or member.isdir() or member.issym()):
+            raise tarfile.TarError(f"{member.name!r} is a special file")
+        if member.issym():
+            pointed = (target.parent / member.linkname).resolve()
+            if member.linkname.startswith("/") or not pointed.is_relative_to(root):
+                raise tarfile.TarError(
+                    f"{member.name!r} would link to {member.linkname!r}, which is outside the destination"
+                )
+        member.mode = (member.mode or 0o644) & 0o755  # no set-id bits, as the data filter does
+    tar.extractall(dest, members=members)  # noqa: S202 (every member checked above)

@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import start_operator
-from harness import admission_review, post_review, wait
+from harness import admission_review, post_review, start_operator, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.install import install

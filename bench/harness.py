@@ -116,14 +116,24 @@ def is_ready(obj: dict[str, Any]) -> bool:
 
 @dataclass
 class Operator:
-    """`python -m blacktop run` as the benchmarks run it."""
+    """`python -m blacktop run` as the benchmarks run it (:func:`start_operator`)."""
 
     proc: subprocess.Popen[bytes]
     metrics_port: int
     health_port: int
     webhook_port: int
     log: Path
+    portal_port: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {
+            "metrics": self.metrics_port,
+            "health": self.health_port,
+            "webhook": self.webhook_port,
+            "portal": self.portal_port,
+        }
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
@@ -164,6 +174,32 @@ class Operator:
             self.proc.wait(timeout=60)
 
 
+def start_operator(kubeconfig: Path, log: Path, *, portal: bool = True, **settings: str) -> Operator:
+    """The operator against ``kubeconfig`` with its metrics, health, webhook and (``portal``) portal
+    on free ports, its output appended to ``log``; ``settings`` are further ``BLACKTOP_<NAME>`` values."""
+    metrics, health, webhook = free_port(), free_port(), free_port()
+    portal_port = free_port() if portal else 0
+    variables = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "BLACKTOP_METRICS_PORT": str(metrics),
+        "BLACKTOP_HEALTH_PORT": str(health),
+        "BLACKTOP_WEBHOOK_PORT": str(webhook),
+        "BLACKTOP_PORTAL_PORT": str(portal_port),
+        **{f"BLACKTOP_{name.upper()}": value for name, value in settings.items()},
+    }
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blacktop", "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=variables,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    return Operator(proc, metrics, health, webhook, log, portal_port)
+
+
 class Bench:
     """A control plane of its own with Blacktop installed, and the helpers the benchmarks use."""
 
@@ -195,27 +231,13 @@ class Bench:
         return self.client
 
     def operator(self, name: str = "operator", **env: str) -> Operator:
-        ports = free_port(), free_port(), free_port()
-        log = self.work / f"{name}.log"
-        variables = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "BLACKTOP_METRICS_PORT": str(ports[0]),
-            "BLACKTOP_HEALTH_PORT": str(ports[1]),
-            "BLACKTOP_WEBHOOK_PORT": str(ports[2]),
-            "BLACKTOP_WORKSPACE_ROOT": str(self.work / "workspaces"),
+        operator = start_operator(
+            self.cluster.kubeconfig,
+            self.work / f"{name}.log",
+            portal=False,
+            workspace_root=str(self.work / "workspaces"),
             **env,
-        }
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "blacktop", "run"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=variables,
-                cwd=REPO,
-                start_new_session=True,
-            )
-        operator = Operator(proc, *ports, log)
+        )
         wait(lambda: "leading" in operator.role(), 120, "the operator to lead")
         return operator
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import start_operator, wait
+from harness import start_operator, wait
 
 from blacktop.kube.client import KubeClient
 from blacktop.kube.errors import ConflictError, KubeApiError

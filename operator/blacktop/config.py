@@ -235,6 +235,12 @@ class Settings(BaseModel):
     leader_retry_seconds: float = Field(
         1.5, gt=0, description="How often the lease is renewed, or looked at by a standby."
     )
+    pod_name: str = Field(
+        "",
+        description="This replica's Pod (the chart sets it from the downward API). The leader labels it "
+        "`blacktop.dev/leader=true`, so Services of what only the leader serves (the portal) reach the leader; "
+        "empty outside a cluster: no label.",
+    )
 
     @model_validator(mode="after")
     def _leases_make_sense(self) -> Settings:

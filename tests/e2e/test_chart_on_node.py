@@ -189,6 +189,15 @@ def test_the_portal_answers_through_its_service_and_signs_in_with_the_apiservers
     service = get(admin, "service", f"{FULLNAME}-portal", "-n", NAMESPACE)
     assert service is not None
     url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    # Only the leader serves the portal: the Service reaches the leader's Pod (labelled by the leader), not the standby.
+    holder = wait_for(lambda: leader(admin), timeout=60, what="a leader")
+
+    def portal_pods() -> set[str] | None:
+        found = get(admin, "endpoints", f"{FULLNAME}-portal", "-n", NAMESPACE) or {}
+        names = {a["targetRef"]["name"] for s in found.get("subsets") or [] for a in s.get("addresses") or []}
+        return names or None
+
+    assert wait_for(portal_pods, timeout=30, what="the portal Service's endpoints") == {holder}
     # Nobody is let in without a token the apiserver accepts.
     wait_for(lambda: http_status(f"{url}/catalog") == 401, timeout=60, what="the portal's sign-in page")
     assert fetch(f"{url}/catalog", "not-a-token")[0] == 401

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from blacktop.config import Settings
-from blacktop.controllers.leadership import LEASE, Elector, Observed, Verdict, decide
+from blacktop.controllers.leadership import LABEL_LEADER, LEASE, PODS, Elector, Observed, Verdict, decide, label_own_pod
 from blacktop.kube.errors import UnavailableError
 from fakes import Clock, FakeClient
 
@@ -124,3 +124,25 @@ def test_a_leader_that_cannot_renew_gives_up_before_its_lease_can_pass() -> None
 def test_settings_refuse_a_renew_deadline_the_lease_would_outlive() -> None:
     with pytest.raises(ValueError, match="leader_renew_deadline_seconds"):
         Settings(leader_lease_seconds=5, leader_renew_deadline_seconds=8)
+
+
+def test_the_leader_labels_its_own_pod_and_takes_the_label_off_when_it_stops_leading() -> None:
+    client = FakeClient(Clock())
+    settings = Settings(pod_name="blacktop-7d9-abc")
+    client.put(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "blacktop-7d9-abc", "namespace": settings.namespace}}
+    )
+
+    def labels() -> dict[str, str]:
+        stored = client.stored(PODS, "blacktop-7d9-abc", settings.namespace) or {}
+        return dict((stored.get("metadata") or {}).get("labels") or {})
+
+    asyncio.run(label_own_pod(client, settings, leading=True))
+    assert labels() == {LABEL_LEADER: "true"}
+    asyncio.run(label_own_pod(client, settings, leading=False))
+    assert LABEL_LEADER not in labels()
+    # Outside a cluster (no Pod name) nothing is asked; a Pod that is gone is no error either.
+    before = len(client.calls)
+    asyncio.run(label_own_pod(client, Settings(), leading=True))
+    assert len(client.calls) == before
+    asyncio.run(label_own_pod(client, Settings(pod_name="gone"), leading=True))

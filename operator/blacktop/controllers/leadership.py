@@ -37,6 +37,9 @@ from blacktop.kube.resources import resource_for
 logger = logging.getLogger(__name__)
 
 LEASE = resource_for("coordination.k8s.io/v1", "Lease")
+PODS = resource_for("v1", "Pod")
+# On the leader's own Pod (settings.pod_name): Services of what only the leader serves select it.
+LABEL_LEADER = "blacktop.dev/leader"
 JSON = dict[str, Any]
 
 
@@ -230,3 +233,20 @@ class Elector:
     async def _call(self, call: Any) -> Any:
         # A renewal must not wait for a stalled API server past the renew deadline.
         return await asyncio.wait_for(call, timeout=self._call_timeout)
+
+
+async def label_own_pod(client: Client, settings: Settings, *, leading: bool) -> None:
+    """Put the leader label on this replica's Pod, or take it off (no Pod name: not in a cluster,
+    nothing to do). Best effort: a failure is logged; a Pod that is gone takes its label along."""
+    if not settings.pod_name:
+        return
+    patch = {"metadata": {"labels": {LABEL_LEADER: "true" if leading else None}}}
+    try:
+        await asyncio.wait_for(
+            client.merge_patch(PODS, settings.pod_name, patch, settings.namespace),
+            timeout=settings.leader_renew_deadline_seconds / 2,
+        )
+    except (KubeApiError, TimeoutError) as exc:
+        logger.warning(
+            "could not %s the leader label of Pod %s: %s", "set" if leading else "remove", settings.pod_name, exc
+        )

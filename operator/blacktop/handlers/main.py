@@ -35,7 +35,7 @@ from blacktop.api.conditions import Reason
 from blacktop.builders import naming
 from blacktop.config import Settings
 from blacktop.controllers.context import Context
-from blacktop.controllers.leadership import Elector
+from blacktop.controllers.leadership import Elector, label_own_pod
 from blacktop.controllers.runs import RunFailed
 from blacktop.handlers import logfilters
 from blacktop.handlers.admission import AdmissionServer
@@ -131,7 +131,10 @@ async def operate(settings: Settings, *, ready: threading.Event | None = None) -
             if not elector.kept:  # another replica led meanwhile: what we stopped is its business now
                 ctx.interrupted.clear()
             role[0] = "leading"
-            if not await _lead(ctx, elector, stopping, executor, ready):
+            await label_own_pod(client, settings, leading=True)
+            lost = await _lead(ctx, elector, stopping, executor, ready)
+            await label_own_pod(client, settings, leading=False)
+            if not lost:
                 break
     finally:
         role[0] = "stopping"

@@ -17,6 +17,7 @@ The tests of this module share one release, in file order: install, use, then un
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,11 +265,26 @@ def test_deleting_the_leader_pod_mid_apply_leaves_the_work_to_the_standby(
         selector = f"{pods.RUNNER_SELECTOR},{pods.LABEL_RUN}={run.id}"
         runners = json.loads(admin("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)["items"]
         assert [p["spec"]["serviceAccountName"] for p in runners] == [pods.run_name(run)]
+        # Both replicas' logs from now on (the old leader's go with its Pod): shown if the hand-over fails.
+        followers = [
+            subprocess.Popen(
+                [admin.binary, f"--kubeconfig={admin.kubeconfig}", "logs", "-f", "-n", NAMESPACE, pod],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for pod in (old_leader, standby)
+        ]
         deleted = time.monotonic()
         admin("delete", "pod", old_leader, "-n", NAMESPACE, "--wait=false")
         # The standby takes the Lease: at once when the leader releases it as it stops, within the
         # lease (10 s by default) if it dies without.
-        wait_for(lambda: leader(admin) == standby or None, timeout=15, interval=0.2, what="the standby to lead")
+        try:
+            wait_for(lambda: leader(admin) == standby or None, timeout=15, interval=0.2, what="the standby to lead")
+        finally:
+            for follower in followers:
+                follower.terminate()
+                out = follower.communicate(timeout=30)[0].decode(errors="replace").splitlines()
+                print(f"--- {follower.args[-1]} ---", *[line for line in out if "DEBUG" not in line][-60:], sep="\n")
         print(f"the standby led {time.monotonic() - deleted:.1f}s after the leader pod was deleted")
         wait_for(
             lambda: all(p["metadata"]["name"] != old_leader for p in operator_pods(admin)) or None,

@@ -86,7 +86,18 @@ def test_a_restart_with_ready_requests_starts_no_run_and_never_flips_ready(
         apply_json(kubectl, service_request(name, env, "tiny-restart"))
     for name in names:
         wait_ready(kubectl, name, env)
-    before = {r["metadata"]["name"]: r for r in requests_in(kubectl, env)}
+
+    def recorded() -> dict[str, dict[str, Any]] | None:
+        # The scorecard's history recorder writes status.history once it has seen Ready: the
+        # requests are settled when it has (a write after the restart must then be the restart's).
+        found = {r["metadata"]["name"]: r for r in requests_in(kubectl, env)}
+        done = all(
+            any(c.get("readyAt") for c in ((r.get("status") or {}).get("history") or {}).get("changes") or [])
+            for r in found.values()
+        )
+        return found if done and len(found) == len(names) else None
+
+    before = wait_for(recorded, timeout=30, what="the history recorder to see every request Ready")
     events_before = {name: event_reasons(kubectl, name, env) for name in names}
     watch = Watch(kubectl, "servicerequests", env)
     try:

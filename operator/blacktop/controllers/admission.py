@@ -47,6 +47,7 @@ from blacktop.controllers.environment import reserved_denial
 from blacktop.controllers.goldenpath import schema_problem
 from blacktop.controllers.guardrailpolicy import active_policies, record_in_background
 from blacktop.guardrails import approvals, boundaries, context, engine
+from blacktop.kube.client import gather
 from blacktop.kube.errors import KubeApiError
 from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS, resource_for
 from blacktop.terraform import module as modules
@@ -175,7 +176,7 @@ async def review_service_request(
     # The informer cache's copies when it has synced (admission stays fast under a GitOps burst).
     cached_paths = lookup.cached_list(ctx, "golden_paths")
     cached_siblings = lookup.cached_list(ctx, "requests", namespace)
-    env, golden_paths, siblings, policies = await asyncio.gather(
+    env, golden_paths, siblings, policies = await gather(
         lookup.environment_of(ctx, namespace),
         _known(cached_paths) if cached_paths is not None else ctx.client.list(GOLDENPATHS),
         _known(cached_siblings) if cached_siblings is not None else ctx.client.list(SERVICEREQUESTS, namespace),

@@ -262,6 +262,8 @@ async def run(
         raise RunFailed.of_exception(exc) from None
     finally:
         slot.release()
+        if started is not None:
+            started.close()  # a run that ended before its first operation never said it started
     _finish(ctx, info, failed=False)
 
 

@@ -35,6 +35,7 @@ from blacktop.builders import naming
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
+from blacktop.kube.client import gather
 from blacktop.kube.errors import ConflictError
 from blacktop.kube.resources import (
     ENVIRONMENTS,
@@ -80,7 +81,7 @@ async def run_scorecard(ctx: Context, interval: float) -> None:
 
 async def _list_all(ctx: Context) -> tuple[list[JSON], ...]:
     kinds = [ENVIRONMENTS, SERVICEREQUESTS, GOLDENPATHS, FEEDBACKS, PLATFORMSCORECARDS, *WORKLOADS]
-    results = await asyncio.gather(*(ctx.client.list(kind) for kind in kinds))
+    results = await gather(*(ctx.client.list(kind) for kind in kinds))
     return tuple(results)
 
 
@@ -149,7 +150,7 @@ async def refresh_scorecard(ctx: Context, now: datetime | None = None) -> Scorec
     """Compute the scorecard from the cluster now, write it everywhere it shows, and return it."""
     now = now or ctx.now()
     book = ctx.metrics.scorecard
-    (envs, requests, golden_paths, feedback, objects, *workloads), (ledger, had_ledger) = await asyncio.gather(
+    (envs, requests, golden_paths, feedback, objects, *workloads), (ledger, had_ledger) = await gather(
         _list_all(ctx), _read_ledger(ctx)
     )
     targets, known = _targets(objects)

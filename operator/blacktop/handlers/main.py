@@ -191,8 +191,16 @@ async def _lead(
         kopf_stop.set()
         for task in waits - {operator}:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await operator
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            if not lost and not stopping.is_set():
+                raise  # Kopf failed by itself: the replica stops, loudly
+            # We stopped Kopf (a stop, or the lease lost): what its last tasks raised must not end a
+            # replica that is to stand by and lead again.
+            logger.exception("Kopf ended with an error while stopping; carrying on")
         _on_signals(stopping)  # in case Kopf ended before its start-up handed them back
         ctx.interruption = None
     return lost

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +103,21 @@ def kubeconfig_namespace(path: str | os.PathLike[str] | None = None) -> str | No
         return None
     namespace = ((active or {}).get("context") or {}).get("namespace")
     return str(namespace) if namespace else None
+
+
+async def gather(*calls: Awaitable[Any]) -> list[Any]:
+    """``asyncio.gather`` of API calls, except that when one fails the others are cancelled and
+    waited for before its error is raised: no call outlives its caller. (A call left running is a
+    task of nobody's; Kopf's shutdown re-raises the error of any task still running when it stops,
+    and one such call ended a replica that had just lost its lease during an API server stall.)"""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Client(Protocol):

@@ -26,7 +26,6 @@ sign-out, or when the operator restarts.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from blacktop.api.kinds import GROUP
-from blacktop.kube.client import Client
+from blacktop.kube.client import Client, gather
 from blacktop.kube.reviews import Identity, access_allowed, review_token
 
 logger = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class Viewer:
         wanted = sorted(set(namespaces))
         if await self.may(verb, resource):  # cluster-wide: one review instead of one per namespace
             return set(wanted)
-        answers = await asyncio.gather(*(self.may(verb, resource, ns) for ns in wanted))
+        answers = await gather(*(self.may(verb, resource, ns) for ns in wanted))
         return {ns for ns, allowed in zip(wanted, answers, strict=True) if allowed}
 
 

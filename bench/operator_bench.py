@@ -29,7 +29,7 @@ import argparse
 import time
 from typing import Any
 
-from harness import Bench, is_ready, load, median, quantile, report, request, wait
+from harness import Bench, environment, is_ready, load, median, quantile, report, request, wait
 
 from blacktop.config import Settings
 
@@ -136,13 +136,22 @@ def scale(ready: int, present: int, idle_seconds: float) -> None:
         runs = operator.sample("blacktop_stage_duration_seconds_count", stage="init")
         rss_restarted = operator.rss_mib()
 
+        # The rest wait with nothing to do: admitted (admission refuses bad parameters), but in a prod
+        # environment, where tiny is not offered (TierNotAllowed: a terminal refusal in status).
+        parked = "bench-prod"
+        bench.create(environment(parked, "bench", tier="prod"))
+        bench.wait_ready("environments", parked)
         refused = present - ready
         for first in range(0, refused, 500):
-            bench.create_many(
-                [request(f"p-{i}", namespace, size="gigantic") for i in range(first, min(refused, first + 500))]
-            )
+            bench.create_many([request(f"p-{i}", parked) for i in range(first, min(refused, first + 500))])
         wait_for = time.monotonic()
-        while sum(1 for r in bench.requests(namespace) if (r.get("status") or {}).get("stage")) < present:
+
+        def looked_at() -> int:
+            return sum(
+                1 for ns in (namespace, parked) for r in bench.requests(ns) if (r.get("status") or {}).get("stage")
+            )
+
+        while looked_at() < present:
             if time.monotonic() - wait_for > 1800:
                 raise SystemExit("the refused requests were not all looked at in 1800 s")
             time.sleep(2)

@@ -7,7 +7,6 @@ tail of the apiserver and operator logs appended to its report.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -17,7 +16,17 @@ from typing import Any
 import pytest
 
 from blacktop.kube.client import KubeClient
-from helpers import DEVELOPERS, REPO, Kubectl, OperatorProcess, try_apply, unique, wait_for, webhook_urls
+from helpers import (
+    DEVELOPERS,
+    REPO,
+    Kubectl,
+    OperatorProcess,
+    install_blacktop,
+    try_apply,
+    unique,
+    wait_for,
+    webhook_urls,
+)
 
 # name -> callable returning a log tail; filled by session fixtures, read when a test fails.
 _LOG_SOURCES: dict[str, Callable[[], str]] = {}
@@ -76,13 +85,7 @@ def kubectl(kubeconfig: Path) -> Kubectl:
 @pytest.fixture(scope="session")
 def installed(kubeconfig: Path) -> Path:
     """CRDs, cluster RBAC and the operator namespace, installed once like `blacktop install` does."""
-    from blacktop.kube.install import install
-
-    client = KubeClient.from_kubeconfig(kubeconfig)
-    try:
-        asyncio.run(install(client))
-    finally:
-        client.close()
+    install_blacktop(kubeconfig)
     return kubeconfig
 
 

@@ -3,6 +3,7 @@ operator as a real process. The one place for helpers more than one test module 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -511,3 +512,15 @@ def scrape_metrics(operator: OperatorProcess) -> str:
         assert response.headers["Content-Type"].startswith("text/plain")
         text: str = response.read().decode()
         return text
+
+
+def install_blacktop(kubeconfig: Path) -> None:
+    """CRDs, cluster RBAC and the operator namespace on that cluster, as `blacktop install` does."""
+    from blacktop.kube.client import KubeClient
+    from blacktop.kube.install import install
+
+    client = KubeClient.from_kubeconfig(kubeconfig)
+    try:
+        asyncio.run(install(client))
+    finally:
+        client.close()

@@ -14,7 +14,6 @@ work), some on their own control plane.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -26,8 +25,6 @@ from typing import Any
 
 import pytest
 
-from blacktop.kube.client import KubeClient
-from blacktop.kube.install import install
 from blacktop.localcluster import LocalCluster
 from helpers import (
     Kubectl,
@@ -38,6 +35,7 @@ from helpers import (
     condition,
     event_reasons,
     get,
+    install_blacktop,
     make_environment,
     processes_in,
     service_request,
@@ -193,11 +191,7 @@ def test_an_api_server_stall_is_reported_and_requests_recover_within_seconds(
     tmp_path: Path, modules_root: Path
 ) -> None:
     with LocalCluster(tmp_path / "cluster") as cluster:
-        client = KubeClient.from_kubeconfig(cluster.kubeconfig)
-        try:
-            asyncio.run(install(client))
-        finally:
-            client.close()
+        install_blacktop(cluster.kubeconfig)
         kubectl = Kubectl(cluster.kubeconfig)
         stalled = OperatorProcess(
             cluster.kubeconfig,

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from blacktop.toolbox import bin_dir, cache_dir, find_tool
-from helpers import REPO, Kubectl, apply_json, free_port, get, secret_values, wait_for
+from helpers import REPO, Kubectl, apply_json, free_port, get, install_blacktop, secret_values, wait_for
 from pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e
@@ -382,18 +382,11 @@ def test_readme_quickstart_works_as_written_against_make_run(home: Path, tmp_pat
 @pytest.fixture(scope="module")
 def users_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
     """The user's own cluster with Blacktop's CRDs and an edited GoldenPath `tiny` of their own."""
-    import asyncio
 
-    from blacktop.kube.client import KubeClient
-    from blacktop.kube.install import install
     from blacktop.localcluster import LocalCluster
 
     with LocalCluster(tmp_path_factory.mktemp("users-cluster")) as cluster:
-        client = KubeClient.from_kubeconfig(cluster.kubeconfig)
-        try:
-            asyncio.run(install(client))
-        finally:
-            client.close()
+        install_blacktop(cluster.kubeconfig)
         kubectl = Kubectl(cluster.kubeconfig)
         tiny = yaml.safe_load((REPO / "examples" / "goldenpath-tiny.yaml").read_text())
         tiny["spec"]["description"] = "The platform team's own tiny"

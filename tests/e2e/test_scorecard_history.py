@@ -32,6 +32,7 @@ from helpers import (
     apply_ready,
     condition,
     get,
+    install_blacktop,
     make_environment,
     scrape_metrics,
     service_request,
@@ -49,18 +50,10 @@ METRICS = [m.value for m in Metric]
 
 @pytest.fixture(scope="module")
 def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from blacktop.kube.client import KubeClient
-    from blacktop.kube.install import install
     from blacktop.localcluster import LocalCluster
 
     with LocalCluster(tmp_path_factory.mktemp("scorecard-cluster")) as local:
-        client = KubeClient.from_kubeconfig(local.kubeconfig)
-        try:
-            import asyncio
-
-            asyncio.run(install(client))
-        finally:
-            client.close()
+        install_blacktop(local.kubeconfig)
         yield local
 
 

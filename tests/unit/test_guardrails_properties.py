@@ -316,14 +316,18 @@ def test_webhook_settings() -> None:
     assert (chart.webhook_port, chart.webhook_manage_config, str(chart.webhook_cert_dir)) == (0, False, "/certs")
 
 
-def test_generated_serving_certificate_is_trusted_for_its_hosts(tmp_path: Any) -> None:
+def test_generated_serving_certificate_is_trusted_for_its_hosts(tmp_path: Any, monkeypatch: Any) -> None:
     import ssl
+    import tempfile
 
     from cryptography import x509
 
     from blacktop.localcluster.webhookcert import serving_cert
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     cert = serving_cert(None, ("127.0.0.1", "localhost"))
+    assert cert.certfile.parent.parent == tmp_path / "tmp"
     leaf = x509.load_pem_x509_certificate(cert.certfile.read_bytes())
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
@@ -340,3 +344,21 @@ def test_generated_serving_certificate_is_trusted_for_its_hosts(tmp_path: Any) -
     (tmp_path / "tls.key").unlink()
     with pytest.raises(FileNotFoundError, match=r"tls\.key"):
         serving_cert(tmp_path, ())
+
+
+def test_a_start_removes_the_certificate_folders_of_operators_that_were_killed(tmp_path: Any) -> None:
+    import os
+    import subprocess
+
+    from blacktop.localcluster.webhookcert import PREFIX, sweep_stale
+
+    dead_pid = subprocess.Popen(["true"]).pid  # a process that has ended (and been reaped): its pid runs nothing
+    os.waitpid(dead_pid, 0)
+    dead, alive, other = tmp_path / f"{PREFIX}{dead_pid}-x1", tmp_path / f"{PREFIX}{os.getpid()}-x2", tmp_path / "keep"
+    for folder in (dead, alive, other):
+        folder.mkdir()
+        (folder / "tls.key").write_text("k")
+    assert sweep_stale(tmp_path) == [dead]
+    assert not dead.exists()
+    assert alive.exists()
+    assert other.exists()

@@ -2055,6 +2055,42 @@ async def test_state_left_by_a_request_gone_without_a_destroy_is_destroyed(h: Ha
     assert h.runners.opened[-1].variables["name"] == "db"
 
 
+class _CachedRequests:
+    """The informer cache's ServiceRequests as a test sets them (synced)."""
+
+    def __init__(self, bodies: list[dict[str, Any]]) -> None:
+        import threading
+
+        self.synced = threading.Event()
+        self.synced.set()
+        self.bodies = bodies
+
+    def objects(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [b for b in self.bodies if namespace is None or b["metadata"]["namespace"] == namespace]
+
+
+@reaches()
+async def test_an_idle_sweep_lists_no_requests_and_a_state_the_cache_misses_is_checked_with_the_api(h: Harness) -> None:
+    from types import SimpleNamespace
+
+    from blacktop.controllers.leftovers import Sweeper
+
+    namespace = await provisioned(h)
+    body = h.body("db", namespace)
+    cache = _CachedRequests([body])
+    h.ctx.cache = SimpleNamespace(requests=cache)  # type: ignore[assignment]
+    sweeper = Sweeper(h.ctx)
+    before = len(h.client.calls)
+    assert await sweeper.sweep() == {}
+    assert ("list", "ServiceRequest", "") not in h.client.calls[before:]  # every state's request is in the cache
+    # A cache a moment behind (the request is not in it yet) orphans nothing: the API server is asked.
+    cache.bodies = []
+    before = len(h.client.calls)
+    assert await sweeper.sweep() == {}
+    assert ("list", "ServiceRequest", "") in h.client.calls[before:]
+    assert h.client.stored(SECRET, f"tfstate-default-{body['metadata']['uid']}", h.ctx.settings.namespace) is not None
+
+
 # -- every Reason has a test ------------------------------------------------------------------------
 
 

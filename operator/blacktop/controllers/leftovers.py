@@ -159,6 +159,24 @@ async def abandon_and_release(ctx: Context, body: JSON) -> bool:
     return True
 
 
+def _suffix(state: JSON) -> str:
+    """The request UID a state Secret belongs to ("" for a state not made by Blacktop)."""
+    return str(((state.get("metadata") or {}).get("labels") or {}).get("tfstateSecretSuffix") or "")
+
+
+async def _alive(ctx: Context, wanted: set[str]) -> set[str]:
+    """The UIDs of the requests that exist, at least those of ``wanted`` that do. From the informer
+    cache when it knows every one of them (an idle operator lists no ServiceRequests: a full list of
+    5,000 is 30 MB to parse every minute); from the API server when it misses one, which is then a
+    request either a moment old or really gone, and only the API server can tell which."""
+    cached = lookup.cached_list(ctx, "requests")
+    if cached is not None:
+        alive = {str(r["metadata"].get("uid")) for r in cached}
+        if wanted <= alive:
+            return alive
+    return {str(r["metadata"]["uid"]) for r in await ctx.client.list(SERVICEREQUESTS)}
+
+
 class Sweeper:
     """Finds leftover state, destroys what it can, reports the rest (see the module docstring)."""
 
@@ -187,10 +205,10 @@ class Sweeper:
         # States first, then requests: a state is written only while its request exists, so a state
         # whose request is missing from the later list really has lost it.
         states = await ctx.client.list(SECRET, ctx.settings.namespace, label_selector="tfstate=true")
-        alive = {r["metadata"]["uid"] for r in await ctx.client.list(SERVICEREQUESTS)}
+        alive = await _alive(ctx, {_suffix(state) for state in states} - {""})
         left: dict[str, LeftoverView] = {}
         for state in states:
-            uid = str(((state.get("metadata") or {}).get("labels") or {}).get("tfstateSecretSuffix") or "")
+            uid = _suffix(state)
             if not uid or uid in alive:
                 continue
             view = _view(state)

@@ -28,7 +28,7 @@ from blacktop.api.goldenpath import GoldenPathSpec, GoldenPathStatus, RolloutHal
 from blacktop.api.servicerequest import ServiceRequestStatus
 from blacktop.builders import rollout
 from blacktop.builders.rollout import Member, Step
-from blacktop.controllers import revisions
+from blacktop.controllers import lookup, revisions
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
@@ -88,15 +88,21 @@ def kubectl_hint(member: Member) -> str:
     )
 
 
-async def _members(ctx: Context, name: str) -> tuple[list[JSON], list[Member]]:
+async def _members(ctx: Context, name: str, *, fresh: bool = False) -> tuple[list[JSON], list[Member]]:
+    """The golden path's requests and what the deciders see of them: the informer cache's copies
+    (a look every 10 s must not list every request of the cluster), or the API server's when
+    ``fresh`` (right after a batch moved: the cache may be a moment behind its writes)."""
+    cached = None if fresh else lookup.cached_list(ctx, "requests")
+    everyone = cached if cached is not None else await ctx.client.list(SERVICEREQUESTS)
     requests = [
         r
-        for r in await ctx.client.list(SERVICEREQUESTS)
+        for r in everyone
         if (r.get("spec") or {}).get("goldenPath") == name and not r["metadata"].get("deletionTimestamp")
     ]
+    environments = None if fresh else lookup.cached_list(ctx, "environments")
     tiers = {
         (env.get("status") or {}).get("namespace") or env["metadata"]["name"]: (env.get("spec") or {}).get("tier")
-        for env in await ctx.client.list(ENVIRONMENTS)
+        for env in (environments if environments is not None else await ctx.client.list(ENVIRONMENTS))
     }
     return requests, [member_of(r, tiers.get(r["metadata"]["namespace"])) for r in requests]
 
@@ -173,7 +179,7 @@ async def advance(ctx: Context, name: str, upgrader: Upgrader) -> RolloutStatus 
         await tracker.write(ctx.client, GOLDENPATHS)
         by_key = {m.key: m for m in members}
         halt = await _move(ctx, golden, upgrader, [by_key[k] for k in step.batch], target)
-        requests, members = await _members(ctx, name)
+        requests, members = await _members(ctx, name, fresh=True)
         step = rollout.next_step(members, target, strategy, size, halted=halt is not None)
 
     status.rollout = _rollout_status(target, step, halt)
@@ -278,6 +284,13 @@ async def _set_upgrade_condition(ctx: Context, key: str, ok: bool, reason: str, 
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         status = ServiceRequestStatus.model_validate(body.get("status") or {})
+        current = get_condition(status.conditions, ConditionType.UPGRADE_AVAILABLE)
+        if current is not None and (current.status, current.reason, current.message) == (
+            "True" if ok else "False",
+            reason,
+            message,
+        ):
+            return  # the copy it was judged on was a moment behind: it says so already
         condition = Condition(
             type=ConditionType.UPGRADE_AVAILABLE,
             status="True" if ok else "False",

@@ -7,8 +7,9 @@ ledger (the ConfigMap ``blacktop-scorecard-ledger`` in the operator's namespace)
 deciders fold and compute (:mod:`blacktop.metrics.ledger`, :mod:`blacktop.metrics.scorecard`),
 then writes what changed: the ten objects' status (one per metric, created when missing; an Event
 when a target turns met or missed), the ledger, and the latest scorecard into the book that
-/metrics and the developer portal read. Listing, not watching, makes the first figures after a
-restart as exact as the last ones before it: nothing depends on what a watch has seen so far.
+/metrics and the developer portal read. Every figure comes from complete lists (the informer cache
+once it has synced is one: a list kept current by a watch), never from what one watch happened to
+deliver since the start, so the first figures after a restart are as exact as the last ones before it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from blacktop.api.scorecard import (
     ScorecardLedger,
 )
 from blacktop.builders import naming
+from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.kube import events
@@ -80,9 +82,20 @@ async def run_scorecard(ctx: Context, interval: float) -> None:
 
 
 async def _list_all(ctx: Context) -> tuple[list[JSON], ...]:
-    kinds = [ENVIRONMENTS, SERVICEREQUESTS, GOLDENPATHS, FEEDBACKS, PLATFORMSCORECARDS, *WORKLOADS]
-    results = await gather(*(ctx.client.list(kind) for kind in kinds))
+    """Environments, requests, golden paths (the informer cache's copies once it has synced: a
+    complete list kept current by its watch, so as exact as a list and free), then Feedback, the
+    scorecard objects and the workloads, listed."""
+    cached = {name: lookup.cached_list(ctx, name) for name in ("environments", "requests", "golden_paths")}
+    kinds = {"environments": ENVIRONMENTS, "requests": SERVICEREQUESTS, "golden_paths": GOLDENPATHS}
+    calls = [
+        _known(cached[name]) if cached[name] is not None else ctx.client.list(kind) for name, kind in kinds.items()
+    ]
+    results = await gather(*calls, *(ctx.client.list(kind) for kind in [FEEDBACKS, PLATFORMSCORECARDS, *WORKLOADS]))
     return tuple(results)
+
+
+async def _known(found: list[JSON] | None) -> list[JSON]:
+    return found or []
 
 
 async def _read_ledger(ctx: Context) -> tuple[ScorecardLedger, bool]:

@@ -9,8 +9,11 @@ delays them) and :class:`ClusterCache` answers from memory:
 
 - GoldenPaths, GuardrailPolicies, Environments: whole objects (few of each), without managedFields;
 - Namespaces that belong to an Environment: their name and that label only;
-- ServiceRequests: only their name, namespace, uid, spec and ``status.monthlyCost`` (what a budget
-  and an environment's cost sum), nothing else of their status.
+- ServiceRequests: the parts that budgets, costs, rollouts, the leftover sweep and the scorecard
+  read (:func:`request_projection`), without what no periodic look needs (outputs, plans, most
+  conditions, the managedFields of status writers). Periodic looks at every request (a rollout
+  every 10 s per golden path, the scorecard and the leftover sweep every minute) read these copies
+  instead of listing thousands of whole objects from the API server each time.
 
 A cache is as fresh as its watch (milliseconds behind the API server). Callers fall back to the API
 while it has not synced, and for an object it does not know (it may be a few milliseconds old).
@@ -50,18 +53,47 @@ def whole(obj: JSON) -> JSON:
     return {**obj, "metadata": meta}
 
 
+# What a request's copy keeps: metadata for identity and times, spec whole, and these status parts.
+_REQUEST_METADATA = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
+_REQUEST_STATUS = ("monthlyCost", "revision", "firstReadyTime", "observedGeneration", "history")
+_REQUEST_CONDITIONS = ("Ready", "UpgradeAvailable")
+
+
 def request_projection(obj: JSON) -> JSON:
-    """Name, namespace, uid, spec and price: what a request contributes to a budget and a cost."""
+    """A request as periodic looks read it: identity and times, spec, price, revision, history, the
+    Ready and UpgradeAvailable conditions, and of managedFields only who wrote the spec and when
+    (the scorecard's lead time starts there), all in the object's own shape."""
     meta = obj.get("metadata") or {}
+    kept: JSON = {k: meta[k] for k in _REQUEST_METADATA if k in meta}
+    spec_writers = [
+        {
+            "manager": e.get("manager"),
+            "operation": e.get("operation"),
+            "time": e.get("time"),
+            "fieldsV1": {"f:spec": {}},
+        }
+        for e in meta.get("managedFields") or []
+        if isinstance(e.get("fieldsV1"), dict) and "f:spec" in e["fieldsV1"] and not e.get("subresource")
+    ]
+    if spec_writers:
+        kept["managedFields"] = spec_writers
     projected: JSON = {
         "apiVersion": obj.get("apiVersion"),
         "kind": obj.get("kind"),
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "deletionTimestamp") if k in meta},
+        "metadata": kept,
         "spec": obj.get("spec") or {},
     }
-    price = (obj.get("status") or {}).get("monthlyCost")
-    if price is not None:
-        projected["status"] = {"monthlyCost": price}
+    status = obj.get("status") or {}
+    part: JSON = {k: status[k] for k in _REQUEST_STATUS if k in status}
+    conditions = [
+        {k: c[k] for k in ("type", "status", "reason", "message") if k in c}
+        for c in status.get("conditions") or []
+        if c.get("type") in _REQUEST_CONDITIONS
+    ]
+    if conditions:
+        part["conditions"] = conditions
+    if part:
+        projected["status"] = part
     return projected
 
 

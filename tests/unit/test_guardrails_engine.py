@@ -330,3 +330,14 @@ def test_kubernetes_objects_stay_in_the_requests_namespace() -> None:
     assert denial.resources == ("kubernetes_deployment_v1.bank-dev",)
     assert "must stay in namespace payments-dev; the plan writes to" in denial.message
     assert "bank-dev" in denial.message
+
+
+def test_every_example_policy_compiles_within_the_cost_limit_admission_applies() -> None:
+    """What `kubectl apply -f examples/policies/` sends: admission refuses a rule over the limit."""
+    from blacktop.config import Settings
+
+    limit = Settings().cel_cost_limit
+    found = sorted(EXAMPLES.glob("*.yaml"))
+    assert found
+    for path in found:
+        engine.compile_body(yaml.safe_load(path.read_text()), cost_limit=limit)  # raises if over

@@ -227,12 +227,13 @@ async def run(
     )
     status.last_run = info
     team = inputs.environment.team or ""
-    started: Coroutine[Any, Any, None] | None = None
+    queued = False
     if progress is not None:
         _show(tracker, progress, info)
-        if _show_queued(ctx, tracker, progress, info, team):
-            started = _started(ctx, tracker, progress, info)
+        queued = _show_queued(ctx, tracker, progress, info, team)
     await tracker.write(ctx.client, SERVICEREQUESTS)  # the lock ID is on record before the lock is taken
+    # Made only now: a coroutine made before a write that fails would never be awaited.
+    started = _started(ctx, tracker, progress, info) if queued and progress is not None else None
     slot = RunSlot(ctx, team, on_first=started)
     try:
         # A runner an earlier operator process left working on this state finishes first: never two writers.
@@ -261,9 +262,7 @@ async def run(
         _finish(ctx, info, failed=True)
         raise RunFailed.of_exception(exc) from None
     finally:
-        slot.release()
-        if started is not None:
-            started.close()  # a run that ended before its first operation never said it started
+        slot.release()  # also closes ``started`` when the run ended before its first operation
     _finish(ctx, info, failed=False)
 
 

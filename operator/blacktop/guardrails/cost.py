@@ -340,9 +340,19 @@ def _literal(node: Node, scope: dict[str, Estimate], accu: str) -> Estimate:
     return Estimate(sum(p.cost for p in parts), 0, count, widest)
 
 
+# Object metadata fields Kubernetes itself bounds (as cel-go reads maxLength from a schema): a
+# comparison with one of them costs their length, not an unknown string's.
+_METADATA_BOUNDS = {"name": 253, "namespace": 63, "uid": 36, "generateName": 253}
+
+
 def _select(node: Node, scope: dict[str, Estimate], accu: str) -> Estimate:
     operand = _estimate(node.target, scope, accu)
-    return Estimate(operand.cost + 1, *_shape(_SMALL if node.test_only else UNKNOWN))
+    if node.test_only:
+        return Estimate(operand.cost + 1, *_SMALL_SHAPE)
+    target = node.target
+    if node.name in _METADATA_BOUNDS and target is not None and target.kind == "select" and target.name == "metadata":
+        return Estimate(operand.cost + 1, _METADATA_BOUNDS[node.name], 0)
+    return Estimate(operand.cost + 1, *_shape(UNKNOWN))
 
 
 def _estimate(node: Node | None, scope: dict[str, Estimate], accu: str) -> Estimate:

@@ -179,8 +179,14 @@ def start_operator(kubeconfig: Path, log: Path, *, portal: bool = True, **settin
     on free ports, its output appended to ``log``; ``settings`` are further ``BLACKTOP_<NAME>`` values."""
     metrics, health, webhook = free_port(), free_port(), free_port()
     portal_port = free_port() if portal else 0
+    # Everything the operator writes stays in the benchmark's folder (removed with it), not in /tmp.
+    work = log.parent
+    (work / "tmp").mkdir(exist_ok=True)
     variables = {
         **os.environ,
+        "TMPDIR": str(work / "tmp"),
+        "BLACKTOP_WORKSPACE_ROOT": str(work / "workspaces"),
+        "BLACKTOP_MODULE_CACHE_ROOT": str(work / "module-cache"),
         "KUBECONFIG": str(kubeconfig),
         "BLACKTOP_METRICS_PORT": str(metrics),
         "BLACKTOP_HEALTH_PORT": str(health),

@@ -174,12 +174,10 @@ async def review_service_request(
         return Review()
     namespace = str(body.get("metadata", {}).get("namespace") or "")
     # The informer cache's copies when it has synced (admission stays fast under a GitOps burst).
-    cached_paths = lookup.cached_list(ctx, "golden_paths")
-    cached_siblings = lookup.cached_list(ctx, "requests", namespace)
     env, golden_paths, siblings, policies = await gather(
         lookup.environment_of(ctx, namespace),
-        _known(cached_paths) if cached_paths is not None else ctx.client.list(GOLDENPATHS),
-        _known(cached_siblings) if cached_siblings is not None else ctx.client.list(SERVICEREQUESTS, namespace),
+        lookup.listed(ctx, "golden_paths"),
+        lookup.listed(ctx, "requests", namespace),
         active_policies(ctx),
     )
     verdict = prepare_service_request(
@@ -423,10 +421,6 @@ async def review_feedback(ctx: Context, body: JSON, old: JSON | None) -> Review:
         denial=f"golden path {spec.golden_path!r} is not in the catalog (kubectl get goldenpaths: {offered}); "
         "rate one of those, or leave goldenPath out to rate the platform as a whole"
     )
-
-
-async def _known(objects: list[JSON]) -> list[JSON]:
-    return objects
 
 
 def review_policy(ctx: Context, body: JSON, old: JSON | None) -> Review:

@@ -129,9 +129,7 @@ async def _cost(ctx: Context, spec: EnvironmentSpec, namespace: str) -> Environm
     """The environment's cost: its requests (the informer cache's copies when it has synced) and what
     requests that went without a destroy left behind."""
     try:
-        requests = lookup.cached_list(ctx, "requests", namespace)
-        if requests is None:
-            requests = await ctx.client.list(SERVICEREQUESTS, namespace)
+        requests = await lookup.listed(ctx, "requests", namespace)
     except KubeApiError:
         requests = []  # the cost is refreshed on the next reconcile; children and Ready matter more
     return cost_model.environment_cost(spec, requests, ctx.metrics.inventory.leftover_cents(namespace))

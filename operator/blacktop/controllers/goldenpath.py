@@ -27,7 +27,7 @@ from blacktop.builders.parameters import identity_problem
 from blacktop.controllers import lookup, modulesource, revisions
 from blacktop.controllers.context import Context
 from blacktop.controllers.tracker import StatusTracker
-from blacktop.kube.resources import GOLDENPATHS, SERVICEREQUESTS
+from blacktop.kube.resources import GOLDENPATHS
 from blacktop.terraform import module as modules
 from blacktop.terraform.findings import disallowed_providers
 from blacktop.terraform.sources import SourceError
@@ -84,9 +84,7 @@ def spec_problems(spec: GoldenPathSpec, outputs: set[str], operator_namespace: s
 async def requests_of(ctx: Context, name: str) -> list[JSON]:
     """The ServiceRequests naming this golden path, in every namespace (the informer's copies once
     it has synced: read-only)."""
-    requests = lookup.cached_list(ctx, "requests")
-    if requests is None:
-        requests = await ctx.client.list(SERVICEREQUESTS)
+    requests = await lookup.listed(ctx, "requests")
     return [r for r in requests if (r.get("spec") or {}).get("goldenPath") == name]
 
 

@@ -23,8 +23,8 @@ from blacktop.api.common import format_time
 from blacktop.api.conditions import Reason
 from blacktop.api.guardrailpolicy import GuardrailPolicyStatus
 from blacktop.api.guardrailpolicy import Violation as StatusViolation
+from blacktop.controllers import lookup
 from blacktop.controllers.context import Context
-from blacktop.controllers.lookup import cached_list
 from blacktop.controllers.tracker import StatusTracker
 from blacktop.guardrails.engine import CompiledPolicy, PolicyCompileError, Violation, compile_active, compile_body
 from blacktop.kube.resources import ENVIRONMENTS, GUARDRAILPOLICIES, SERVICEREQUESTS
@@ -42,8 +42,7 @@ def _lock_key(name: str) -> str:
 async def active_policies(ctx: Context) -> list[CompiledPolicy]:
     """Every policy that compiles (compiled programs are cached; the policies come from the informer
     cache, or from one list call until it has synced)."""
-    bodies = cached_list(ctx, "policies")
-    return compile_active(bodies if bodies is not None else await ctx.client.list(GUARDRAILPOLICIES))
+    return compile_active(await lookup.listed(ctx, "policies"))
 
 
 async def reconcile_policy(ctx: Context, name: str) -> GuardrailPolicyStatus | None:

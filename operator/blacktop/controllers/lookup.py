@@ -16,10 +16,24 @@ from pydantic import ValidationError
 from blacktop.builders import naming
 from blacktop.controllers import views
 from blacktop.controllers.context import Context
-from blacktop.kube.resources import ENVIRONMENTS, GOLDENPATHS, resource_for
+from blacktop.kube.resources import (
+    ENVIRONMENTS,
+    GOLDENPATHS,
+    GUARDRAILPOLICIES,
+    SERVICEREQUESTS,
+    Resource,
+    resource_for,
+)
 
 JSON = dict[str, Any]
 NAMESPACE = resource_for("v1", "Namespace")
+# The informer cache's kinds (ClusterCache attributes) and what the API server lists instead.
+_LISTED: dict[str, Resource] = {
+    "golden_paths": GOLDENPATHS,
+    "policies": GUARDRAILPOLICIES,
+    "environments": ENVIRONMENTS,
+    "requests": SERVICEREQUESTS,
+}
 
 
 async def environment_name_of(ctx: Context, namespace: str) -> str | None:
@@ -75,3 +89,12 @@ def cached_list(ctx: Context, kind: str, namespace: str | None = None) -> list[J
         return None
     found: list[JSON] = informer.objects(namespace)
     return found
+
+
+async def listed(ctx: Context, kind: str, namespace: str | None = None) -> list[JSON]:
+    """Every object of ``kind`` (of ``namespace``): the informer cache's copies (read-only) once it has
+    synced, else one list from the API server."""
+    cached = cached_list(ctx, kind, namespace)
+    if cached is not None:
+        return cached
+    return await ctx.client.list(_LISTED[kind], namespace)

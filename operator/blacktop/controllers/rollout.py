@@ -92,17 +92,16 @@ async def _members(ctx: Context, name: str, *, fresh: bool = False) -> tuple[lis
     """The golden path's requests and what the deciders see of them: the informer cache's copies
     (a look every 10 s must not list every request of the cluster), or the API server's when
     ``fresh`` (right after a batch moved: the cache may be a moment behind its writes)."""
-    cached = None if fresh else lookup.cached_list(ctx, "requests")
-    everyone = cached if cached is not None else await ctx.client.list(SERVICEREQUESTS)
+    everyone = await (ctx.client.list(SERVICEREQUESTS) if fresh else lookup.listed(ctx, "requests"))
     requests = [
         r
         for r in everyone
         if (r.get("spec") or {}).get("goldenPath") == name and not r["metadata"].get("deletionTimestamp")
     ]
-    environments = None if fresh else lookup.cached_list(ctx, "environments")
+    environments = await (ctx.client.list(ENVIRONMENTS) if fresh else lookup.listed(ctx, "environments"))
     tiers = {
         (env.get("status") or {}).get("namespace") or env["metadata"]["name"]: (env.get("spec") or {}).get("tier")
-        for env in (environments if environments is not None else await ctx.client.list(ENVIRONMENTS))
+        for env in environments
     }
     return requests, [member_of(r, tiers.get(r["metadata"]["namespace"])) for r in requests]
 

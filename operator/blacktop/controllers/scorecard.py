@@ -40,11 +40,8 @@ from blacktop.kube import events
 from blacktop.kube.client import gather
 from blacktop.kube.errors import ConflictError
 from blacktop.kube.resources import (
-    ENVIRONMENTS,
     FEEDBACKS,
-    GOLDENPATHS,
     PLATFORMSCORECARDS,
-    SERVICEREQUESTS,
     WORKLOADS,
     resource_for,
 )
@@ -85,17 +82,9 @@ async def _list_all(ctx: Context) -> tuple[list[JSON], ...]:
     """Environments, requests, golden paths (the informer cache's copies once it has synced: a
     complete list kept current by its watch, so as exact as a list and free), then Feedback, the
     scorecard objects and the workloads, listed."""
-    cached = {name: lookup.cached_list(ctx, name) for name in ("environments", "requests", "golden_paths")}
-    kinds = {"environments": ENVIRONMENTS, "requests": SERVICEREQUESTS, "golden_paths": GOLDENPATHS}
-    calls = [
-        _known(cached[name]) if cached[name] is not None else ctx.client.list(kind) for name, kind in kinds.items()
-    ]
-    results = await gather(*calls, *(ctx.client.list(kind) for kind in [FEEDBACKS, PLATFORMSCORECARDS, *WORKLOADS]))
+    cached = (lookup.listed(ctx, kind) for kind in ("environments", "requests", "golden_paths"))
+    results = await gather(*cached, *(ctx.client.list(kind) for kind in [FEEDBACKS, PLATFORMSCORECARDS, *WORKLOADS]))
     return tuple(results)
-
-
-async def _known(found: list[JSON] | None) -> list[JSON]:
-    return found or []
 
 
 async def _read_ledger(ctx: Context) -> tuple[ScorecardLedger, bool]:
